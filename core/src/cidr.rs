@@ -1,1 +1,677 @@
-//! (in progress)
+//! CIDR prefixes and the fixed-capacity prefix sets behind the allow and deny
+//! lists.
+//!
+//! Prefixes of both families live in the shared space of [`crate::addr`], so
+//! one set holds IPv4 and IPv6 prefixes and an IPv4 peer reported as
+//! `::ffff:a.b.c.d` matches the IPv4 prefixes.
+//!
+//! ```
+//! use mtguard_core::cidr::{parse_netset_line, CidrEntry, CidrSet, Origin};
+//! use core::net::IpAddr;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let netset = "# FireHOL level1\n192.0.2.0/24\n198.51.100.7 # a single host\n\n2001:db8::/32\n";
+//! let mut deny = CidrSet::new([CidrEntry::EMPTY; 16]);
+//! for line in netset.lines() {
+//!     if let Some(cidr) = parse_netset_line(line)? {
+//!         deny.insert(cidr, Origin::Config)?;
+//!     }
+//! }
+//! assert_eq!(deny.len(), 3);
+//! assert!(deny.contains("192.0.2.200".parse::<IpAddr>()?));
+//! assert!(deny.contains("::ffff:198.51.100.7".parse::<IpAddr>()?));
+//! assert!(!deny.contains("198.51.100.8".parse::<IpAddr>()?));
+//! # Ok(())
+//! # }
+//! ```
+
+use core::fmt;
+use core::net::IpAddr;
+use core::str::FromStr;
+
+use crate::addr::{is_v4, map_ip, netmask, unmap};
+
+/// An IPv4 or IPv6 prefix: a network address and a prefix length.
+///
+/// Held in the shared space of [`crate::addr`], where an IPv4 /L is a /L+96.
+/// The order is by network address, then shorter prefixes first, so a prefix
+/// sorts before every prefix it contains.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Cidr {
+    // Field order matters: it is the derived order.
+    bits: u128,
+    len: u8,
+}
+
+impl Cidr {
+    /// The prefix of `prefix_len` bits containing `addr`; `prefix_len` counts
+    /// in the address's family (at most 32 for IPv4, 128 for IPv6).
+    ///
+    /// Host bits are cleared rather than refused: hand-written lists and
+    /// some published ones say `192.0.2.1/24` for `192.0.2.0/24`.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Cidr, CidrError> {
+        let (max, offset) = match addr {
+            IpAddr::V4(_) => (32, 96),
+            IpAddr::V6(_) => (128, 0),
+        };
+        if prefix_len > max {
+            return Err(CidrError::PrefixTooLong { max });
+        }
+        let len = prefix_len + offset;
+        Ok(Cidr {
+            bits: map_ip(addr) & netmask(len),
+            len,
+        })
+    }
+
+    /// The prefix with network `bits` and length `len` in the shared space,
+    /// as [`Cidr::network_bits`] and [`Cidr::mapped_len`] return them.
+    ///
+    /// Strict, because such values come from snapshots rather than people:
+    /// host bits set mean the data is damaged.
+    pub fn from_mapped(bits: u128, len: u8) -> Result<Cidr, CidrError> {
+        if len > 128 {
+            return Err(CidrError::PrefixTooLong { max: 128 });
+        }
+        if bits & !netmask(len) != 0 {
+            return Err(CidrError::HostBitsSet);
+        }
+        Ok(Cidr { bits, len })
+    }
+
+    /// Parses `192.0.2.0/24`, `2001:db8::/32`, or a bare address as a /32 or
+    /// /128, ignoring surrounding whitespace. Host bits are cleared as in
+    /// [`Cidr::new`].
+    pub fn parse(text: &str) -> Result<Cidr, CidrError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(CidrError::Empty);
+        }
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| CidrError::BadAddress)?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            // u8's parser would also take a sign.
+            Some(len) if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(CidrError::BadPrefixLength)
+            }
+            // Digits that overflow a u8 are too long for either family.
+            Some(len) => len.parse().map_err(|_| CidrError::PrefixTooLong { max })?,
+        };
+        Cidr::new(addr, len)
+    }
+
+    /// The network address in the shared space; the same as [`Cidr::first`].
+    pub const fn network_bits(&self) -> u128 {
+        self.bits
+    }
+
+    /// The prefix length in the shared space: an IPv4 /L is L+96.
+    pub const fn mapped_len(&self) -> u8 {
+        self.len
+    }
+
+    /// The prefix length as its family writes it: 0..=32 for IPv4.
+    pub fn prefix_len(&self) -> u8 {
+        if self.is_ipv4() {
+            self.len - 96
+        } else {
+            self.len
+        }
+    }
+
+    /// Whether this is an IPv4 prefix (one within `::ffff:0:0/96`).
+    pub fn is_ipv4(&self) -> bool {
+        self.len >= 96 && is_v4(self.bits)
+    }
+
+    /// The network address.
+    pub fn network(&self) -> IpAddr {
+        unmap(self.bits)
+    }
+
+    /// The lowest address of the prefix, in the shared space.
+    pub const fn first(&self) -> u128 {
+        self.bits
+    }
+
+    /// The highest address of the prefix, in the shared space.
+    pub fn last(&self) -> u128 {
+        self.bits | !netmask(self.len)
+    }
+
+    /// Whether `addr` is within the prefix.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.contains_bits(map_ip(addr))
+    }
+
+    /// Whether `bits`, an address in the shared space, is within the prefix.
+    pub fn contains_bits(&self, bits: u128) -> bool {
+        bits & netmask(self.len) == self.bits
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+
+    fn from_str(text: &str) -> Result<Cidr, CidrError> {
+        Cidr::parse(text)
+    }
+}
+
+/// `192.0.2.0/24` or `2001:db8::/32`; the length is always written.
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network(), self.prefix_len())
+    }
+}
+
+impl fmt::Debug for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Cidr({self})")
+    }
+}
+
+/// Why a prefix was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CidrError {
+    /// There is nothing but whitespace.
+    Empty,
+    /// The part before any `/` is not an IPv4 or IPv6 address.
+    BadAddress,
+    /// The part after the `/` is not a decimal number.
+    BadPrefixLength,
+    /// The prefix length exceeds what the address family allows.
+    PrefixTooLong {
+        /// The longest allowed: 32 for IPv4, 128 for IPv6.
+        max: u8,
+    },
+    /// Bits past the prefix length are set (only [`Cidr::from_mapped`]
+    /// refuses these).
+    HostBitsSet,
+}
+
+impl fmt::Display for CidrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("empty prefix"),
+            Self::BadAddress => f.write_str("not an IPv4 or IPv6 address"),
+            Self::BadPrefixLength => f.write_str("prefix length after '/' is not a decimal number"),
+            Self::PrefixTooLong { max: 32 } => f.write_str("IPv4 prefix length exceeds 32"),
+            Self::PrefixTooLong { max } => write!(f, "IPv6 prefix length exceeds {max}"),
+            Self::HostBitsSet => f.write_str("address has bits set past the prefix length"),
+        }
+    }
+}
+
+impl core::error::Error for CidrError {}
+
+/// Parses one line of a FireHOL netset (or any list with one prefix or
+/// address a line): `Ok(None)` for blank lines and comments, which start at
+/// `#` anywhere on the line.
+pub fn parse_netset_line(line: &str) -> Result<Option<Cidr>, CidrError> {
+    let text = line.split_once('#').map_or(line, |(text, _)| text).trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    Cidr::parse(text).map(Some)
+}
+
+/// Where a prefix in a [`CidrSet`] came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Origin {
+    /// From configuration files: replaced wholesale on reload.
+    Config,
+    /// Added by the operator at runtime: kept across reloads and persisted.
+    Manual,
+}
+
+/// Parent of an entry nothing encloses.
+const NO_PARENT: u32 = u32::MAX;
+
+/// One slot of a [`CidrSet`]'s storage.
+///
+/// The prefix is stored flat rather than as a [`Cidr`], whose padding would
+/// make each entry half as large again.
+#[derive(Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CidrEntry {
+    bits: u128,
+    len: u8,
+    origin: Origin,
+    /// Index of the nearest entry enclosing this one, or [`NO_PARENT`].
+    parent: u32,
+}
+
+impl CidrEntry {
+    /// An unused slot, to fill storage with before handing it to
+    /// [`CidrSet::new`].
+    pub const EMPTY: CidrEntry = CidrEntry {
+        bits: 0,
+        len: 0,
+        origin: Origin::Config,
+        parent: NO_PARENT,
+    };
+
+    /// The prefix.
+    pub const fn cidr(&self) -> Cidr {
+        Cidr {
+            bits: self.bits,
+            len: self.len,
+        }
+    }
+
+    /// Where it came from.
+    pub const fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    fn key(&self) -> (u128, u8) {
+        (self.bits, self.len)
+    }
+}
+
+impl fmt::Debug for CidrEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CidrEntry")
+            .field("cidr", &self.cidr())
+            .field("origin", &self.origin)
+            .finish()
+    }
+}
+
+/// Why a prefix could not be added to a [`CidrSet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CidrSetError {
+    /// Every slot is in use.
+    Full {
+        /// How many prefixes the set holds.
+        capacity: usize,
+    },
+}
+
+impl fmt::Display for CidrSetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full { capacity } => write!(f, "prefix set is full ({capacity} prefixes)"),
+        }
+    }
+}
+
+impl core::error::Error for CidrSetError {}
+
+/// A set of prefixes in caller-provided storage, answering "which prefix
+/// covers this address" in O(log n).
+///
+/// The storage is anything that derefs to `[CidrEntry]`: an inline array, a
+/// boxed slice or a borrowed one. Its length is the capacity; its previous
+/// contents are ignored.
+///
+/// # How lookups work
+///
+/// Entries are kept sorted by network address, then shorter prefixes first,
+/// and each records its nearest enclosing entry (its parent). Two prefixes
+/// are either nested or disjoint, so every entry containing an address A
+/// encloses the last entry whose network is ≤ A (or is that entry): a binary
+/// search finds that entry, and its parent chain, at most 129 prefixes of
+/// strictly decreasing length, holds every match, most specific first.
+///
+/// Insertion and removal shift entries and recompute the parents in one
+/// linear pass: O(n), which suits config loads and admin commands, while the
+/// lookup on every connection stays O(log n).
+#[derive(Clone)]
+pub struct CidrSet<S> {
+    storage: S,
+    len: usize,
+}
+
+impl<S: AsRef<[CidrEntry]> + AsMut<[CidrEntry]>> CidrSet<S> {
+    /// An empty set holding up to as many prefixes as `storage` has slots.
+    pub fn new(storage: S) -> Self {
+        CidrSet { storage, len: 0 }
+    }
+
+    /// How many prefixes fit.
+    pub fn capacity(&self) -> usize {
+        // Parents are u32 indices, with u32::MAX meaning none.
+        self.storage.as_ref().len().min(NO_PARENT as usize)
+    }
+
+    /// How many prefixes are in the set.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The entries, sorted by network address, then shorter prefixes first.
+    pub fn iter(&self) -> core::slice::Iter<'_, CidrEntry> {
+        self.entries().iter()
+    }
+
+    /// Adds `cidr` and returns whether it was new.
+    ///
+    /// A prefix already present stays where it is, but [`Origin::Manual`]
+    /// wins: the operator added it on purpose, so it survives a reload that
+    /// drops it from the configuration, and is persisted. The reverse does
+    /// not happen: a config load never demotes a manual entry.
+    pub fn insert(&mut self, cidr: Cidr, origin: Origin) -> Result<bool, CidrSetError> {
+        let capacity = self.capacity();
+        let len = self.len;
+        let entries = self.storage.as_mut();
+        match search(&entries[..len], cidr) {
+            Ok(i) => {
+                if origin == Origin::Manual {
+                    entries[i].origin = Origin::Manual;
+                }
+                Ok(false)
+            }
+            Err(_) if len == capacity => Err(CidrSetError::Full { capacity }),
+            Err(i) => {
+                entries.copy_within(i..len, i + 1);
+                entries[i] = CidrEntry {
+                    bits: cidr.bits,
+                    len: cidr.len,
+                    origin,
+                    parent: NO_PARENT,
+                };
+                self.len += 1;
+                self.relink();
+                Ok(true)
+            }
+        }
+    }
+
+    /// Removes `cidr`, whatever its origin, and returns whether it was
+    /// present. Prefixes it contains stay.
+    pub fn remove(&mut self, cidr: Cidr) -> bool {
+        let len = self.len;
+        let entries = self.storage.as_mut();
+        let Ok(i) = search(&entries[..len], cidr) else {
+            return false;
+        };
+        entries.copy_within(i + 1..len, i);
+        self.len -= 1;
+        self.relink();
+        true
+    }
+
+    /// Removes every prefix of `origin` (the config entries, before a reload
+    /// inserts the new ones) and returns how many went.
+    pub fn remove_origin(&mut self, origin: Origin) -> usize {
+        let len = self.len;
+        let entries = self.storage.as_mut();
+        let mut kept = 0;
+        for i in 0..len {
+            if entries[i].origin != origin {
+                entries[kept] = entries[i];
+                kept += 1;
+            }
+        }
+        self.len = kept;
+        self.relink();
+        len - kept
+    }
+
+    /// Removes every prefix.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Whether a prefix in the set contains `addr`.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.contains_bits(map_ip(addr))
+    }
+
+    /// Whether a prefix in the set contains `bits`, an address in the shared
+    /// space.
+    pub fn contains_bits(&self, bits: u128) -> bool {
+        self.matching(bits).is_some()
+    }
+
+    /// The most specific prefix in the set containing `bits`, an address in
+    /// the shared space.
+    pub fn matching(&self, bits: u128) -> Option<Cidr> {
+        let entries = self.entries();
+        let last = entries.partition_point(|e| e.bits <= bits).checked_sub(1)?;
+        let i = enclosing(entries, last as u32, bits)?;
+        Some(entries[i].cidr())
+    }
+
+    fn entries(&self) -> &[CidrEntry] {
+        &self.storage.as_ref()[..self.len]
+    }
+
+    /// Recomputes every parent after a change.
+    fn relink(&mut self) {
+        let len = self.len;
+        let entries = &mut self.storage.as_mut()[..len];
+        for i in 0..len {
+            // Entry i-1 is the last one whose network is ≤ that of entry i,
+            // so the search that serves lookups finds entry i's nearest
+            // enclosing entry. The walk climbs past only entries that end
+            // before entry i, and none of those is climbed again, so the
+            // whole pass is linear.
+            let parent = match i.checked_sub(1) {
+                Some(prev) => enclosing(entries, prev as u32, entries[i].bits),
+                None => None,
+            };
+            entries[i].parent = parent.map_or(NO_PARENT, |p| p as u32);
+        }
+    }
+}
+
+impl<S: AsRef<[CidrEntry]>> fmt::Debug for CidrSet<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(&self.storage.as_ref()[..self.len])
+            .finish()
+    }
+}
+
+/// The position of `cidr` in sorted `entries`, or where it would go.
+fn search(entries: &[CidrEntry], cidr: Cidr) -> Result<usize, usize> {
+    entries.binary_search_by(|e| e.key().cmp(&(cidr.bits, cidr.len)))
+}
+
+/// The first entry containing `bits` on the parent chain starting at `at`.
+fn enclosing(entries: &[CidrEntry], mut at: u32, bits: u128) -> Option<usize> {
+    while at != NO_PARENT {
+        let e = &entries[at as usize];
+        if e.cidr().contains_bits(bits) {
+            return Some(at as usize);
+        }
+        at = e.parent;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_and_displays_both_families() {
+        for s in [
+            "192.0.2.0/24",
+            "0.0.0.0/0",
+            "10.1.2.3/32",
+            "2001:db8::/32",
+            "::/0",
+        ] {
+            assert_eq!(cidr(s).to_string(), s);
+        }
+        assert_eq!(cidr(" 10.1.2.3\n").to_string(), "10.1.2.3/32");
+        assert_eq!(cidr("2001:db8::1").to_string(), "2001:db8::1/128");
+        assert_eq!(cidr("192.0.2.77/24").to_string(), "192.0.2.0/24");
+        assert_eq!(cidr("::ffff:192.0.2.0/120").to_string(), "192.0.2.0/24");
+        assert_eq!(cidr("10.0.0.0/008").prefix_len(), 8);
+    }
+
+    #[test]
+    fn parse_errors() {
+        use CidrError::*;
+        for (s, e) in [
+            ("", Empty),
+            ("  ", Empty),
+            ("abc", BadAddress),
+            ("300.1.1.1", BadAddress),
+            ("/24", BadAddress),
+            ("1.2.3.4 /24", BadAddress),
+            ("1.2.3.4/", BadPrefixLength),
+            ("1.2.3.4/+24", BadPrefixLength),
+            ("1.2.3.4/-1", BadPrefixLength),
+            ("1.2.3.4/2 4", BadPrefixLength),
+            ("1.2.3.4/24/8", BadPrefixLength),
+            ("1.2.3.4/33", PrefixTooLong { max: 32 }),
+            ("1.2.3.4/99999", PrefixTooLong { max: 32 }),
+            ("2001:db8::/129", PrefixTooLong { max: 128 }),
+        ] {
+            assert_eq!(Cidr::parse(s), Err(e), "{s:?}");
+        }
+        assert_eq!(
+            CidrError::PrefixTooLong { max: 32 }.to_string(),
+            "IPv4 prefix length exceeds 32"
+        );
+    }
+
+    #[test]
+    fn ipv4_lives_in_the_mapped_space() {
+        let c = cidr("192.0.2.0/24");
+        assert!(c.is_ipv4());
+        assert_eq!(c.mapped_len(), 120);
+        assert_eq!(c.network(), ip("192.0.2.0"));
+        assert_eq!(c.first(), map_ip(ip("192.0.2.0")));
+        assert_eq!(c.last(), map_ip(ip("192.0.2.255")));
+        assert!(c.contains(ip("192.0.2.9")));
+        assert!(c.contains(ip("::ffff:192.0.2.9")));
+        assert!(!c.contains(ip("192.0.3.0")));
+        // All of IPv4, and nothing else.
+        let all = cidr("0.0.0.0/0");
+        assert!(all.contains(ip("255.255.255.255")));
+        assert!(!all.contains(ip("::1")));
+        assert!(!cidr("::/80").is_ipv4());
+    }
+
+    #[test]
+    fn from_mapped_is_strict() {
+        let c = cidr("2001:db8::/32");
+        assert_eq!(Cidr::from_mapped(c.network_bits(), c.mapped_len()), Ok(c));
+        assert_eq!(Cidr::from_mapped(1, 127), Err(CidrError::HostBitsSet));
+        assert_eq!(
+            Cidr::from_mapped(0, 129),
+            Err(CidrError::PrefixTooLong { max: 128 })
+        );
+        assert_eq!(Cidr::from_mapped(!0, 128).map(|c| c.last()), Ok(!0));
+    }
+
+    #[test]
+    fn netset_lines() {
+        assert_eq!(parse_netset_line(""), Ok(None));
+        assert_eq!(parse_netset_line("   \r"), Ok(None));
+        assert_eq!(parse_netset_line("# Maintainer: FireHOL"), Ok(None));
+        assert_eq!(parse_netset_line("  #"), Ok(None));
+        assert_eq!(
+            parse_netset_line("1.2.3.0/24 # spam"),
+            Ok(Some(cidr("1.2.3.0/24")))
+        );
+        assert_eq!(parse_netset_line("1.2.3.4\r"), Ok(Some(cidr("1.2.3.4/32"))));
+        assert_eq!(
+            parse_netset_line("1.2.3.4 junk"),
+            Err(CidrError::BadAddress)
+        );
+    }
+
+    #[test]
+    fn most_specific_match_wins() {
+        let mut set = CidrSet::new([CidrEntry::EMPTY; 8]);
+        for s in ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.2.0.0/16"] {
+            assert_eq!(set.insert(cidr(s), Origin::Config), Ok(true));
+        }
+        let m = |set: &CidrSet<_>, s: &str| set.matching(map_ip(ip(s)));
+        assert_eq!(m(&set, "10.1.2.3"), Some(cidr("10.1.2.0/24")));
+        assert_eq!(m(&set, "10.1.3.0"), Some(cidr("10.1.0.0/16")));
+        // Past a sibling's end, the walk climbs to the common parent.
+        assert_eq!(m(&set, "10.3.0.0"), Some(cidr("10.0.0.0/8")));
+        assert_eq!(m(&set, "11.0.0.0"), None);
+        assert_eq!(m(&set, "9.255.255.255"), None);
+        assert!(set.remove(cidr("10.1.0.0/16")));
+        assert_eq!(m(&set, "10.1.2.3"), Some(cidr("10.1.2.0/24")));
+        assert_eq!(m(&set, "10.1.3.0"), Some(cidr("10.0.0.0/8")));
+        assert!(!set.remove(cidr("10.1.0.0/16")));
+    }
+
+    #[test]
+    fn same_network_different_lengths() {
+        let mut set = CidrSet::new([CidrEntry::EMPTY; 4]);
+        set.insert(cidr("10.0.0.0/16"), Origin::Config).unwrap();
+        set.insert(cidr("10.0.0.0/8"), Origin::Config).unwrap();
+        set.insert(cidr("10.0.0.0/24"), Origin::Config).unwrap();
+        let order: std::vec::Vec<_> = set.iter().map(|e| e.cidr().prefix_len()).collect();
+        assert_eq!(order, [8, 16, 24]);
+        assert_eq!(
+            set.matching(map_ip(ip("10.0.1.0"))),
+            Some(cidr("10.0.0.0/16"))
+        );
+        assert_eq!(
+            set.matching(map_ip(ip("10.0.0.255"))),
+            Some(cidr("10.0.0.0/24"))
+        );
+    }
+
+    #[test]
+    fn manual_wins_over_config() {
+        let mut set = CidrSet::new([CidrEntry::EMPTY; 4]);
+        let c = cidr("192.0.2.0/24");
+        assert_eq!(set.insert(c, Origin::Config), Ok(true));
+        assert_eq!(set.insert(c, Origin::Manual), Ok(false));
+        assert_eq!(set.insert(c, Origin::Config), Ok(false));
+        assert_eq!(set.iter().next().unwrap().origin(), Origin::Manual);
+        set.insert(cidr("198.51.100.0/24"), Origin::Config).unwrap();
+        assert_eq!(set.remove_origin(Origin::Config), 1);
+        assert_eq!(set.len(), 1);
+        assert!(set.contains(ip("192.0.2.1")));
+        set.clear();
+        assert!(set.is_empty());
+        assert!(!set.contains(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn full_at_capacity() {
+        let mut set = CidrSet::new([CidrEntry::EMPTY; 2]);
+        set.insert(cidr("1.0.0.0/8"), Origin::Config).unwrap();
+        set.insert(cidr("2.0.0.0/8"), Origin::Config).unwrap();
+        assert_eq!(
+            set.insert(cidr("3.0.0.0/8"), Origin::Config),
+            Err(CidrSetError::Full { capacity: 2 })
+        );
+        // Re-adding a present prefix needs no room.
+        assert_eq!(set.insert(cidr("1.0.0.0/8"), Origin::Manual), Ok(false));
+        let mut none = CidrSet::new([CidrEntry::EMPTY; 0]);
+        assert_eq!(
+            none.insert(cidr("1.0.0.0/8"), Origin::Config),
+            Err(CidrSetError::Full { capacity: 0 })
+        );
+        assert!(!none.contains(ip("1.1.1.1")));
+    }
+}
