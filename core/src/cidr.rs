@@ -3,7 +3,9 @@
 //!
 //! Prefixes of both families live in the shared space of [`crate::addr`], so
 //! one set holds IPv4 and IPv6 prefixes and an IPv4 peer reported as
-//! `::ffff:a.b.c.d` matches the IPv4 prefixes.
+//! `::ffff:a.b.c.d` matches the IPv4 prefixes. The flip side: an IPv6 prefix
+//! that covers `::ffff:0:0/96`, such as `::/0`, covers every IPv4 address
+//! too.
 //!
 //! ```
 //! use mtguard_core::cidr::{parse_netset_line, CidrEntry, CidrSet, Origin};
@@ -238,8 +240,8 @@ const NO_PARENT: u32 = u32::MAX;
 
 /// One slot of a [`CidrSet`]'s storage.
 ///
-/// The prefix is stored flat rather than as a [`Cidr`], whose padding would
-/// make each entry half as large again.
+/// The prefix is stored flat rather than as a [`Cidr`], so that the origin
+/// and parent fit in what would be the `Cidr`'s tail padding.
 #[derive(Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct CidrEntry {
@@ -311,9 +313,9 @@ impl core::error::Error for CidrSetError {}
 /// A set of prefixes in caller-provided storage, answering "which prefix
 /// covers this address" in O(log n).
 ///
-/// The storage is anything that derefs to `[CidrEntry]`: an inline array, a
-/// boxed slice or a borrowed one. Its length is the capacity; its previous
-/// contents are ignored.
+/// The storage is anything that lends out a `[CidrEntry]`: an inline array,
+/// a boxed slice (to keep a big table off the stack) or a borrowed slice.
+/// Its length is the capacity; its previous contents are ignored.
 ///
 /// # How lookups work
 ///
@@ -458,10 +460,10 @@ impl<S: AsRef<[CidrEntry]> + AsMut<[CidrEntry]>> CidrSet<S> {
         let len = self.len;
         let entries = &mut self.storage.as_mut()[..len];
         for i in 0..len {
-            // Entry i-1 is the last one whose network is ≤ that of entry i,
-            // so the search that serves lookups finds entry i's nearest
-            // enclosing entry. The walk climbs past only entries that end
-            // before entry i, and none of those is climbed again, so the
+            // Of the entries before i, i-1 is the last whose network is ≤
+            // that of i, so the walk that serves lookups, started there,
+            // finds i's nearest enclosing entry. It climbs past only entries
+            // that end before i, which no later walk reaches again, so the
             // whole pass is linear.
             let parent = match i.checked_sub(1) {
                 Some(prev) => enclosing(entries, prev as u32, entries[i].bits),
@@ -486,6 +488,8 @@ fn search(entries: &[CidrEntry], cidr: Cidr) -> Result<usize, usize> {
 }
 
 /// The first entry containing `bits` on the parent chain starting at `at`.
+///
+/// Parents precede their children, so the walk always ends.
 fn enclosing(entries: &[CidrEntry], mut at: u32, bits: u128) -> Option<usize> {
     while at != NO_PARENT {
         let e = &entries[at as usize];

@@ -675,3 +675,41 @@ fn construction_rejects_unusable_tables_and_policies() {
     )
     .is_err());
 }
+
+/// The memory an attack can make the engine use, for both presets: the
+/// README quotes these numbers.
+#[test]
+fn memory_is_a_number_we_can_state() {
+    use core::mem::size_of;
+    use mtguard_core::storage::{AppliancePreset, ServerPreset};
+    assert_eq!(size_of::<ClientSlot>(), 64);
+    assert_eq!(size_of::<ConnSlot>(), 32);
+    assert_eq!(size_of::<CidrEntry>(), 32);
+    let fixed = size_of::<SecurityManager<Borrowed<'static>>>();
+    let tables = |clients: usize, conns: usize, prefixes: usize| {
+        clients * (size_of::<ClientSlot>() + size_of::<u32>())
+            + conns * size_of::<ConnSlot>()
+            + 2 * prefixes * size_of::<CidrEntry>()
+    };
+    let server = tables(
+        ServerPreset::CLIENTS,
+        ServerPreset::CONNECTIONS,
+        ServerPreset::PREFIXES,
+    );
+    let appliance = tables(
+        AppliancePreset::CLIENTS,
+        AppliancePreset::CONNECTIONS,
+        AppliancePreset::PREFIXES,
+    );
+    println!("engine without tables: {fixed} B");
+    println!("server preset tables: {server} B");
+    println!("appliance preset tables: {appliance} B");
+    println!(
+        "appliance engine inline: {} B",
+        size_of::<SecurityManager<AppliancePreset>>()
+    );
+    assert_eq!(server, 7_077_888);
+    assert_eq!(appliance, 94_208);
+    assert!(fixed < 32 * 1024, "{fixed}");
+    assert!(size_of::<SecurityManager<AppliancePreset>>() < appliance + 32 * 1024);
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what the tests need when it is missing, so it
+# works on a fresh machine; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need_apt=()
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+if ((${#need_apt[@]})); then
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+cargo test --workspace
