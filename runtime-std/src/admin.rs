@@ -1,0 +1,1098 @@
+//! The admin HTTP API and the Prometheus metrics.
+//!
+//! `GET /metrics` needs no token: it tells nothing an operator would hide
+//! from the host's monitoring. Everything under `/v1/` needs
+//! `Authorization: Bearer <token>`, compared in constant time. Every error is
+//! a JSON object `{"error": "..."}` that says what was wrong.
+//!
+//! The handlers read and change the engine through [`Guard::with`], so a
+//! block or a pin added here applies to the very next connection. When a
+//! state directory is configured, a change is saved at once, not at the next
+//! tick of the persistence loop.
+//!
+//! The listener is bound by the caller (loopback by default). Connections
+//! are capped at [`MAX_CONNECTIONS`] and closed after [`IDLE_TIMEOUT`]
+//! without progress, so nothing reaching the admin port can pin down
+//! file descriptors the proxy needs.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::pin::Pin as StdPin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path as UrlPath, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use mtguard_core::manager::CommandError;
+use mtguard_core::pins::{parse_pin_line, Pin, PinKind, PinSetError};
+use mtguard_core::{BlockCause, HandshakeOutcome, Level, RejectReason, Stats};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::engine::Guard;
+
+/// Name of the generated token file inside the state directory.
+pub const TOKEN_FILE: &str = "admin.token";
+
+/// Largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// Concurrent admin connections; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// An admin connection that neither sends nor accepts a byte for this long
+/// is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Content type of the metrics (prometheus-client writes OpenMetrics text,
+/// which Prometheus scrapes natively).
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the admin API needs besides the engine.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// The bearer token every `/v1/` request must carry.
+    pub token: String,
+    /// Where to save the state right after a change made through the API;
+    /// `None` leaves saving to the persistence loop (or to nobody).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Serves the admin API on `listener` until `shutdown` becomes `true` (or
+/// its sender is dropped), then finishes the requests in flight and returns.
+pub async fn serve(
+    listener: TcpListener,
+    guard: Arc<Guard>,
+    settings: Arc<AdminSettings>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
+    let listener = CappedListener {
+        inner: listener,
+        permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    };
+    axum::serve(listener, router(guard, settings))
+        .with_graceful_shutdown(async move {
+            // An error means the sender is gone: the process is ending.
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+/// The admin API as a router, for [`serve`] and for tests.
+pub fn router(guard: Arc<Guard>, settings: Arc<AdminSettings>) -> Router {
+    let state = AppState {
+        guard,
+        settings,
+        save_lock: Arc::new(tokio::sync::Mutex::new(())),
+    };
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/blocks", get(list_blocks).post(add_block))
+        .route("/v1/blocks/{*ip}", delete(remove_block))
+        .route("/v1/pins", get(list_pins).post(add_pin))
+        .route("/v1/pins/{*pin}", delete(remove_pin))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+// ----- token -----
+
+/// The admin token: read from `token_file`, or, without one, from
+/// `<state_dir>/admin.token`, which is generated (32 random bytes as hex,
+/// mode 0600) on the first start and reused afterwards.
+///
+/// A token file that is empty, holds whitespace inside the token or
+/// non-ASCII text, or can be read or written by group or others is an error
+/// naming the file.
+pub fn load_or_create_token(token_file: Option<&Path>, state_dir: &Path) -> anyhow::Result<String> {
+    if let Some(path) = token_file {
+        return read_token(path);
+    }
+    let path = state_dir.join(TOKEN_FILE);
+    if path.symlink_metadata().is_ok() {
+        return read_token(&path);
+    }
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the operating system's random source failed: {e}"))?;
+    let token = bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    });
+    match create_private(&path, format!("{token}\n").as_bytes()) {
+        Ok(()) => {
+            tracing::info!(file = %path.display(), "generated the admin API token");
+            Ok(token)
+        }
+        // Another process created it between the check and now: use theirs.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_token(&path),
+        Err(e) => {
+            Err(e).with_context(|| format!("creating the admin token file {}", path.display()))
+        }
+    }
+}
+
+/// Creates `path` (which must not exist) readable by its owner only.
+fn create_private(path: &Path, content: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    let written = file.write_all(content).and_then(|()| file.sync_all());
+    if written.is_err() {
+        // An empty or partial token file would stop every later start.
+        let _ = std::fs::remove_file(path);
+    }
+    written
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let file = path.display();
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("reading the admin token file {file}"))?;
+    if !meta.is_file() {
+        bail!("admin token file {file} is not a regular file");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "admin token file {file} is accessible by group or others (mode {mode:03o}); \
+                 run `chmod 600 {file}`"
+            );
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the admin token file {file}"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("admin token file {file} is empty");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!("admin token file {file}: the token must be printable ASCII without spaces");
+    }
+    if token.len() < 16 {
+        tracing::warn!(file = %file, "the admin token is shorter than 16 characters: easy to guess");
+    }
+    Ok(token.to_owned())
+}
+
+// ----- metrics -----
+
+/// The metrics in the Prometheus (OpenMetrics) text format, read from the
+/// engine now.
+pub fn render_metrics(guard: &Guard) -> String {
+    let snapshot = guard.with(|e, _| Snapshot {
+        stats: *e.stats(),
+        active: e.active_connections(),
+        tracked: e.tracked_clients(),
+        blocked: e.blocked_clients(),
+        under_attack: e.under_attack(),
+        client_capacity: e.client_capacity(),
+        connection_capacity: e.connection_capacity(),
+        pins: e.pins().len(),
+        level: e.policy().level,
+    });
+    let mut registry = Registry::with_prefix("mtguard");
+    registry.register_collector(Box::new(snapshot));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// The engine's numbers at one scrape.
+#[derive(Debug)]
+struct Snapshot {
+    stats: Stats,
+    active: u32,
+    tracked: u32,
+    blocked: u32,
+    under_attack: bool,
+    client_capacity: usize,
+    connection_capacity: usize,
+    pins: usize,
+    level: Level,
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn labelled_counters(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (&'static str, u64)>,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, v) in series {
+        let labels = [(label, value)];
+        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.stats;
+        let e = &mut e;
+        counter(
+            e,
+            "connections_accepted",
+            "Connections admitted.",
+            s.accepted,
+        )?;
+        labelled_counters(
+            e,
+            "connections_rejected",
+            "Connections refused, by reason.",
+            "reason",
+            RejectReason::ALL.map(|r| (r.as_str(), s.rejected[r as usize])),
+        )?;
+        labelled_counters(
+            e,
+            "handshakes",
+            "Handshakes judged, by result.",
+            "result",
+            HandshakeOutcome::ALL.map(|h| (h.as_str(), s.handshakes[h as usize])),
+        )?;
+        labelled_counters(
+            e,
+            "detections",
+            "Abusive clients detected, by kind.",
+            "kind",
+            [
+                ("scanner", s.scanners),
+                ("replay", s.replays),
+                ("slowloris", s.slowloris),
+            ],
+        )?;
+        counter(
+            e,
+            "blocks",
+            "Blocks started (automatic and manual).",
+            s.blocks,
+        )?;
+        counter(
+            e,
+            "unblocks",
+            "Blocks ended (expired or lifted).",
+            s.unblocks,
+        )?;
+        counter(
+            e,
+            "table_evictions",
+            "Idle clients evicted from the client table to make room.",
+            s.evictions,
+        )?;
+        counter(
+            e,
+            "attacks",
+            "Times under-attack mode switched on.",
+            s.attacks,
+        )?;
+        counter(
+            e,
+            "events_dropped",
+            "Engine events dropped because the queue was full.",
+            s.events_dropped,
+        )?;
+        counter(
+            e,
+            "stale_connection_ids",
+            "Handler calls with a connection id that was no longer live.",
+            s.stale_connection_ids,
+        )?;
+        counter(
+            e,
+            "pin_failures",
+            "Upstream certificate chains that matched no pin.",
+            s.pin_failures,
+        )?;
+        gauge(
+            e,
+            "connections_active",
+            "Connections open now.",
+            self.active.into(),
+        )?;
+        gauge(
+            e,
+            "tracked_clients",
+            "Clients in the client table.",
+            self.tracked.into(),
+        )?;
+        gauge(
+            e,
+            "blocked_clients",
+            "Clients blocked now.",
+            self.blocked.into(),
+        )?;
+        gauge(
+            e,
+            "under_attack",
+            "1 while under-attack mode is on, else 0.",
+            self.under_attack.into(),
+        )?;
+        gauge(
+            e,
+            "client_table_capacity",
+            "Clients the client table holds.",
+            self.client_capacity as u64,
+        )?;
+        gauge(
+            e,
+            "connection_table_capacity",
+            "Connections the connection table holds.",
+            self.connection_capacity as u64,
+        )?;
+        gauge(e, "pins", "Certificate pins configured.", self.pins as u64)?;
+        gauge(
+            e,
+            "security_level",
+            "Security level the policy started from (0-3).",
+            self.level.number().into(),
+        )
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        render_metrics(&s.guard),
+    )
+        .into_response()
+}
+
+// ----- plumbing -----
+
+#[derive(Clone)]
+struct AppState {
+    guard: Arc<Guard>,
+    settings: Arc<AdminSettings>,
+    /// Saves through the API one at a time.
+    save_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"mtguard\""),
+            );
+        }
+        response
+    }
+}
+
+/// Proof that the request carried the admin token.
+struct Authorized;
+
+impl FromRequestParts<AppState> for Authorized {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            });
+        let Some(presented) = presented else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing header Authorization: Bearer <token> (the token is in the admin token file)",
+            ));
+        };
+        if bool::from(presented.as_bytes().ct_eq(state.settings.token.as_bytes())) {
+            Ok(Authorized)
+        } else {
+            tracing::warn!(path = %parts.uri.path(), "admin API request with a wrong token");
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong admin token"))
+        }
+    }
+}
+
+/// Parses a JSON request body, turning every failure into a 4xx that says
+/// what was wrong.
+fn parse_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    example: &str,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            format!("reading the request body: {}", e.body_text()),
+        )
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(format!(
+            "the request body is empty: expected a JSON object like {example}"
+        )));
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}; expected {example}")))?;
+    // Derived structs would also take a JSON array of the fields in order.
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "invalid request: the body must be a JSON object, like {example}"
+        )));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request(format!("invalid request: {e}; expected {example}")))
+}
+
+fn path_text(path: Result<UrlPath<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|UrlPath(p)| p)
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no endpoint {method} {}: see /metrics, /v1/status, /v1/blocks and /v1/pins",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Saves the state right away if a state directory is set. A failure is
+/// logged and returned as a warning: the change is in effect, and the
+/// persistence loop retries.
+async fn persist(s: &AppState) -> Option<String> {
+    let dir = s.settings.state_dir.clone()?;
+    let _one_at_a_time = s.save_lock.lock().await;
+    let guard = s.guard.clone();
+    let result = tokio::task::spawn_blocking(move || crate::state::save(&guard, &dir))
+        .await
+        .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))
+        .and_then(|r| r);
+    match result {
+        Ok(_) => None,
+        Err(e) => {
+            let message = format!("the change is in effect but saving the state failed: {e:#}");
+            tracing::error!(error = %format!("{e:#}"), "saving state after an admin change failed");
+            Some(message)
+        }
+    }
+}
+
+/// `value` with `"warning"` added when saving failed.
+fn with_warning(mut value: Value, warning: Option<String>) -> Value {
+    if let (Some(w), Some(obj)) = (warning, value.as_object_mut()) {
+        obj.insert("warning".into(), Value::String(w));
+    }
+    value
+}
+
+// ----- status -----
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Minimal => "minimal",
+        Level::Standard => "standard",
+        Level::High => "high",
+        Level::Maximum => "maximum",
+    }
+}
+
+fn stats_json(s: &Stats) -> Value {
+    let rejected: serde_json::Map<String, Value> = RejectReason::ALL
+        .iter()
+        .map(|r| (r.as_str().to_owned(), s.rejected[*r as usize].into()))
+        .collect();
+    let handshakes: serde_json::Map<String, Value> = HandshakeOutcome::ALL
+        .iter()
+        .map(|h| (h.as_str().to_owned(), s.handshakes[*h as usize].into()))
+        .collect();
+    json!({
+        "accepted": s.accepted,
+        "rejected": rejected,
+        "handshakes": handshakes,
+        "evictions": s.evictions,
+        "blocks": s.blocks,
+        "unblocks": s.unblocks,
+        "scanners": s.scanners,
+        "replays": s.replays,
+        "slowloris": s.slowloris,
+        "attacks": s.attacks,
+        "events_dropped": s.events_dropped,
+        "stale_connection_ids": s.stale_connection_ids,
+        "pin_failures": s.pin_failures,
+    })
+}
+
+async fn status(_: Authorized, State(s): State<AppState>) -> Json<Value> {
+    Json(s.guard.with(|e, now| {
+        let level = e.policy().level;
+        json!({
+            "level": level.number(),
+            "level_name": level_name(level),
+            "uptime_seconds": now.as_millis() / 1000,
+            "active_connections": e.active_connections(),
+            "tracked_clients": e.tracked_clients(),
+            "blocked_clients": e.blocked_clients(),
+            "client_table_capacity": e.client_capacity(),
+            "connection_table_capacity": e.connection_capacity(),
+            "under_attack": e.under_attack(),
+            "pins": e.pins().len(),
+            "pin_capacity": e.pins().capacity(),
+            "stats": stats_json(e.stats()),
+        })
+    }))
+}
+
+// ----- blocks -----
+
+#[derive(Serialize)]
+struct BlockEntry {
+    client: String,
+    cause: &'static str,
+    /// `None`: until lifted.
+    remaining_seconds: Option<u64>,
+    offences: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockRequest {
+    ip: String,
+    #[serde(default)]
+    duration: Option<String>,
+}
+
+const BLOCK_EXAMPLE: &str =
+    r#"{"ip": "192.0.2.7", "duration": "10m"} (duration null or left out: until unblocked)"#;
+
+fn remaining_seconds(until_ms: u64, now_ms: u64) -> u64 {
+    until_ms.saturating_sub(now_ms).div_ceil(1000)
+}
+
+async fn list_blocks(_: Authorized, State(s): State<AppState>) -> Json<Vec<BlockEntry>> {
+    let (prefix, now, mut blocks) = s
+        .guard
+        .with(|e, now| (e.policy().ipv6_prefix, now, e.blocks().collect::<Vec<_>>()));
+    blocks.sort_by_key(|b| b.client.bits());
+    Json(
+        blocks
+            .into_iter()
+            .map(|b| BlockEntry {
+                client: b.client.display(prefix).to_string(),
+                cause: b.cause.as_str(),
+                remaining_seconds: b
+                    .until
+                    .map(|u| remaining_seconds(u.as_millis(), now.as_millis())),
+                offences: b.offences,
+            })
+            .collect(),
+    )
+}
+
+/// An address as the API takes it: `192.0.2.7`, `2001:db8::1`, or a client
+/// as `GET /v1/blocks` lists it (`2001:db8:1:2::/64` with the policy's
+/// prefix length, or an IPv4 address with `/32`).
+fn parse_client(text: &str, ipv6_prefix: u8, field: &str) -> Result<IpAddr, ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "{field}: {text:?} is not an IP address (expected like 192.0.2.7 or 2001:db8::1)"
+        ))
+    };
+    let text = text.trim();
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len.parse::<u8>().map_err(|_| bad())?)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr.parse().map_err(|_| bad())?;
+    match (ip, len) {
+        (_, None) | (IpAddr::V4(_), Some(32)) => Ok(ip),
+        (IpAddr::V6(_), Some(l)) if l == ipv6_prefix => Ok(ip),
+        _ => Err(ApiError::bad_request(format!(
+            "{field}: {text:?}: only single clients can be blocked: an IPv4 address, or an IPv6 \
+             address (clients are IPv6 /{ipv6_prefix} networks); use the denylist for networks"
+        ))),
+    }
+}
+
+/// A block duration: as the config file writes durations (`90s`, `10m`,
+/// `1h`, `7d`), and not zero.
+fn parse_block_duration(text: &str) -> Result<Duration, ApiError> {
+    let bad = |e: String| ApiError::bad_request(format!("duration: {e}"));
+    match crate::config::parse_duration(text.trim()).map_err(bad)? {
+        Duration::ZERO => Err(bad(format!(
+            "{text:?} is zero: use null or leave it out to block until unblocked"
+        ))),
+        d => Ok(d),
+    }
+}
+
+async fn add_block(
+    _: Authorized,
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: BlockRequest = parse_body(body, BLOCK_EXAMPLE)?;
+    let prefix = s.guard.with(|e, _| e.policy().ipv6_prefix);
+    let ip = parse_client(&req.ip, prefix, "ip")?;
+    let duration = req
+        .duration
+        .as_deref()
+        .map(parse_block_duration)
+        .transpose()?;
+    let entry = s
+        .guard
+        .with(|e, now| {
+            e.block(now, ip, duration, BlockCause::Manual)?;
+            let prefix = e.policy().ipv6_prefix;
+            Ok(BlockEntry {
+                client: e.client_key(ip).display(prefix).to_string(),
+                cause: BlockCause::Manual.as_str(),
+                remaining_seconds: duration.map(|d| d.as_millis().div_ceil(1000) as u64),
+                offences: e.client_info(ip).map_or(0, |i| i.offences),
+            })
+        })
+        .map_err(|err| match err {
+            CommandError::Allowlisted => ApiError::new(
+                StatusCode::CONFLICT,
+                format!("ip: {ip} is allowlisted, and the allowlist takes precedence over blocks"),
+            ),
+            CommandError::ClientTableFull => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, err.to_string())
+            }
+        })?;
+    tracing::info!(
+        client = %entry.client,
+        duration_s = duration.map(|d| d.as_secs()),
+        "client blocked through the admin API"
+    );
+    let warning = persist(&s).await;
+    let body = serde_json::to_value(&entry).expect("a block entry serializes");
+    Ok((StatusCode::CREATED, Json(with_warning(body, warning))))
+}
+
+async fn remove_block(
+    _: Authorized,
+    State(s): State<AppState>,
+    path: Result<UrlPath<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let text = path_text(path)?;
+    let prefix = s.guard.with(|e, _| e.policy().ipv6_prefix);
+    let ip = parse_client(&text, prefix, "address in the path")?;
+    let (lifted, denylisted) = s
+        .guard
+        .with(|e, now| (e.unblock(now, ip), e.denylist().contains(ip)));
+    if !lifted {
+        let mut message = format!("{ip} is not blocked");
+        if denylisted {
+            message.push_str(" (it is on the denylist, which is changed in the configuration)");
+        }
+        return Err(ApiError::new(StatusCode::NOT_FOUND, message));
+    }
+    tracing::info!(%ip, "client unblocked through the admin API");
+    Ok(match persist(&s).await {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(w) => (StatusCode::OK, Json(json!({ "warning": w }))).into_response(),
+    })
+}
+
+// ----- pins -----
+
+#[derive(Serialize)]
+struct PinEntry {
+    pin: String,
+    kind: &'static str,
+    label: String,
+    /// `YYYY-MM-DD`: the pin counts until the start of that day (UTC).
+    expires: Option<String>,
+    expired: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRequest {
+    pin: String,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+const PIN_EXAMPLE: &str = r#"{"pin": "sha256/<44 base64 characters>", "label": "backup key", "expires": "2027-01-01"} (label and expires optional)"#;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn pin_entry(p: &Pin, now_unix: u64) -> PinEntry {
+    let expires = p.expires().and_then(|_| {
+        // The pins-file line writes the expiry as `expires=YYYY-MM-DD`,
+        // right after the pin and before any label.
+        let line = p.display_line().to_string();
+        let (_, rest) = line.split_once(" expires=")?;
+        Some(rest.get(..10)?.to_owned())
+    });
+    PinEntry {
+        pin: p.to_string(),
+        kind: match p.kind() {
+            PinKind::Spki => "spki",
+            PinKind::Certificate => "certificate",
+        },
+        label: p.label().to_owned(),
+        expires,
+        expired: p.is_expired(now_unix),
+    }
+}
+
+async fn list_pins(_: Authorized, State(s): State<AppState>) -> Json<Vec<PinEntry>> {
+    let pins: Vec<Pin> = s.guard.with(|e, _| e.pins().iter().cloned().collect());
+    let now = unix_now();
+    Json(pins.iter().map(|p| pin_entry(p, now)).collect())
+}
+
+fn parse_pin_request(req: &PinRequest, now_unix: u64) -> Result<Pin, ApiError> {
+    let mut pin =
+        Pin::parse(req.pin.trim()).map_err(|e| ApiError::bad_request(format!("pin: {e}")))?;
+    if let Some(date) = req.expires.as_deref().map(str::trim) {
+        let bad = || {
+            ApiError::bad_request(format!(
+                "expires: {date:?} is not a date YYYY-MM-DD from 1970-01-01 to 9999-12-31"
+            ))
+        };
+        // Only digits and dashes reach the pins-file parser, so the date
+        // cannot smuggle in a label or other words.
+        if date.len() != 10 || !date.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+            return Err(bad());
+        }
+        let dated = parse_pin_line(&format!("{pin} expires={date}"))
+            .map_err(|_| bad())?
+            .ok_or_else(bad)?;
+        if dated.is_expired(now_unix) {
+            return Err(ApiError::bad_request(format!(
+                "expires: {date} is not in the future: the pin would never count"
+            )));
+        }
+        pin = pin.with_expiry(dated.expires());
+    }
+    if let Some(label) = req.label.as_deref() {
+        pin = pin
+            .with_label(label.trim())
+            .map_err(|e| ApiError::bad_request(format!("label: {e}")))?;
+    }
+    Ok(pin)
+}
+
+async fn add_pin(
+    _: Authorized,
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: PinRequest = parse_body(body, PIN_EXAMPLE)?;
+    let now = unix_now();
+    let pin = parse_pin_request(&req, now)?;
+    let entry = pin_entry(&pin, now);
+    s.guard
+        .with(|e, _| e.add_pin(pin))
+        .map_err(|err| match err {
+            PinSetError::Duplicate => ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "pin: {} is already pinned; delete it first to change its label or expiry",
+                    entry.pin
+                ),
+            ),
+            PinSetError::Full { capacity } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("pin set is full: {capacity} pins; delete one first"),
+            ),
+        })?;
+    tracing::info!(pin = %entry.pin, label = %entry.label, "pin added through the admin API");
+    let warning = persist(&s).await;
+    let body = serde_json::to_value(&entry).expect("a pin entry serializes");
+    Ok((StatusCode::CREATED, Json(with_warning(body, warning))))
+}
+
+async fn remove_pin(
+    _: Authorized,
+    State(s): State<AppState>,
+    path: Result<UrlPath<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let text = path_text(path)?;
+    let pin = Pin::parse(text.trim()).map_err(|e| {
+        ApiError::bad_request(format!(
+            "pin in the path: {e} (URL-encode it: / is %2F, + is %2B, = is %3D)"
+        ))
+    })?;
+    let removed = s.guard.with(|e, _| e.remove_pin(pin.kind(), pin.hash()));
+    if removed.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{pin} is not pinned"),
+        ));
+    }
+    tracing::info!(pin = %pin, "pin removed through the admin API");
+    Ok(match persist(&s).await {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(w) => (StatusCode::OK, Json(json!({ "warning": w }))).into_response(),
+    })
+}
+
+// ----- connection limits -----
+
+/// A listener that holds at most [`MAX_CONNECTIONS`] connections.
+struct CappedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = CappedConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CappedConn, SocketAddr) {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (
+            CappedConn {
+                io,
+                _permit: permit,
+                idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An admin connection: holds its permit, and fails once it has made no
+/// progress for [`IDLE_TIMEOUT`].
+struct CappedConn {
+    io: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    idle: StdPin<Box<tokio::time::Sleep>>,
+}
+
+impl CappedConn {
+    fn progressed(&mut self) {
+        self.idle
+            .as_mut()
+            .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    }
+
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        self.idle.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "admin connection idle for too long",
+    )
+}
+
+impl AsyncRead for CappedConn {
+    fn poll_read(
+        mut self: StdPin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match StdPin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.progressed();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for CappedConn {
+    fn poll_write(
+        mut self: StdPin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match StdPin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.progressed();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: StdPin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match StdPin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.progressed();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: StdPin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        StdPin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: StdPin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        StdPin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_durations_need_a_unit_and_a_positive_number() {
+        assert_eq!(
+            parse_block_duration("90s").unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_block_duration("10m").unwrap(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            parse_block_duration("1h").unwrap(),
+            Duration::from_secs(3600)
+        );
+        assert_eq!(
+            parse_block_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        for bad in [
+            "",
+            "10",
+            "m",
+            "0s",
+            "1.5h",
+            "-1m",
+            "10 m",
+            "5y",
+            "99999999999999999999d",
+        ] {
+            let e = parse_block_duration(bad).unwrap_err();
+            assert!(
+                e.message.starts_with("duration: "),
+                "{bad:?}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn clients_parse_as_addresses_or_as_listed() {
+        assert_eq!(
+            parse_client("192.0.2.7", 64, "ip").unwrap(),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert!(parse_client("2001:db8:1:2::/64", 64, "ip").is_ok());
+        assert!(parse_client("192.0.2.7/32", 64, "ip").is_ok());
+        assert!(parse_client("10.0.0.0/8", 64, "ip").is_err());
+        assert!(parse_client("2001:db8::/48", 64, "ip").is_err());
+        assert!(parse_client("example.com", 64, "ip").is_err());
+    }
+}

@@ -1,0 +1,1183 @@
+//! The TOML configuration file: parsing, defaults, and the effective policy.
+//!
+//! Every key is optional. An absent `[limits]` key takes the value of the
+//! chosen level's preset ([`Policy::for_level`]); every other absent key
+//! takes the value of [`Config::embedded_default`]. Unknown keys and tables
+//! are errors, and every error names the file, the line and the key:
+//!
+//! ```text
+//! mtguard.toml:12: [limits] rate_window: invalid duration "5x": expected a number followed by ms, s, m, h or d
+//! ```
+//!
+//! Parsing happens in two passes over the text: serde fills the raw structs
+//! below (where every value keeps its byte span), and when serde refuses
+//! something, the span of its error is looked up in the spanned document
+//! tree to find the key it belongs to.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mtguard_core::cidr::{parse_netset_line, Cidr};
+use mtguard_core::policy::PolicyError;
+use mtguard_core::{Level, Policy};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// The whole configuration, as read from a file or embedded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Security level 0–3: the preset every absent `[limits]` key comes from.
+    pub level: u8,
+    /// `[server]`: where to listen and where to forward.
+    pub server: ServerConfig,
+    /// `[limits]`: overrides of single thresholds of the level preset.
+    pub limits: LimitsConfig,
+    /// `[lists]`: allow and deny lists.
+    pub lists: ListsConfig,
+    /// `[admin]`: the admin API.
+    pub admin: AdminConfig,
+    /// `[state]`: persistence.
+    pub state: StateConfig,
+    /// The name errors and [`Config::describe`] use for the file.
+    source_name: String,
+    /// The file it was loaded from, if any.
+    path: Option<PathBuf>,
+    /// Line of every key set in the file, by its display name
+    /// (`[limits] rate_window`, `[lists] deny_files[0]`).
+    lines: BTreeMap<String, usize>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Addresses the guard accepts clients on (at least one).
+    pub listen: Vec<SocketAddr>,
+    /// The proxy behind the guard, `host:port` (a name is resolved when
+    /// connecting; an IPv6 address is written in brackets).
+    pub backend: String,
+    /// Whether the backend is told the client's address with a PROXY
+    /// protocol header.
+    pub proxy_protocol: ProxyProtocol,
+    /// How long connecting to the backend may take.
+    pub connect_timeout: Duration,
+    /// A connection with no traffic in either direction for this long is
+    /// closed.
+    pub idle_timeout: Duration,
+}
+
+/// `[server] proxy_protocol` is the proxy's own setting.
+pub use crate::proxy::ProxyProtocol;
+
+/// `proxy_protocol` as the file writes it.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawProxyProtocol {
+    None,
+    V1,
+    V2,
+}
+
+impl From<RawProxyProtocol> for ProxyProtocol {
+    fn from(raw: RawProxyProtocol) -> Self {
+        match raw {
+            RawProxyProtocol::None => ProxyProtocol::None,
+            RawProxyProtocol::V1 => ProxyProtocol::V1,
+            RawProxyProtocol::V2 => ProxyProtocol::V2,
+        }
+    }
+}
+
+fn proxy_protocol_name(pp: ProxyProtocol) -> &'static str {
+    match pp {
+        ProxyProtocol::None => "none",
+        ProxyProtocol::V1 => "v1",
+        ProxyProtocol::V2 => "v2",
+    }
+}
+
+/// `[lists]`: inline prefixes are parsed when the file is; list files are
+/// read by [`Config::load_lists`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListsConfig {
+    /// Prefixes that are never limited or blocked.
+    pub allow: Vec<Cidr>,
+    /// Prefixes that are always refused.
+    pub deny: Vec<Cidr>,
+    /// Netset files of allowed prefixes (already resolved against the config
+    /// file's directory).
+    pub allow_files: Vec<PathBuf>,
+    /// Netset files of denied prefixes (already resolved).
+    pub deny_files: Vec<PathBuf>,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin API; `None` when configured as `"off"`.
+    pub listen: Option<SocketAddr>,
+    /// File holding the admin API's bearer token (already resolved).
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateConfig {
+    /// Directory of the persisted state (blocks, manual list entries).
+    pub dir: PathBuf,
+}
+
+/// The prefixes of both lists, inline entries and list files together,
+/// sorted and without duplicates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lists {
+    /// Allowed prefixes.
+    pub allow: Vec<Cidr>,
+    /// Denied prefixes.
+    pub deny: Vec<Cidr>,
+}
+
+/// A configuration that cannot be used, as one line:
+/// `FILE[:LINE]: [KEY: ]PROBLEM`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    file: String,
+    line: Option<usize>,
+    key: Option<String>,
+    message: String,
+}
+
+impl ConfigError {
+    /// The file the error is in (the config file, a list file, or
+    /// `command line`).
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// The line, counting from 1, when one is known.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// The key, as written in messages: `level`, `[limits] rate_window`,
+    /// `[lists] allow[2]`, `--level`.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses `"500ms"`, `"60s"`, `"5m"`, `"2h"` or `"1d"`: digits, then one
+/// unit. No unit, a sign, a fraction or an amount past `u64::MAX`
+/// milliseconds is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    if s.starts_with('-') {
+        return Err(format!("invalid duration {s:?}: must not be negative"));
+    }
+    let unit_ms: u64 = match unit {
+        _ if number.is_empty() => 0,
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => 0,
+    };
+    if unit_ms == 0 {
+        return Err(format!(
+            "invalid duration {s:?}: expected a number followed by ms, s, m, h or d"
+        ));
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("invalid duration {s:?}: too large"))
+}
+
+/// A duration as the config file writes it, in the largest unit that
+/// divides it exactly: `5m`, `90s`, `1500ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// A value of a `[limits]` key: how it is written in the file and shown.
+trait LimitValue: Sized + Copy {
+    type Raw: for<'de> Deserialize<'de>;
+    fn convert(raw: Self::Raw) -> Result<Self, String>;
+    fn show(&self) -> String;
+}
+
+macro_rules! integer_limit {
+    ($($t:ty),*) => {$(
+        impl LimitValue for $t {
+            type Raw = i64;
+            fn convert(raw: i64) -> Result<Self, String> {
+                <$t>::try_from(raw).map_err(|_| {
+                    format!("{raw} is out of range: expected an integer from 0 to {}", <$t>::MAX)
+                })
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+integer_limit!(u8, u16, u32);
+
+impl LimitValue for bool {
+    type Raw = bool;
+    fn convert(raw: bool) -> Result<Self, String> {
+        Ok(raw)
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// A duration as written in the file: a string, so that a bare number is
+/// refused by type with a message that shows the form.
+struct DurationText(String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration in quotes, such as \"60s\", \"5m\" or \"500ms\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_owned()))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+impl LimitValue for Duration {
+    type Raw = DurationText;
+    fn convert(raw: DurationText) -> Result<Self, String> {
+        parse_duration(&raw.0)
+    }
+    fn show(&self) -> String {
+        format_duration(*self)
+    }
+}
+
+/// `handshake_timeout`: a duration, or `"off"`.
+impl LimitValue for Option<Duration> {
+    type Raw = DurationText;
+    fn convert(raw: DurationText) -> Result<Self, String> {
+        if raw.0 == "off" {
+            return Ok(None);
+        }
+        parse_duration(&raw.0)
+            .map(Some)
+            .map_err(|e| format!("{e}, or \"off\""))
+    }
+    fn show(&self) -> String {
+        self.map_or("off".into(), format_duration)
+    }
+}
+
+/// `attack_enter_per_second`: a rate, or 0 for off.
+impl LimitValue for Option<u32> {
+    type Raw = i64;
+    fn convert(raw: i64) -> Result<Self, String> {
+        u32::convert(raw).map(|n| (n != 0).then_some(n))
+    }
+    fn show(&self) -> String {
+        self.map_or("off (0)".into(), |n| n.to_string())
+    }
+}
+
+/// Defines [`LimitsConfig`], its raw form, and the mapping between config
+/// keys and [`Policy`] fields, from one list so they cannot drift apart.
+macro_rules! limits {
+    ($( $(#[doc = $doc:literal])* $key:ident => $field:ident: $ty:ty, )*) => {
+        /// `[limits]`: each key set here replaces that threshold of the level
+        /// preset; `None` means "the preset's value".
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct LimitsConfig {
+            $( $(#[doc = $doc])* pub $key: Option<$ty>, )*
+        }
+
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct RawLimits {
+            $( $key: Option<Spanned<<$ty as LimitValue>::Raw>>, )*
+        }
+
+        impl LimitsConfig {
+            /// `(config key, Policy field)` of every key, in file order.
+            const KEYS: &'static [(&'static str, &'static str)] =
+                &[$( (stringify!($key), stringify!($field)), )*];
+
+            fn from_raw(raw: RawLimits, cx: &mut Parse<'_>) -> Result<Self, ConfigError> {
+                Ok(LimitsConfig {
+                    $( $key: match raw.$key {
+                        None => None,
+                        Some(value) => {
+                            let key = concat!("[limits] ", stringify!($key));
+                            let span = value.span();
+                            cx.note(key, &span);
+                            let value = <$ty as LimitValue>::convert(value.into_inner())
+                                .map_err(|m| cx.error(&span, key, m))?;
+                            Some(value)
+                        }
+                    }, )*
+                })
+            }
+
+            /// Writes every key that is set over `policy`.
+            pub fn apply(&self, policy: &mut Policy) {
+                $( if let Some(value) = self.$key {
+                    policy.$field = value;
+                } )*
+            }
+
+            /// `(key, value in policy, set in the file)` of every key.
+            fn rows(&self, policy: &Policy) -> Vec<(&'static str, String, bool)> {
+                vec![$(
+                    (stringify!($key), LimitValue::show(&policy.$field), self.$key.is_some()),
+                )*]
+            }
+        }
+    };
+}
+
+limits! {
+    /// Concurrent connections one client (IPv4 address or IPv6 prefix) may hold.
+    max_connections_per_ip => max_connections_per_client: u16,
+    /// Length of the per-client rate window.
+    rate_window => rate_window: Duration,
+    /// New connections one client may open per rate window.
+    max_new_connections_per_window => max_new_connections_per_window: u16,
+    /// Whether clients that keep violating limits are blocked.
+    ip_blocking => ip_blocking: bool,
+    /// Refusals within one rate window after which a client is blocked.
+    block_after_violations => block_after_violations: u8,
+    /// Length of a first automatic block.
+    block_duration => block_duration: Duration,
+    /// Cap of an escalated block.
+    max_block_duration => max_block_duration: Duration,
+    /// Random lengthening of each block, in thousandths of its duration.
+    block_jitter_permille => block_jitter_permille: u16,
+    /// How long a client's offence history is remembered.
+    offence_memory => offence_memory: Duration,
+    /// IPv6 clients are accounted per prefix of this length.
+    ipv6_prefix => ipv6_prefix: u8,
+    /// Concurrent connections across all clients.
+    global_max_connections => global_max_connections: u32,
+    /// New connections per second across all clients.
+    global_max_new_per_second => global_max_new_per_second: u32,
+    /// Failed handshakes within one rate window that mark a scanner.
+    scanner_failures => scanner_failures: u8,
+    /// Handshake deadline; `Some(None)` is `"off"`.
+    handshake_timeout => handshake_timeout: Option<Duration>,
+    /// Handshake timeouts within one rate window that mark a slowloris client.
+    slowloris_timeouts => slowloris_timeouts: u8,
+    /// Whether a replayed handshake blocks at once.
+    block_on_replay => block_on_replay: bool,
+    /// Global new connections per second that start under-attack mode;
+    /// `Some(None)` is 0, "off".
+    attack_enter_per_second => attack_enter_per_second: Option<u32>,
+    /// Under-attack mode ends below this rate (after the cooldown).
+    attack_exit_per_second => attack_exit_per_second: u32,
+    /// How long the rate must stay below the exit threshold.
+    attack_cooldown => attack_cooldown: Duration,
+    /// Under attack, per-client limits are scaled to this percentage.
+    attack_limit_percent => attack_limit_percent: u8,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    level: Option<Spanned<i64>>,
+    server: Option<RawServer>,
+    limits: Option<RawLimits>,
+    lists: Option<RawLists>,
+    admin: Option<RawAdmin>,
+    state: Option<RawState>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
+    backend: Option<Spanned<String>>,
+    proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+    connect_timeout: Option<Spanned<DurationText>>,
+    idle_timeout: Option<Spanned<DurationText>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLists {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny_files: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<Spanned<String>>,
+}
+
+/// What one parse needs to turn spans into lines and paths into paths.
+struct Parse<'a> {
+    text: &'a str,
+    source: &'a str,
+    base: Option<&'a Path>,
+    lines: BTreeMap<String, usize>,
+}
+
+impl Parse<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        line_of(self.text, span.start)
+    }
+
+    fn note(&mut self, key: &str, span: &Range<usize>) {
+        let line = self.line(span);
+        self.lines.insert(key.to_owned(), line);
+    }
+
+    fn error(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.source.to_owned(),
+            line: Some(self.line(span)),
+            key: Some(key.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    /// A path from the file: relative ones are relative to the file's
+    /// directory.
+    fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        if value.get_ref().is_empty() {
+            return Err(self.error(&value.span(), key, "empty path"));
+        }
+        let path = PathBuf::from(value.get_ref());
+        Ok(match self.base {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
+        })
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<Spanned<DurationText>>,
+        key: &str,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let Some(value) = value else { return Ok(None) };
+        let span = value.span();
+        self.note(key, &span);
+        let d = parse_duration(&value.get_ref().0).map_err(|m| self.error(&span, key, m))?;
+        if d.is_zero() {
+            return Err(self.error(&span, key, "must be longer than zero"));
+        }
+        Ok(Some(d))
+    }
+
+    fn cidrs(&mut self, values: &[Spanned<String>], key: &str) -> Result<Vec<Cidr>, ConfigError> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let key = format!("{key}[{i}]");
+                self.note(&key, &value.span());
+                Cidr::parse(value.get_ref()).map_err(|e| {
+                    let message = format!("invalid address or prefix {:?}: {e}", value.get_ref());
+                    self.error(&value.span(), &key, message)
+                })
+            })
+            .collect()
+    }
+
+    fn paths(
+        &mut self,
+        values: &[Spanned<String>],
+        key: &str,
+    ) -> Result<Vec<PathBuf>, ConfigError> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let key = format!("{key}[{i}]");
+                self.note(&key, &value.span());
+                self.path(value, &key)
+            })
+            .collect()
+    }
+}
+
+/// The line, counting from 1, of byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// One step of a key path: a key or an index into an array.
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// The innermost key or value of `table` whose span holds `pos`: its path,
+/// whether the key itself (rather than its value) matched, and whether its
+/// value is a table.
+struct Found {
+    path: Vec<Step>,
+    width: usize,
+    is_table: bool,
+}
+
+fn locate(table: &DeTable<'_>, pos: usize, path: &mut Vec<Step>, best: &mut Option<Found>) {
+    for (key, value) in table.iter() {
+        path.push(Step::Key(key.get_ref().to_string()));
+        consider(key.span(), value.get_ref(), pos, path, best);
+        locate_value(value, pos, path, best);
+        path.pop();
+    }
+}
+
+fn locate_value(
+    value: &Spanned<DeValue<'_>>,
+    pos: usize,
+    path: &mut Vec<Step>,
+    best: &mut Option<Found>,
+) {
+    consider(value.span(), value.get_ref(), pos, path, best);
+    match value.get_ref() {
+        DeValue::Table(table) => locate(table, pos, path, best),
+        DeValue::Array(array) => {
+            for (i, element) in array.iter().enumerate() {
+                path.push(Step::Index(i));
+                locate_value(element, pos, path, best);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn consider(
+    span: Range<usize>,
+    value: &DeValue<'_>,
+    pos: usize,
+    path: &[Step],
+    best: &mut Option<Found>,
+) {
+    let hit = span.contains(&pos) || (span.is_empty() && span.start == pos);
+    let width = span.len();
+    let better = match best {
+        None => true,
+        Some(b) => width < b.width || (width == b.width && path.len() > b.path.len()),
+    };
+    if hit && better {
+        *best = Some(Found {
+            path: path
+                .iter()
+                .map(|s| match s {
+                    Step::Key(k) => Step::Key(k.clone()),
+                    Step::Index(i) => Step::Index(*i),
+                })
+                .collect(),
+            width,
+            is_table: matches!(value, DeValue::Table(_)),
+        });
+    }
+}
+
+/// `level`, `[limits]`, `[limits] rate_window`, `[lists] allow[2]`.
+fn key_name(path: &[Step], last_is_table: bool) -> Option<String> {
+    let mut out = String::new();
+    for (i, step) in path.iter().enumerate() {
+        match step {
+            Step::Key(k) if i == 0 && (path.len() > 1 || last_is_table) => {
+                out.push('[');
+                out.push_str(k);
+                out.push(']');
+            }
+            Step::Key(k) if i == 0 => out.push_str(k),
+            Step::Key(k) if i == 1 => {
+                out.push(' ');
+                out.push_str(k);
+            }
+            Step::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Step::Index(n) => out.push_str(&format!("[{n}]")),
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Whether `text` holds `word` as a whole word (`block_duration` is not
+/// mentioned by `max_block_duration`).
+fn mentions(text: &str, word: &str) -> bool {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(word).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + word.len()..].chars().next();
+        !before.is_some_and(is_word) && !after.is_some_and(is_word)
+    })
+}
+
+/// Turns a TOML or serde error into one naming the line and the key.
+fn toml_error(error: &toml::de::Error, text: &str, source: &str) -> ConfigError {
+    let mut message = error.message().trim().to_owned();
+    let span = error.span();
+    let line = span.as_ref().map(|s| line_of(text, s.start));
+    let mut key = None;
+    match (&span, DeTable::parse(text)) {
+        (Some(span), Ok(doc)) => {
+            let mut best = None;
+            locate(doc.get_ref(), span.start, &mut Vec::new(), &mut best);
+            if let Some(found) = best {
+                if let Some(rest) = message.strip_prefix("unknown field") {
+                    // The key is in the message; name the table it is in.
+                    let what = if found.is_table && found.path.len() == 1 {
+                        "unknown table"
+                    } else {
+                        "unknown key"
+                    };
+                    message = format!("{what}{rest}");
+                    let table = &found.path[..found.path.len().saturating_sub(1)];
+                    key = key_name(table, true);
+                } else {
+                    key = key_name(&found.path, found.is_table);
+                }
+            }
+        }
+        (_, Err(_)) => {
+            // A syntax error: the line says where; a duplicate key is named.
+            let at = span.as_ref().and_then(|s| text.get(s.clone()));
+            match at {
+                Some(k) if message == "duplicate key" && !k.trim().is_empty() => {
+                    message = format!("invalid TOML: duplicate key `{}`", k.trim())
+                }
+                _ => message = format!("invalid TOML: {message}"),
+            }
+        }
+        (None, Ok(_)) => {}
+    }
+    let mut message = message
+        .replace("expected i64", "expected an integer")
+        .replace("expected a boolean", "expected true or false")
+        .replace("expected a sequence", "expected an array");
+    // Serde names the raw struct of a table; the file calls it a table.
+    if let Some(at) = message.find("expected struct Raw") {
+        message.truncate(at);
+        message.push_str("expected a table");
+    }
+    ConfigError {
+        file: source.to_owned(),
+        line,
+        key,
+        message,
+    }
+}
+
+fn check_backend(backend: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "invalid backend {backend:?}: {why}; expected host:port such as 127.0.0.1:8443, proxy.internal:443 or [::1]:8443"
+        ))
+    };
+    let Some((host, port)) = backend.rsplit_once(':') else {
+        return bad("no port");
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return bad("the port is not a number");
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => return bad("the port must be between 1 and 65535"),
+        Ok(_) => {}
+    }
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("invalid IPv6 address in brackets");
+        }
+    } else if host.contains(':') {
+        return bad("an IPv6 address must be written in brackets");
+    } else if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    {
+        return bad("invalid host name");
+    }
+    Ok(())
+}
+
+/// The per-user state directory: the platform's local data directory (on
+/// Linux `$XDG_DATA_HOME` or `~/.local/share`) plus `mtguard`, else
+/// `$HOME/.local/share/mtguard`, else `./mtguard-state`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = dirs::data_local_dir() {
+        return dir.join("mtguard");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home).join(".local/share/mtguard"),
+        _ => PathBuf::from("mtguard-state"),
+    }
+}
+
+impl Config {
+    /// The configuration used when no file is given: listen on
+    /// `127.0.0.1:4443`, forward to `127.0.0.1:8443`, admin API on
+    /// `127.0.0.1:9900`, level 1, no PROXY protocol, 5 s connect timeout,
+    /// 10 min idle timeout, state in [`default_state_dir`].
+    pub fn embedded_default() -> Config {
+        let local = |port| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port);
+        Config {
+            level: 1,
+            server: ServerConfig {
+                listen: vec![local(4443)],
+                backend: "127.0.0.1:8443".into(),
+                proxy_protocol: ProxyProtocol::None,
+                connect_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(600),
+            },
+            limits: LimitsConfig::default(),
+            lists: ListsConfig::default(),
+            admin: AdminConfig {
+                listen: Some(local(9900)),
+                token_file: None,
+            },
+            state: StateConfig {
+                dir: default_state_dir(),
+            },
+            source_name: "embedded default".into(),
+            path: None,
+            lines: BTreeMap::new(),
+        }
+    }
+
+    /// Reads and parses the file at `path`; relative paths in it are
+    /// resolved against its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            line: None,
+            key: None,
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let mut config = Config::parse_in(&text, &name, base)?;
+        config.path = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Parses a config text; `source_name` names it in errors. Relative
+    /// paths in it stay relative (to the working directory).
+    pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, source_name, None)
+    }
+
+    fn parse_in(text: &str, source_name: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, source_name))?;
+        let mut cx = Parse {
+            text,
+            source: source_name,
+            base,
+            lines: BTreeMap::new(),
+        };
+        let mut config = Config::embedded_default();
+        config.source_name = source_name.to_owned();
+
+        if let Some(level) = raw.level {
+            cx.note("level", &level.span());
+            let n = *level.get_ref();
+            config.level = match u8::try_from(n).ok().and_then(Level::from_number) {
+                Some(l) => l.number(),
+                None => {
+                    let m = format!("must be 0, 1, 2 or 3 (got {n})");
+                    return Err(cx.error(&level.span(), "level", m));
+                }
+            };
+        }
+
+        let server = raw.server.unwrap_or_default();
+        if let Some(listen) = server.listen {
+            let key = "[server] listen";
+            cx.note(key, &listen.span());
+            if listen.get_ref().is_empty() {
+                return Err(cx.error(&listen.span(), key, "must list at least one address"));
+            }
+            config.server.listen = listen
+                .get_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    a.get_ref().parse().map_err(|_| {
+                        let m = format!(
+                            "invalid address {:?}: expected IP:port such as 0.0.0.0:443 or [::]:443",
+                            a.get_ref()
+                        );
+                        cx.error(&a.span(), &format!("{key}[{i}]"), m)
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(backend) = server.backend {
+            let key = "[server] backend";
+            cx.note(key, &backend.span());
+            check_backend(backend.get_ref()).map_err(|m| cx.error(&backend.span(), key, m))?;
+            config.server.backend = backend.into_inner();
+        }
+        if let Some(pp) = server.proxy_protocol {
+            cx.note("[server] proxy_protocol", &pp.span());
+            config.server.proxy_protocol = pp.into_inner().into();
+        }
+        if let Some(d) = cx.duration(server.connect_timeout, "[server] connect_timeout")? {
+            config.server.connect_timeout = d;
+        }
+        if let Some(d) = cx.duration(server.idle_timeout, "[server] idle_timeout")? {
+            config.server.idle_timeout = d;
+        }
+
+        config.limits = LimitsConfig::from_raw(raw.limits.unwrap_or_default(), &mut cx)?;
+
+        let lists = raw.lists.unwrap_or_default();
+        config.lists = ListsConfig {
+            allow: cx.cidrs(&lists.allow, "[lists] allow")?,
+            deny: cx.cidrs(&lists.deny, "[lists] deny")?,
+            allow_files: cx.paths(&lists.allow_files, "[lists] allow_files")?,
+            deny_files: cx.paths(&lists.deny_files, "[lists] deny_files")?,
+        };
+
+        let admin = raw.admin.unwrap_or_default();
+        if let Some(listen) = admin.listen {
+            let key = "[admin] listen";
+            cx.note(key, &listen.span());
+            config.admin.listen = match listen.get_ref().as_str() {
+                "off" => None,
+                text => Some(text.parse().map_err(|_| {
+                    let m = format!(
+                        "invalid address {text:?}: expected IP:port such as 127.0.0.1:9900, or \"off\""
+                    );
+                    cx.error(&listen.span(), key, m)
+                })?),
+            };
+        }
+        if let Some(token) = admin.token_file {
+            let key = "[admin] token_file";
+            cx.note(key, &token.span());
+            config.admin.token_file = Some(cx.path(&token, key)?);
+        }
+
+        if let Some(dir) = raw.state.unwrap_or_default().dir {
+            let key = "[state] dir";
+            cx.note(key, &dir.span());
+            config.state.dir = cx.path(&dir, key)?;
+        }
+
+        config.lines = cx.lines;
+        Ok(config)
+    }
+
+    /// The name of the file in messages (`embedded default` without one).
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    /// The file the configuration was loaded from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The policy to run: the preset of `level_override` (the command line's
+    /// `--level`) or else of the file's `level`, with every `[limits]` key of
+    /// the file applied over it, validated.
+    pub fn effective_policy(&self, level_override: Option<u8>) -> Result<Policy, ConfigError> {
+        let level = match level_override {
+            Some(n) => Level::from_number(n).ok_or_else(|| ConfigError {
+                file: "command line".into(),
+                line: None,
+                key: Some("--level".into()),
+                message: format!("must be 0, 1, 2 or 3 (got {n})"),
+            })?,
+            None => Level::from_number(self.level).ok_or_else(|| ConfigError {
+                file: self.source_name.clone(),
+                line: self.lines.get("level").copied(),
+                key: Some("level".into()),
+                message: format!("must be 0, 1, 2 or 3 (got {})", self.level),
+            })?,
+        };
+        let mut policy = Policy::for_level(level);
+        self.limits.apply(&mut policy);
+        policy
+            .validate()
+            .map_err(|e| self.policy_error(e, &policy))?;
+        Ok(policy)
+    }
+
+    /// A validation error of the core, in the file's terms.
+    fn policy_error(&self, error: PolicyError, policy: &Policy) -> ConfigError {
+        let config_key = |field: &'static str| -> &'static str {
+            LimitsConfig::KEYS
+                .iter()
+                .find(|(_, f)| *f == field)
+                .map_or(field, |(k, _)| *k)
+        };
+        let key = config_key(error.field);
+        let mut problem = error.problem.to_owned();
+        for (k, f) in LimitsConfig::KEYS {
+            if k != f {
+                problem = problem.replace(f, k);
+            }
+        }
+        // The key, then every other key the problem mentions, with their
+        // values and origins: the cause may be a key the file did set.
+        let rows = self.limits.rows(policy);
+        let preset = policy.level.number();
+        let mut line = None;
+        let mut notes = Vec::new();
+        let mentioned = rows.iter().filter(|r| r.0 == key).chain(
+            rows.iter()
+                .filter(|r| r.0 != key && mentions(&problem, r.0)),
+        );
+        for (k, value, from_file) in mentioned {
+            let k_line = self.lines.get(&format!("[limits] {k}")).copied();
+            let origin = match k_line {
+                Some(n) if *from_file => format!("set on line {n}"),
+                _ if *from_file => "set in the file".to_owned(),
+                _ => format!("from the level {preset} preset"),
+            };
+            line = line.or(k_line.filter(|_| *from_file));
+            notes.push(format!("{k} is {value}, {origin}"));
+        }
+        let message = if notes.is_empty() {
+            problem
+        } else {
+            format!("{problem} ({})", notes.join("; "))
+        };
+        ConfigError {
+            file: self.source_name.clone(),
+            line,
+            key: Some(format!("[limits] {key}")),
+            message,
+        }
+    }
+
+    /// The allow and deny lists: the inline prefixes and those of every list
+    /// file (one address or prefix a line, `#` starts a comment), sorted
+    /// and without duplicates.
+    pub fn load_lists(&self) -> Result<Lists, ConfigError> {
+        let read = |inline: &[Cidr], files: &[PathBuf], key: &str| {
+            let mut out = inline.to_vec();
+            for (i, file) in files.iter().enumerate() {
+                let name = file.display().to_string();
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    let index_key = format!("{key}[{i}]");
+                    ConfigError {
+                        file: self.source_name.clone(),
+                        line: self.lines.get(&index_key).copied(),
+                        key: Some(index_key),
+                        message: format!("cannot read list file {name:?}: {e}"),
+                    }
+                })?;
+                for (n, line) in text.lines().enumerate() {
+                    match parse_netset_line(line) {
+                        Ok(Some(cidr)) => out.push(cidr),
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(ConfigError {
+                                file: name,
+                                line: Some(n + 1),
+                                key: None,
+                                message: format!(
+                                    "invalid address or prefix {:?}: {e} (list file of {key}; one address or prefix a line, # starts a comment)",
+                                    line.split('#').next().unwrap_or("").trim()
+                                ),
+                            })
+                        }
+                    }
+                }
+            }
+            out.sort_unstable();
+            out.dedup();
+            Ok(out)
+        };
+        Ok(Lists {
+            allow: read(
+                &self.lists.allow,
+                &self.lists.allow_files,
+                "[lists] allow_files",
+            )?,
+            deny: read(
+                &self.lists.deny,
+                &self.lists.deny_files,
+                "[lists] deny_files",
+            )?,
+        })
+    }
+
+    /// The effective configuration for `mtguard check-config`: the server
+    /// settings, and every threshold of `policy` with where it came from
+    /// (the file or the level preset).
+    pub fn describe(&self, policy: &Policy) -> String {
+        use std::fmt::Write as _;
+        let level = policy.level.number();
+        let level_name = match policy.level {
+            Level::Minimal => "minimal",
+            Level::Standard => "standard",
+            Level::High => "high",
+            Level::Maximum => "maximum",
+        };
+        let mut out = String::new();
+        let _ = writeln!(out, "config: {}", self.source_name);
+        let _ = write!(out, "level: {level} ({level_name})");
+        if level != self.level {
+            let _ = write!(
+                out,
+                ", from the command line (the file says {})",
+                self.level
+            );
+        }
+        out.push('\n');
+
+        let mut row = |key: &str, value: String, origin: &str| {
+            let line = format!("  {key:<32} {value:<24} {origin}");
+            out.push_str(line.trim_end());
+            out.push('\n');
+        };
+        let origin = |key: &str| {
+            if self.lines.contains_key(key) {
+                "file"
+            } else {
+                "default"
+            }
+        };
+        let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        let path_or_none = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or("(none)".into(), |p| p.display().to_string())
+        };
+        row("[server]", String::new(), "");
+        row("listen", listen.join(", "), origin("[server] listen"));
+        row(
+            "backend",
+            self.server.backend.clone(),
+            origin("[server] backend"),
+        );
+        row(
+            "proxy_protocol",
+            proxy_protocol_name(self.server.proxy_protocol).to_owned(),
+            origin("[server] proxy_protocol"),
+        );
+        row(
+            "connect_timeout",
+            format_duration(self.server.connect_timeout),
+            origin("[server] connect_timeout"),
+        );
+        row(
+            "idle_timeout",
+            format_duration(self.server.idle_timeout),
+            origin("[server] idle_timeout"),
+        );
+        row("[admin]", String::new(), "");
+        row(
+            "listen",
+            self.admin.listen.map_or("off".into(), |a| a.to_string()),
+            origin("[admin] listen"),
+        );
+        row(
+            "token_file",
+            path_or_none(&self.admin.token_file),
+            origin("[admin] token_file"),
+        );
+        row("[state]", String::new(), "");
+        row(
+            "dir",
+            self.state.dir.display().to_string(),
+            origin("[state] dir"),
+        );
+        row("[lists]", String::new(), "");
+        let files = |f: &[PathBuf]| {
+            if f.is_empty() {
+                "(none)".into()
+            } else {
+                f.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        row("allow", format!("{} inline", self.lists.allow.len()), "");
+        row("allow_files", files(&self.lists.allow_files), "");
+        row("deny", format!("{} inline", self.lists.deny.len()), "");
+        row("deny_files", files(&self.lists.deny_files), "");
+        row("[limits]", String::new(), "");
+        let preset = format!("level {level} preset");
+        for (key, value, from_file) in self.limits.rows(policy) {
+            row(key, value, if from_file { "file" } else { &preset });
+        }
+        out
+    }
+}

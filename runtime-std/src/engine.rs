@@ -1,0 +1,337 @@
+//! The core on tokio: one engine behind a lock, a driver task for its
+//! timers and events, and the link from events back to connections.
+//!
+//! Every handler runs under a `std::sync::Mutex` held for a few hundred
+//! nanoseconds and never across an `.await`; the driver task sleeps until
+//! `poll_timeout()` and drains the events. The tables are allocated on the
+//! heap once, at their preset sizes, and never grow.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mtguard_core::cidr::{Cidr, CidrEntry, Origin};
+use mtguard_core::storage::ServerPreset;
+use mtguard_core::table::{ClientSlot, ConnSlot};
+use mtguard_core::{
+    ConnectionId, Event, HandshakeOutcome, Instant, Policy, SecurityManager, Seed, Storage, Tables,
+    Verdict,
+};
+use tokio::sync::{oneshot, Notify};
+
+/// Tables on the heap: boxed slices are built element by element, so even
+/// the server preset's megabytes never pass through a stack.
+pub struct Heap;
+
+impl Storage for Heap {
+    type Clients = Box<[ClientSlot]>;
+    type Buckets = Box<[u32]>;
+    type Connections = Box<[ConnSlot]>;
+    type Prefixes = Box<[CidrEntry]>;
+}
+
+/// Table sizes. The defaults are the core's server preset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Tracked clients.
+    pub clients: usize,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Prefixes in each of the allow and deny lists.
+    pub prefixes: usize,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            clients: ServerPreset::CLIENTS,
+            connections: ServerPreset::CONNECTIONS,
+            prefixes: ServerPreset::PREFIXES,
+        }
+    }
+}
+
+impl Capacity {
+    /// Bytes the engine's tables take, whatever the load.
+    pub fn table_bytes(&self) -> usize {
+        self.clients * (std::mem::size_of::<ClientSlot>() + 4)
+            + self.connections * std::mem::size_of::<ConnSlot>()
+            + 2 * self.prefixes * std::mem::size_of::<CidrEntry>()
+    }
+
+    fn tables(&self) -> Tables<Heap> {
+        Tables {
+            clients: vec![ClientSlot::EMPTY; self.clients].into_boxed_slice(),
+            buckets: vec![u32::MAX; self.clients].into_boxed_slice(),
+            connections: vec![ConnSlot::EMPTY; self.connections].into_boxed_slice(),
+            allow: vec![CidrEntry::EMPTY; self.prefixes].into_boxed_slice(),
+            deny: vec![CidrEntry::EMPTY; self.prefixes].into_boxed_slice(),
+        }
+    }
+}
+
+/// The engine type of the server.
+pub type Engine = SecurityManager<Heap>;
+
+/// Receives what the engine reports; the server logs, counts and persists.
+pub trait EventSink: Send + Sync + 'static {
+    /// One event, in the order the engine produced them.
+    fn event(&self, event: &Event);
+}
+
+/// Logs every event once with tracing.
+pub struct LogEvents {
+    /// The policy's IPv6 prefix, to print IPv6 clients as their prefix.
+    pub ipv6_prefix: u8,
+}
+
+impl EventSink for LogEvents {
+    fn event(&self, event: &Event) {
+        let show = |k: &mtguard_core::ClientKey| k.display(self.ipv6_prefix).to_string();
+        match event {
+            Event::Blocked {
+                client,
+                cause,
+                until,
+                offences,
+            } => tracing::warn!(
+                client = show(client),
+                cause = cause.as_str(),
+                offences,
+                until_ms = until.map(|u| u.as_millis()),
+                "client blocked"
+            ),
+            Event::Unblocked { client, cause } => {
+                tracing::info!(client = show(client), cause = ?cause, "client unblocked")
+            }
+            Event::ScannerDetected { client } => {
+                tracing::warn!(
+                    client = show(client),
+                    "scanner detected: repeated handshake failures"
+                )
+            }
+            Event::ReplayDetected { client } => {
+                tracing::warn!(client = show(client), "replayed handshake detected")
+            }
+            Event::SlowlorisDetected { client } => {
+                tracing::warn!(
+                    client = show(client),
+                    "slowloris detected: handshakes never complete"
+                )
+            }
+            Event::UnderAttack { rate_per_second } => {
+                tracing::warn!(rate_per_second, "under attack: per-client limits tightened")
+            }
+            Event::AttackOver => tracing::info!("attack over: limits restored"),
+            Event::ClientTableFull => tracing::error!(
+                "client table full of busy or blocked clients: refusing new clients"
+            ),
+            Event::PinMismatch => tracing::warn!("certificate chain matched no pin"),
+            Event::HandshakeTimeout { .. } => {}
+        }
+    }
+}
+
+/// The engine shared by every task of the server.
+pub struct Guard {
+    engine: Mutex<Engine>,
+    epoch: std::time::Instant,
+    /// Wakes the driver when a handler may have moved `poll_timeout` earlier
+    /// or queued events.
+    wake: Notify,
+    /// When the driver will wake on its own, in engine milliseconds.
+    driver_wakes_at: AtomicU64,
+    /// Connections waiting for their first bytes: the driver closes them on
+    /// `HandshakeTimeout`.
+    pending: Mutex<HashMap<ConnectionId, oneshot::Sender<()>>>,
+    sink: Box<dyn EventSink>,
+}
+
+/// Cryptographically random seed for the engine's hash key and jitter.
+pub fn random_seed() -> Seed {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    let mut hash_key = [0u8; 16];
+    hash_key.copy_from_slice(&bytes[..16]);
+    let mut jitter = [0u8; 8];
+    jitter.copy_from_slice(&bytes[16..]);
+    Seed {
+        hash_key,
+        jitter: u64::from_le_bytes(jitter),
+    }
+}
+
+impl Guard {
+    /// A guard with tables of `capacity`, enforcing `policy`.
+    pub fn new(
+        policy: Policy,
+        capacity: Capacity,
+        sink: Box<dyn EventSink>,
+    ) -> anyhow::Result<Arc<Guard>> {
+        let engine = SecurityManager::new(capacity.tables(), policy, random_seed(), Instant::ZERO)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Arc::new(Guard {
+            engine: Mutex::new(engine),
+            epoch: std::time::Instant::now(),
+            wake: Notify::new(),
+            driver_wakes_at: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+            sink,
+        }))
+    }
+
+    /// Now, on the engine's clock (milliseconds since the guard started).
+    pub fn now(&self) -> Instant {
+        Instant::from_millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    /// Runs `f` on the engine under its lock, then hands the events it
+    /// produced to the sink (outside the lock) and wakes the driver, whose
+    /// next deadline may have moved. Keep `f` short.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Engine, Instant) -> R) -> R {
+        let (r, next) = self.locked(|engine, now| (f(engine, now), engine.poll_timeout()));
+        // Waking the driver costs a lock round trip: do it only when the
+        // engine now wants it earlier than it planned to wake.
+        let planned = self.driver_wakes_at.load(Ordering::Relaxed);
+        if next.is_some_and(|t| t.as_millis() < planned) {
+            self.wake.notify_one();
+        }
+        r
+    }
+
+    fn locked<R>(&self, f: impl FnOnce(&mut Engine, Instant) -> R) -> R {
+        let (r, events) = {
+            let mut engine = self.lock();
+            let now = self.now();
+            let r = f(&mut engine, now);
+            let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
+            (r, events)
+        };
+        self.dispatch(&events);
+        r
+    }
+
+    fn dispatch(&self, events: &[Event]) {
+        for event in events {
+            if let Event::HandshakeTimeout { connection } = event {
+                if let Some(tx) = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(connection)
+                {
+                    let _ = tx.send(());
+                }
+            }
+            self.sink.event(event);
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Engine> {
+        // A panic while holding the lock cannot leave the engine half
+        // updated in a way that matters more than stopping the server would.
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides on a new connection from `ip`. On admission, the returned
+    /// receiver fires if the connection's handshake deadline passes.
+    pub fn connect(&self, ip: IpAddr) -> Result<Admitted, mtguard_core::RejectReason> {
+        let verdict = self.with(|e, now| e.handle_connect(now, ip));
+        match verdict {
+            Verdict::Admit(id) => {
+                let (tx, rx) = oneshot::channel();
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id, tx);
+                Ok(Admitted { id, timed_out: rx })
+            }
+            Verdict::Reject(reason) => Err(reason),
+        }
+    }
+
+    /// Reports the outcome of a connection's handshake.
+    pub fn handshake(&self, id: ConnectionId, outcome: HandshakeOutcome) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let _ = self.with(|e, now| e.handle_handshake(now, id, outcome));
+    }
+
+    /// Reports that a connection closed.
+    pub fn close(&self, id: ConnectionId) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let _ = self.with(|e, now| e.handle_close(now, id));
+    }
+
+    /// Replaces the config lists (a start or a reload); manual entries stay.
+    pub fn set_config_lists(&self, allow: &[Cidr], deny: &[Cidr]) -> anyhow::Result<()> {
+        self.with(|e, _| -> anyhow::Result<()> {
+            for (set, list, name) in [(true, allow, "allow"), (false, deny, "deny")] {
+                let cap = if set {
+                    e.allowlist().capacity()
+                } else {
+                    e.denylist().capacity()
+                };
+                let manual = if set {
+                    e.allowlist().iter().filter(|x| x.origin() == Origin::Manual).count()
+                } else {
+                    e.denylist().iter().filter(|x| x.origin() == Origin::Manual).count()
+                };
+                if list.len() + manual > cap {
+                    anyhow::bail!(
+                        "[lists] {name}: {} prefixes but the table holds {cap} ({manual} added at run time)",
+                        list.len()
+                    );
+                }
+            }
+            for (allow_side, list) in [(true, allow), (false, deny)] {
+                let set = if allow_side { e.allow_mut() } else { e.deny_mut() };
+                set.remove_origin(Origin::Config);
+                for c in list {
+                    set.insert(*c, Origin::Config)
+                        .map_err(|err| anyhow::anyhow!("{err}"))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Drives the engine's timers until the process ends. Call once.
+    pub async fn drive(self: Arc<Self>) {
+        loop {
+            let next = self.locked(|engine, now| {
+                if engine.poll_timeout().is_some_and(|t| t <= now) {
+                    engine.handle_timeout(now);
+                }
+                engine.poll_timeout()
+            });
+            self.driver_wakes_at
+                .store(next.map_or(u64::MAX, |t| t.as_millis()), Ordering::Relaxed);
+            let sleep = match next {
+                Some(t) => {
+                    Duration::from_millis(t.as_millis().saturating_sub(self.now().as_millis()))
+                }
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// An admitted connection.
+pub struct Admitted {
+    /// Its id for the engine.
+    pub id: ConnectionId,
+    /// Fires when the engine times out its handshake (slowloris).
+    pub timed_out: oneshot::Receiver<()>,
+}

@@ -1,0 +1,12 @@
+//! mtguard's server runtime: drives the core on tokio.
+//!
+//! The binary (`src/main.rs`) is a thin command line over these modules, so
+//! the integration tests in `tests/` can drive the same code.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod proxy;
+pub mod server;
+pub mod state;

@@ -1,0 +1,634 @@
+//! Forwarding: accepts clients, lets the guard decide on each one at accept
+//! (before reading a byte), and relays the admitted ones to the backend
+//! proxy byte for byte.
+//!
+//! A connection goes through three phases:
+//! 1. accept: `Guard::connect`; a refused client is reset at once (SO_LINGER
+//!    0) and costs no backend connection;
+//! 2. handshake: the client's first bytes are awaited, racing the engine's
+//!    handshake deadline (slowloris), the idle timeout and shutdown; they are
+//!    judged by [`first_bytes`] and the verdict reported to the engine;
+//! 3. relay: the backend is connected, sent the PROXY header if configured,
+//!    then the first bytes on their own write, then both directions are
+//!    copied until both are done, honouring half-close, with an idle timeout.
+//!
+//! The engine hears of the connection's end exactly once, on every path
+//! (panics and cancellation included), through a drop guard.
+//!
+//! The relay does not change the byte stream: it never coalesces the first
+//! bytes with what follows and never buffers beyond one read.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mtguard_core::{ConnectionId, HandshakeOutcome};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::engine::{Admitted, Guard};
+
+/// Whether, and in which version, the backend is sent a PROXY protocol
+/// header carrying the client's address. mtg and telemt accept it; the
+/// original MTProxy does not, so it is a per-backend option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// No header: the backend sees the guard's address.
+    #[default]
+    None,
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// How admitted connections are forwarded. Read once per connection, at
+/// accept: a reload applies to new connections.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// The backend proxy, `host:port` (resolved per connection).
+    pub backend: String,
+    /// The PROXY protocol header sent to the backend, if any.
+    pub proxy_protocol: ProxyProtocol,
+    /// How long connecting to the backend may take.
+    pub connect_timeout: Duration,
+    /// A connection that moves no byte either way for this long is closed
+    /// (also bounds the wait for the first bytes).
+    pub idle_timeout: Duration,
+}
+
+/// Size of each direction's copy buffer. Each relayed connection holds two,
+/// allocated once.
+const COPY_BUFFER: usize = 16 * 1024;
+
+/// The most the handshake buffer grows to while the inspection asks for
+/// more bytes: one whole TLS record (5-byte header and 2^14 bytes), which
+/// bounds a fake-TLS ClientHello.
+const HANDSHAKE_MAX: usize = 5 + (1 << 14);
+
+/// At most one warning per this period about an unreachable backend; the
+/// other failures are logged at debug level.
+const BACKEND_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The first and the longest pause after an accept error that is not the
+/// failure of one incoming connection (EMFILE, ENFILE, ENOBUFS, ENOMEM...).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What the guard makes of the bytes a client sent first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inspection {
+    /// A handshake the backend should see: forward the connection.
+    Forward,
+    /// Too few bytes to decide: read more (the deadline still runs).
+    NeedMore,
+    /// Not a handshake to forward: the engine is told `outcome` and the
+    /// connection is closed without contacting the backend.
+    Refuse(HandshakeOutcome),
+}
+
+/// Judges a connection's first bytes (`bytes` is never empty and holds
+/// everything read so far). Without MTProto inspection any bytes pass;
+/// inspection plugs in here.
+pub fn first_bytes(bytes: &[u8]) -> Inspection {
+    if bytes.is_empty() {
+        Inspection::NeedMore
+    } else {
+        Inspection::Forward
+    }
+}
+
+/// Live connections the engine counts (admitted and not yet closed).
+pub fn active_connections(guard: &Guard) -> u32 {
+    guard.with(|e, _| e.active_connections())
+}
+
+/// Accepts on `listener` until `shutdown` becomes true (or its sender is
+/// dropped); each connection is decided by the guard at accept, before any
+/// read. On shutdown the listener is dropped, so new connections are
+/// refused by the kernel; admitted connections carry on (those still
+/// waiting for their first bytes are closed) and the caller drains them.
+pub async fn serve(
+    listener: TcpListener,
+    guard: Arc<Guard>,
+    settings: watch::Receiver<Arc<ProxySettings>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let listening = listener.local_addr()?;
+    let shared = Arc::new(Shared::new());
+    let mut trouble = AcceptTrouble::default();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|&stop| stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                trouble.recovered();
+                admit(
+                    stream, peer, listening, &guard, &settings, &shutdown, &shared,
+                );
+            }
+            Err(e) if is_connection_error(&e) => {
+                tracing::debug!(error = %e, "accept: incoming connection failed");
+            }
+            Err(e) => {
+                let pause = trouble.failed(&e);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|&stop| stop) => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    tracing::debug!(%listening, "stopped accepting");
+    Ok(())
+}
+
+/// State shared by the connections of one listener.
+struct Shared {
+    epoch: Instant,
+    /// When the last backend warning was logged, in ms since `epoch`, plus
+    /// one (zero: never).
+    backend_warned: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            epoch: Instant::now(),
+            backend_warned: AtomicU64::new(0),
+        }
+    }
+
+    fn backend_failed(&self, backend: &str, peer: SocketAddr, error: &io::Error) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.backend_warned.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= BACKEND_WARN_EVERY.as_millis() as u64;
+        if due
+            && self
+                .backend_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                backend,
+                %error,
+                "cannot reach the backend (further failures within {}s at debug level)",
+                BACKEND_WARN_EVERY.as_secs()
+            );
+        } else {
+            tracing::debug!(backend, %peer, %error, "cannot reach the backend");
+        }
+    }
+}
+
+/// Accept errors that concern one incoming connection only: the next
+/// accept may succeed at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Accept errors of the listener itself (out of descriptors, of memory):
+/// each kind is logged once per streak of failures, and the loop pauses
+/// with an exponential backoff instead of spinning.
+#[derive(Default)]
+struct AcceptTrouble {
+    seen: Vec<(Option<i32>, io::ErrorKind)>,
+    failures: u64,
+    pause: Duration,
+}
+
+impl AcceptTrouble {
+    fn failed(&mut self, e: &io::Error) -> Duration {
+        let kind = (e.raw_os_error(), e.kind());
+        if !self.seen.contains(&kind) {
+            self.seen.push(kind);
+            tracing::error!(error = %e, "accept failed; retrying with backoff (logged once until accepting recovers)");
+        }
+        self.failures += 1;
+        self.pause = if self.pause.is_zero() {
+            ACCEPT_BACKOFF_MIN
+        } else {
+            (self.pause * 2).min(ACCEPT_BACKOFF_MAX)
+        };
+        self.pause
+    }
+
+    fn recovered(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failures = self.failures, "accepting again");
+            *self = AcceptTrouble::default();
+        }
+    }
+}
+
+/// The engine's view of one admitted connection: reports its end exactly
+/// once when dropped, whatever ends the task (return, panic, cancellation).
+struct Registration {
+    guard: Arc<Guard>,
+    id: ConnectionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.guard.close(self.id);
+    }
+}
+
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listening: SocketAddr,
+    guard: &Arc<Guard>,
+    settings: &watch::Receiver<Arc<ProxySettings>>,
+    shutdown: &watch::Receiver<bool>,
+    shared: &Arc<Shared>,
+) {
+    let peer = canonical(peer);
+    let Admitted { id, timed_out } = match guard.connect(peer.ip()) {
+        Ok(admitted) => admitted,
+        Err(_) => {
+            // The engine counts refusals; logging each would let a flood
+            // fill the logs.
+            reset_on_close(&stream);
+            return;
+        }
+    };
+    let registration = Registration {
+        guard: guard.clone(),
+        id,
+    };
+    let _ = stream.set_nodelay(true);
+    // The accepted socket's own address is the real destination even when
+    // the listener is bound to a wildcard address.
+    let local = canonical(stream.local_addr().unwrap_or(listening));
+    let settings = settings.borrow().clone();
+    let connection = Connection {
+        registration,
+        peer,
+        local,
+        settings,
+        shared: shared.clone(),
+    };
+    tokio::spawn(connection.run(stream, timed_out, shutdown.clone()));
+}
+
+/// Makes dropping `stream` send a reset: no FIN exchange and no TIME_WAIT
+/// state left on the guard's side, which is what a flood must cost.
+fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack listener) as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Why a connection ended (logged at debug level).
+enum End {
+    /// Both directions finished.
+    Done { up: u64, down: u64 },
+    /// The client closed before sending anything.
+    ClientGone,
+    /// The engine's handshake deadline passed before the first bytes.
+    HandshakeTimeout,
+    /// Shutdown came before the first bytes.
+    Shutdown,
+    /// No byte moved either way for the idle timeout.
+    Idle,
+    /// The inspection refused the first bytes.
+    Refused(HandshakeOutcome),
+    /// The backend could not be reached.
+    Backend(io::Error),
+    /// A socket error, on either side.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Done { up, down } => write!(f, "done: {up} bytes up, {down} bytes down"),
+            End::ClientGone => f.write_str("client closed before sending"),
+            End::HandshakeTimeout => f.write_str("handshake timed out"),
+            End::Shutdown => f.write_str("shutdown before the first bytes"),
+            End::Idle => f.write_str("idle timeout"),
+            End::Refused(outcome) => write!(f, "first bytes refused ({outcome:?})"),
+            End::Backend(e) => write!(f, "backend unreachable: {e}"),
+            End::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+struct Connection {
+    registration: Registration,
+    peer: SocketAddr,
+    local: SocketAddr,
+    settings: Arc<ProxySettings>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    async fn run(
+        self,
+        mut client: TcpStream,
+        timed_out: oneshot::Receiver<()>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let started = Instant::now();
+        let end = self.relay(&mut client, timed_out, shutdown).await;
+        if matches!(end, End::HandshakeTimeout) {
+            // A slowloris client gets what a refused one gets.
+            reset_on_close(&client);
+        }
+        tracing::debug!(
+            peer = %self.peer,
+            connection = ?self.registration.id,
+            ms = started.elapsed().as_millis() as u64,
+            end = %end,
+            "connection closed"
+        );
+        // `self.registration` drops here (and on every other exit) and
+        // reports the close to the engine.
+    }
+
+    async fn relay(
+        &self,
+        client: &mut TcpStream,
+        timed_out: oneshot::Receiver<()>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> End {
+        let guard = &self.registration.guard;
+        let id = self.registration.id;
+        let mut buf = vec![0u8; COPY_BUFFER];
+
+        let first = tokio::select! {
+            read = read_handshake(client, &mut buf) => read,
+            _ = deadline(timed_out) => Err(End::HandshakeTimeout),
+            _ = shutdown.wait_for(|&stop| stop) => Err(End::Shutdown),
+            _ = tokio::time::sleep(self.settings.idle_timeout) => Err(End::Idle),
+        };
+        let first = match first {
+            Ok(len) => len,
+            Err(End::Refused(outcome)) => {
+                guard.handshake(id, outcome);
+                return End::Refused(outcome);
+            }
+            Err(end) => return end,
+        };
+        guard.handshake(id, HandshakeOutcome::Valid);
+
+        let mut backend = match self.connect_backend().await {
+            Ok(backend) => backend,
+            Err(e) => {
+                self.shared
+                    .backend_failed(&self.settings.backend, self.peer, &e);
+                return End::Backend(e);
+            }
+        };
+        let _ = backend.set_nodelay(true);
+
+        let header = match proxy_header(self.settings.proxy_protocol, self.peer, self.local) {
+            Ok(header) => header,
+            Err(e) => return End::Io(e),
+        };
+        let activity = Activity::new();
+        let forward = async {
+            if let Some(header) = header {
+                backend.write_all(&header).await?;
+            }
+            // The first bytes go on their own write, as the client sent them.
+            backend.write_all(&buf[..first]).await?;
+            activity.touch();
+            let mut down = vec![0u8; COPY_BUFFER];
+            let (mut client_read, mut client_write) = client.split();
+            let (mut backend_read, mut backend_write) = backend.split();
+            tokio::try_join!(
+                pump(&mut client_read, &mut backend_write, &mut buf, &activity),
+                pump(&mut backend_read, &mut client_write, &mut down, &activity),
+            )
+        };
+        tokio::select! {
+            done = forward => match done {
+                Ok((up, down)) => End::Done { up: up + first as u64, down },
+                Err(e) => End::Io(e),
+            },
+            _ = activity.idle(self.settings.idle_timeout) => End::Idle,
+        }
+    }
+
+    async fn connect_backend(&self) -> io::Result<TcpStream> {
+        let connect = TcpStream::connect(self.settings.backend.as_str());
+        match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Ok(connected) => connected,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connecting to the backend timed out",
+            )),
+        }
+    }
+}
+
+/// Reads until [`first_bytes`] decides; returns how many bytes of `buf`
+/// hold the handshake.
+async fn read_handshake(client: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, End> {
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            if buf.len() >= HANDSHAKE_MAX {
+                return Err(End::Refused(HandshakeOutcome::Invalid));
+            }
+            buf.resize(HANDSHAKE_MAX, 0);
+        }
+        let n = client.read(&mut buf[len..]).await.map_err(End::Io)?;
+        if n == 0 {
+            return Err(End::ClientGone);
+        }
+        len += n;
+        match first_bytes(&buf[..len]) {
+            Inspection::Forward => return Ok(len),
+            Inspection::NeedMore => {}
+            Inspection::Refuse(outcome) => return Err(End::Refused(outcome)),
+        }
+    }
+}
+
+/// Completes when the engine times the handshake out; never if it has no
+/// deadline for it (the sender is dropped without firing).
+async fn deadline(timed_out: oneshot::Receiver<()>) {
+    if timed_out.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The PROXY protocol header announcing `client` connected to `local`.
+fn proxy_header(
+    version: ProxyProtocol,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> io::Result<Option<Vec<u8>>> {
+    let (client, local) = same_family(canonical(client), canonical(local));
+    Ok(match version {
+        ProxyProtocol::None => None,
+        ProxyProtocol::V1 => Some(
+            ppp::v1::Addresses::from((client, local))
+                .to_string()
+                .into_bytes(),
+        ),
+        ProxyProtocol::V2 => Some(
+            ppp::v2::Builder::with_addresses(
+                ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+                ppp::v2::Protocol::Stream,
+                (client, local),
+            )
+            .build()?,
+        ),
+    })
+}
+
+/// A header carries two addresses of one family: if they differ, both are
+/// written as IPv6 (IPv4 as IPv4-mapped).
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if a.is_ipv4() == b.is_ipv4() {
+        return (a, b);
+    }
+    let v6 = |s: SocketAddr| match s {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    };
+    (v6(a), v6(b))
+}
+
+/// When a byte last moved, either way, for the idle timeout.
+struct Activity {
+    start: Instant,
+    /// Milliseconds since `start`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once no byte has moved for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let at =
+                self.start + Duration::from_millis(self.last.load(Ordering::Relaxed)) + timeout;
+            if Instant::now() >= at {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
+/// Copies one direction until the reader's end of file, then shuts down the
+/// writer's side (half-close) so the peer sees it and can still answer.
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    buf: &mut [u8],
+    activity: &Activity,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(buf).await?;
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(total);
+        }
+        activity.touch();
+        writer.write_all(&buf[..n]).await?;
+        activity.touch();
+        total += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn v1_header_carries_both_addresses() {
+        let h = proxy_header(
+            ProxyProtocol::V1,
+            addr("127.0.0.9:40000"),
+            addr("127.0.0.1:443"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h, b"PROXY TCP4 127.0.0.9 127.0.0.1 40000 443\r\n");
+    }
+
+    #[test]
+    fn mapped_addresses_of_a_dual_stack_listener_are_written_as_ipv4() {
+        let h = proxy_header(
+            ProxyProtocol::V2,
+            addr("[::ffff:192.0.2.7]:5000"),
+            addr("[::ffff:198.51.100.1]:443"),
+        )
+        .unwrap()
+        .unwrap();
+        let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+        assert_eq!(
+            parsed.addresses,
+            ppp::v2::Addresses::from((addr("192.0.2.7:5000"), addr("198.51.100.1:443")))
+        );
+    }
+
+    #[test]
+    fn mixed_families_become_ipv6() {
+        let h = proxy_header(
+            ProxyProtocol::V1,
+            addr("192.0.2.7:5000"),
+            addr("[2001:db8::1]:443"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            h,
+            b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 5000 443\r\n".as_slice()
+        );
+    }
+
+    #[test]
+    fn no_header_without_proxy_protocol() {
+        let h = proxy_header(
+            ProxyProtocol::None,
+            addr("192.0.2.7:5000"),
+            addr("192.0.2.1:443"),
+        );
+        assert!(h.unwrap().is_none());
+    }
+}

@@ -1,0 +1,190 @@
+//! `mtguard run`: wires config, engine, listeners, admin API, persistence
+//! and signals together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminSettings};
+use crate::config::Config;
+use crate::engine::{Capacity, Guard, LogEvents};
+use crate::proxy::{self, ProxySettings};
+use crate::state;
+
+/// Options of `mtguard run` beyond the config file.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The config file; `None` runs on the embedded default.
+    pub config: Option<PathBuf>,
+    /// Overrides the config's `level`.
+    pub level: Option<u8>,
+    /// Move an unusable state file aside and start clean.
+    pub reset_state: bool,
+    /// How long to wait for open connections at shutdown.
+    pub drain_timeout: Duration,
+}
+
+fn load(opts: &RunOptions) -> anyhow::Result<Config> {
+    match &opts.config {
+        Some(path) => Ok(Config::load(path)?),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn proxy_settings(config: &Config) -> Arc<ProxySettings> {
+    Arc::new(ProxySettings {
+        backend: config.server.backend.clone(),
+        proxy_protocol: config.server.proxy_protocol,
+        connect_timeout: config.server.connect_timeout,
+        idle_timeout: config.server.idle_timeout,
+    })
+}
+
+/// Runs the guard until SIGTERM or SIGINT.
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let config = load(&opts)?;
+    let admin_listen = config.admin.listen;
+    match &opts.config {
+        None => tracing::info!(
+            listen = ?config.server.listen,
+            backend = %config.server.backend,
+            admin = ?admin_listen,
+            state = %config.state.dir.display(),
+            "no config file given: running on the embedded default"
+        ),
+        Some(path) => tracing::info!(config = %path.display(), "starting"),
+    }
+    let policy = config.effective_policy(opts.level)?;
+    let lists = config.load_lists()?;
+    let guard = Guard::new(
+        policy,
+        Capacity::default(),
+        Box::new(LogEvents {
+            ipv6_prefix: policy.ipv6_prefix,
+        }),
+    )?;
+    let state_dir = config.state.dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    state::restore(&guard, &state_dir, opts.reset_state)?;
+    guard.set_config_lists(&lists.allow, &lists.deny)?;
+    tokio::spawn(guard.clone().drive());
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (settings_tx, settings) = watch::channel(proxy_settings(&config));
+    let mut servers = Vec::new();
+    for addr in &config.server.listen {
+        let listener = bind(*addr).await?;
+        tracing::info!(listen = %addr, backend = %config.server.backend, "guarding");
+        servers.push(tokio::spawn(proxy::serve(
+            listener,
+            guard.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(addr) = admin_listen {
+        let token = admin::load_or_create_token(config.admin.token_file.as_deref(), &state_dir)?;
+        let listener = bind(addr).await?;
+        tracing::info!(admin = %addr, "admin API and /metrics");
+        let settings = Arc::new(AdminSettings {
+            token,
+            state_dir: Some(state_dir.clone()),
+        });
+        tokio::spawn(admin::serve(
+            listener,
+            guard.clone(),
+            settings,
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(state::persist_loop(
+        guard.clone(),
+        state_dir.clone(),
+        Duration::from_millis(500),
+    ));
+
+    signals(&opts, &guard, &settings_tx, config).await?;
+
+    tracing::info!("shutting down: no new connections; draining");
+    let _ = shutdown_tx.send(true);
+    let deadline = tokio::time::Instant::now() + opts.drain_timeout;
+    while guard.with(|e, _| e.active_connections()) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = guard.with(|e, _| e.active_connections());
+    if left > 0 {
+        tracing::warn!(
+            connections = left,
+            "drain deadline passed; closing the rest"
+        );
+    }
+    let g = guard.clone();
+    tokio::task::spawn_blocking(move || state::save(&g, &state_dir))
+        .await
+        .context("state save task")??;
+    tracing::info!("state saved; bye");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Waits for SIGTERM or SIGINT; reloads on SIGHUP.
+async fn signals(
+    opts: &RunOptions,
+    guard: &Arc<Guard>,
+    settings: &watch::Sender<Arc<ProxySettings>>,
+    mut current: Config,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match reload(opts, guard, settings, &current) {
+                Ok(new) => {
+                    tracing::info!("configuration reloaded");
+                    current = new;
+                }
+                Err(e) => tracing::error!(
+                    error = %format!("{e:#}"),
+                    "reload refused; the previous configuration stays in force"
+                ),
+            },
+        }
+    }
+}
+
+/// Applies a new config without dropping connections. Everything is
+/// validated before anything is applied.
+fn reload(
+    opts: &RunOptions,
+    guard: &Guard,
+    settings: &watch::Sender<Arc<ProxySettings>>,
+    current: &Config,
+) -> anyhow::Result<Config> {
+    let new = load(opts)?;
+    let policy = new.effective_policy(opts.level)?;
+    let lists = new.load_lists()?;
+    guard
+        .with(|e, _| e.set_policy(policy))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    guard.set_config_lists(&lists.allow, &lists.deny)?;
+    if new.server.listen != current.server.listen || new.admin.listen != current.admin.listen {
+        tracing::warn!("listen addresses change only on restart");
+    }
+    let _ = settings.send(proxy_settings(&new));
+    Ok(new)
+}
