@@ -6,6 +6,8 @@ cd "$(dirname "$0")"
 
 need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The server tests signal the guard process with /usr/bin/kill (procps).
+[ -x /usr/bin/kill ] || [ -x /bin/kill ] || need_apt+=(procps)
 if ((${#need_apt[@]})); then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi

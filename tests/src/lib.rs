@@ -1,1 +1,206 @@
-//! Shared helpers of the integration tests live here as they arrive.
+//! Helpers shared by the integration tests: the `mtguard` binary as a child
+//! process, and clients bound to their own loopback source addresses.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the `mtguard` binary of this build, building it if needed (cargo
+/// does not build a dependency's binaries for another package's tests).
+pub fn mtguard_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/mtguard
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("mtguard");
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _once = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let release = profile_dir.ends_with("release");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-q", "-p", "mtguard", "--bin", "mtguard"]);
+    if release {
+        cmd.arg("--release");
+    }
+    // Always ask cargo: it is a no-op when the binary is fresh, and it
+    // rebuilds one left over from older sources.
+    let status = cmd.status().expect("running cargo build");
+    assert!(status.success(), "building the mtguard binary failed");
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Connects to `to` from source address `from` (any 127.x.y.z works on
+/// Linux, where loopback is a /8).
+pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(stream)
+}
+
+/// Whether the guard served this connection: a request is echoed back by
+/// the echo backend. A refused connection is closed (EOF or reset) at once.
+pub fn served(stream: &mut TcpStream) -> bool {
+    if stream.write_all(b"ping\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 5];
+    stream.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
+}
+
+/// Connects from `from`, sends a line and reads its echo: whether the guard
+/// served it. A refusal can surface at connect already (the guard resets a
+/// refused connection so fast that the handshake reports it).
+pub fn served_from(from: IpAddr, to: SocketAddr) -> bool {
+    match connect_from(from, to) {
+        Ok(mut stream) => served(&mut stream),
+        Err(_) => false,
+    }
+}
+
+/// An echo server on 127.0.0.1 in a background thread; counts accepts.
+pub struct EchoBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<Mutex<u64>>,
+}
+
+impl EchoBackend {
+    /// Starts the echo server.
+    pub fn start() -> EchoBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(Mutex::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                *count.lock().unwrap() += 1;
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if stream.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        EchoBackend { addr, accepted }
+    }
+}
+
+/// An `mtguard run` child process; killed when dropped.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// Lines it logged so far (stderr).
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `mtguard run` with `args`, and waits until `ready` appears in
+    /// its log (or it exits, or 30 s pass).
+    pub fn start(args: &[&str], ready: &str) -> Result<Server, String> {
+        let mut child = Command::new(mtguard_bin())
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Server { child, log };
+        let start = Instant::now();
+        loop {
+            if server.logged(ready) {
+                return Ok(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!("exited with {status}: {}", server.log_text()));
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(format!("not ready after 30 s: {}", server.log_text()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether `needle` appears in the log so far.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
