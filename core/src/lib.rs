@@ -46,6 +46,7 @@ pub mod cidr;
 pub mod der;
 pub mod event;
 pub mod manager;
+pub mod mtproto;
 pub mod pins;
 pub mod policy;
 pub mod snapshot;

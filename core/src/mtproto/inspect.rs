@@ -1,0 +1,422 @@
+//! The incremental inspector and the two handshake checks.
+
+use core::fmt;
+
+use aes::Aes256;
+use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use subtle::ConstantTimeEq;
+
+use super::keys::KeyOps;
+use super::replay::{Entry, Fingerprint, ReplayCache, ReplayRefusal};
+use super::secret::{SecretKind, SecretSet};
+use super::{Accepted, Handshake, Invalid, Transport, Verdict};
+
+/// Longest TLS record: a 5-byte header and 2^14 bytes of payload
+/// (RFC 8446, 5.1). The default buffer of an [`Inspector`], so that any
+/// ClientHello TLS allows is judged, not refused for its size.
+pub const RECORD_MAX: usize = 5 + (1 << 14);
+
+/// Largest DC index magnitude taken as plausible. Telegram's production DCs
+/// are 1 to 5 (negative for media), and proxies map a few more; an index in
+/// the thousands, or zero, is what random bytes decrypt to, not a client.
+/// Test-DC indices (10000 and up, as some clients encode them) are refused.
+pub const DC_MAX: u16 = 1000;
+
+const HEADER_LEN: usize = 64;
+/// A TLS handshake record offered as TLS 1.0 for compatibility, as every
+/// client does for its ClientHello.
+const TLS_START: [u8; 3] = [0x16, 0x03, 0x01];
+const RECORD_HEADER: usize = 5;
+const RANDOM: core::ops::Range<usize> = 11..43;
+/// Record header, handshake header, version, random, session id length and
+/// a 32-byte session id: anything shorter cannot be a valid hello.
+const HELLO_MIN: usize = RECORD_HEADER + 4 + 2 + 32 + 1 + 32;
+
+/// Judges one connection's first bytes. `N` is the buffer size in bytes: the
+/// longest fake-TLS record, header included, it can judge (longer ones are
+/// refused as oversized); at least 64, for the obfuscated2 header.
+///
+/// A client is taken to speak fake-TLS if its first bytes are `16 03 01` (a
+/// TLS handshake record) and the listener has a fake-TLS secret; otherwise
+/// its first 64 bytes are an obfuscated2 header. `ee` secrets accept
+/// fake-TLS only, as MTProxy does once it has a domain: a bare obfuscated2
+/// header under an `ee` key would let a censor's prober skip the TLS
+/// disguise.
+///
+/// Once decided, the verdict does not change: later calls return it again.
+///
+/// A buffer too small for the obfuscated2 header does not compile:
+///
+/// ```compile_fail
+/// let _ = mtguard_core::mtproto::Inspector::<32>::new();
+/// ```
+#[derive(Clone)]
+pub struct Inspector<const N: usize = RECORD_MAX> {
+    buf: [u8; N],
+    len: usize,
+    verdict: Option<Verdict>,
+}
+
+impl<const N: usize> fmt::Debug for Inspector<N> {
+    // The buffer is up to 16 KiB of client bytes: show how much, not what.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inspector")
+            .field("buffered", &self.len)
+            .field("verdict", &self.verdict)
+            .finish()
+    }
+}
+
+impl<const N: usize> Default for Inspector<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Inspector<N> {
+    const FITS_HEADER: () = assert!(N >= HEADER_LEN, "the buffer must hold 64 bytes");
+
+    /// An inspector that has seen nothing.
+    pub const fn new() -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::FITS_HEADER;
+        Self {
+            buf: [0; N],
+            len: 0,
+            verdict: None,
+        }
+    }
+
+    /// Feeds the next bytes the client sent. `secrets` says which kinds and
+    /// domains the listener has; `keys` does the key operations for the same
+    /// indices (the `SecretSet` itself, in software); `replay` is shared by
+    /// every connection of the listener and sets the timestamp window.
+    pub fn feed<K, S>(
+        &mut self,
+        input: &[u8],
+        now_unix: u64,
+        secrets: &SecretSet,
+        keys: &K,
+        replay: &mut ReplayCache<S>,
+    ) -> Verdict
+    where
+        K: KeyOps + ?Sized,
+        S: AsRef<[Entry]> + AsMut<[Entry]>,
+    {
+        if let Some(verdict) = self.verdict {
+            return verdict;
+        }
+        // Bytes beyond the buffer are beyond any handshake it can accept;
+        // the checks below refuse an over-long record from its header.
+        let take = input.len().min(N - self.len);
+        self.buf[self.len..self.len + take].copy_from_slice(&input[..take]);
+        self.len += take;
+
+        let verdict = self.judge(now_unix, secrets, keys, replay);
+        if verdict != Verdict::NeedMore {
+            self.verdict = Some(verdict);
+        }
+        verdict
+    }
+
+    fn judge<K, S>(
+        &self,
+        now_unix: u64,
+        secrets: &SecretSet,
+        keys: &K,
+        replay: &mut ReplayCache<S>,
+    ) -> Verdict
+    where
+        K: KeyOps + ?Sized,
+        S: AsRef<[Entry]> + AsMut<[Entry]>,
+    {
+        let seen = &self.buf[..self.len];
+        let prefix = seen.len().min(TLS_START.len());
+        if secrets.has_fake_tls() && seen[..prefix] == TLS_START[..prefix] {
+            if prefix < TLS_START.len() {
+                return Verdict::NeedMore;
+            }
+            return self.judge_fake_tls(now_unix, secrets, keys, replay);
+        }
+        if !secrets.has_obfuscated2() {
+            return Verdict::Invalid(Invalid::BadSecretOrTag);
+        }
+        if is_other_protocol(seen) {
+            return Verdict::Invalid(Invalid::OtherProtocol);
+        }
+        match seen.first_chunk::<HEADER_LEN>() {
+            Some(header) => judge_obfuscated2(header, now_unix, secrets, keys, replay),
+            None => Verdict::NeedMore,
+        }
+    }
+
+    fn judge_fake_tls<K, S>(
+        &self,
+        now_unix: u64,
+        secrets: &SecretSet,
+        keys: &K,
+        replay: &mut ReplayCache<S>,
+    ) -> Verdict
+    where
+        K: KeyOps + ?Sized,
+        S: AsRef<[Entry]> + AsMut<[Entry]>,
+    {
+        let seen = &self.buf[..self.len];
+        let Some(header) = seen.first_chunk::<RECORD_HEADER>() else {
+            return Verdict::NeedMore;
+        };
+        let total = RECORD_HEADER + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if total > RECORD_MAX || total > N {
+            return Verdict::Invalid(Invalid::OversizedHello);
+        }
+        if total < HELLO_MIN {
+            return Verdict::Invalid(Invalid::MalformedHello);
+        }
+        let Some(record) = seen.get(..total) else {
+            return Verdict::NeedMore;
+        };
+        let Some(sni) = parse_client_hello(record) else {
+            return Verdict::Invalid(Invalid::MalformedHello);
+        };
+
+        let mut random = [0u8; 32];
+        random.copy_from_slice(&record[RANDOM]);
+        let zeroed = [0u8; 32];
+        let parts: [&[u8]; 3] = [&record[..RANDOM.start], &zeroed, &record[RANDOM.end..]];
+        let window = replay.window();
+        let mut reason = Invalid::HmacMismatch;
+        for (index, secret) in secrets.as_slice().iter().enumerate() {
+            if secret.kind() != SecretKind::FakeTls {
+                continue;
+            }
+            let Ok(digest) = keys.fake_tls_hmac(index, &parts) else {
+                reason = Invalid::KeyUnavailable;
+                continue;
+            };
+            // The random is attacker-chosen: compare in constant time so the
+            // time taken reveals nothing about how many digest bytes matched.
+            if !bool::from(digest[..28].ct_eq(&random[..28])) {
+                continue;
+            }
+            let mut stamp = [0u8; 4];
+            for (s, (r, d)) in stamp.iter_mut().zip(random[28..].iter().zip(&digest[28..])) {
+                *s = r ^ d;
+            }
+            if !window.contains(u64::from(u32::from_le_bytes(stamp)), now_unix) {
+                return Verdict::Invalid(Invalid::Timestamp);
+            }
+            // Host names compare without regard to case (RFC 4343).
+            if !sni.is_some_and(|name| name.eq_ignore_ascii_case(secret.domain().as_bytes())) {
+                return Verdict::Invalid(Invalid::WrongSni);
+            }
+            return remember(replay, Fingerprint::FakeTls(&random), now_unix).unwrap_or(
+                Verdict::Valid(Accepted {
+                    secret: index,
+                    handshake: Handshake::FakeTls,
+                    len: total,
+                }),
+            );
+        }
+        Verdict::Invalid(reason)
+    }
+}
+
+/// Whether the first bytes are ones that MTProxy reads as another protocol
+/// (unobfuscated abridged or intermediate MTProto, HTTP, unobfuscated full
+/// MTProto with a zero second word; `tcp_rpcs_compact_parse_execute` in
+/// MTProxy's net/net-tcp-rpc-ext-server.c), which clients therefore never
+/// put at the start of an obfuscated2 header. Refusing them early answers a
+/// short HTTP probe at once instead of waiting for 64 bytes that never come.
+fn is_other_protocol(seen: &[u8]) -> bool {
+    if seen.first() == Some(&0xef) {
+        return true;
+    }
+    if let Some(word) = seen.first_chunk::<4>() {
+        if matches!(
+            word,
+            [0xee, 0xee, 0xee, 0xee]
+                | [0xdd, 0xdd, 0xdd, 0xdd]
+                | b"HEAD"
+                | b"POST"
+                | b"GET "
+                | b"OPTI"
+        ) {
+            return true;
+        }
+    }
+    seen.get(4..8) == Some(&[0; 4])
+}
+
+/// Tries every non-fake-TLS secret on a 64-byte obfuscated2 header.
+///
+/// Only the last AES block is decrypted: CTR mode lets the keystream start at
+/// byte 48, and bytes 56..62 (tag and DC) are all that is checked.
+fn judge_obfuscated2<K, S>(
+    header: &[u8; HEADER_LEN],
+    now_unix: u64,
+    secrets: &SecretSet,
+    keys: &K,
+    replay: &mut ReplayCache<S>,
+) -> Verdict
+where
+    K: KeyOps + ?Sized,
+    S: AsRef<[Entry]> + AsMut<[Entry]>,
+{
+    let mut key_part = [0u8; 32];
+    key_part.copy_from_slice(&header[8..40]);
+    let mut iv = [0u8; 16];
+    iv.copy_from_slice(&header[40..56]);
+
+    // Wrong secrets are the common case; report the most telling thing any
+    // secret showed, the first one that got past a random tag.
+    let mut reason = Invalid::BadSecretOrTag;
+    let mut note = |found| {
+        if reason == Invalid::BadSecretOrTag {
+            reason = found;
+        }
+    };
+    for (index, secret) in secrets.as_slice().iter().enumerate() {
+        if secret.kind() == SecretKind::FakeTls {
+            continue;
+        }
+        let Ok(key) = keys.obfs2_key(index, &key_part) else {
+            note(Invalid::KeyUnavailable);
+            continue;
+        };
+        let mut block = [0u8; 16];
+        block.copy_from_slice(&header[48..64]);
+        let mut cipher = ctr::Ctr128BE::<Aes256>::new(&key.into(), &iv.into());
+        cipher.seek(48u64);
+        cipher.apply_keystream(&mut block);
+
+        let Some(transport) = Transport::from_tag([block[8], block[9], block[10], block[11]])
+        else {
+            continue;
+        };
+        if secret.kind() == SecretKind::Padded && transport != Transport::PaddedIntermediate {
+            note(Invalid::TagNotAllowed);
+            continue;
+        }
+        let dc = i16::from_le_bytes([block[12], block[13]]);
+        if dc == 0 || dc.unsigned_abs() > DC_MAX {
+            note(Invalid::BadDc);
+            continue;
+        }
+        let mut key_iv = [0u8; 48];
+        key_iv.copy_from_slice(&header[8..56]);
+        return remember(replay, Fingerprint::Obfuscated2(&key_iv), now_unix).unwrap_or(
+            Verdict::Valid(Accepted {
+                secret: index,
+                handshake: Handshake::Obfuscated2 { transport, dc },
+                len: HEADER_LEN,
+            }),
+        );
+    }
+    Verdict::Invalid(reason)
+}
+
+/// Records an otherwise valid handshake; `Some` refusal if it cannot be.
+fn remember<S: AsRef<[Entry]> + AsMut<[Entry]>>(
+    replay: &mut ReplayCache<S>,
+    fingerprint: Fingerprint<'_>,
+    now_unix: u64,
+) -> Option<Verdict> {
+    match replay.record(fingerprint, now_unix) {
+        Ok(()) => None,
+        Err(ReplayRefusal::Replay) => Some(Verdict::Invalid(Invalid::Replay)),
+        Err(ReplayRefusal::Full) => Some(Verdict::Invalid(Invalid::ReplayCacheFull)),
+    }
+}
+
+/// A cursor over untrusted bytes; every read is bounds-checked.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<usize> {
+        self.take(2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    }
+
+    /// A vector with a `len_bytes`-byte length prefix.
+    fn vec(&mut self, len_bytes: usize) -> Option<&'a [u8]> {
+        let len = match len_bytes {
+            1 => usize::from(self.u8()?),
+            _ => self.u16()?,
+        };
+        self.take(len)
+    }
+}
+
+/// Checks that `record` is one TLS record holding exactly one ClientHello
+/// with a 32-byte session id (RFC 8446, 4.1.2), and returns its SNI host
+/// name, if any.
+fn parse_client_hello(record: &[u8]) -> Option<Option<&[u8]>> {
+    let mut r = Reader(record.get(RECORD_HEADER..)?);
+    // Handshake type 1 (client_hello), whose 24-bit length fills the record:
+    // a hello split over records, or followed by another message, is not
+    // what a client sends.
+    let header = r.take(4)?;
+    let body_len =
+        usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
+    if header[0] != 1 || body_len != r.0.len() {
+        return None;
+    }
+    let _legacy_version = r.take(2)?;
+    let _random = r.take(32)?;
+    if r.vec(1)?.len() != 32 {
+        return None;
+    }
+    let suites = r.vec(2)?;
+    if suites.is_empty() || !suites.len().is_multiple_of(2) {
+        return None;
+    }
+    if r.vec(1)?.is_empty() {
+        return None;
+    }
+    let mut extensions = Reader(r.vec(2)?);
+    if !r.0.is_empty() {
+        return None;
+    }
+    let mut sni = None;
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let data = extensions.vec(2)?;
+        if kind == 0 {
+            if sni.is_some() {
+                return None; // RFC 8446 forbids duplicate extensions
+            }
+            sni = Some(host_name(data)?);
+        }
+    }
+    Some(sni)
+}
+
+/// The host name in a server_name extension (RFC 6066, 3).
+fn host_name(data: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader(data);
+    let mut list = Reader(r.vec(2)?);
+    if !r.0.is_empty() {
+        return None;
+    }
+    while !list.0.is_empty() {
+        let kind = list.u8()?;
+        let name = list.vec(2)?;
+        if kind == 0 {
+            return Some(name);
+        }
+    }
+    None
+}

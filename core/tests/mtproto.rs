@@ -1,0 +1,382 @@
+//! The handshake inspector against vectors from independent implementations
+//! (tests/vectors/generate.py: Telethon's MTProxy client for obfuscated2,
+//! ClientHellos checked by mtprotoproxy for fake-TLS), split every way.
+
+use mtguard_core::mtproto::replay::Entry;
+use mtguard_core::mtproto::{
+    Handshake, Inspector, Invalid, KeyOps, KeyUnavailable, ReplayCache, Secret, SecretSet,
+    TimeWindow, Transport, Verdict,
+};
+use mtguard_core::HandshakeOutcome;
+
+const OBFS2: &str = include_str!("vectors/obfuscated2.txt");
+const FAKE_TLS: &str = include_str!("vectors/fake_tls.txt");
+const NOW: u64 = 1_800_000_000;
+
+struct Vector {
+    name: String,
+    secret: String,
+    now: u64,
+    expected: String,
+    bytes: Vec<u8>,
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn vectors(file: &str, with_time: bool) -> Vec<Vector> {
+    file.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (now, rest) = if with_time {
+                (f[2].parse().unwrap(), &f[3..])
+            } else {
+                (NOW, &f[2..])
+            };
+            Vector {
+                name: f[0].into(),
+                secret: f[1].into(),
+                now,
+                expected: rest[0].into(),
+                bytes: hex(rest[1]),
+            }
+        })
+        .collect()
+}
+
+/// The vector files' notation for a verdict.
+fn show(v: Verdict) -> String {
+    match v {
+        Verdict::NeedMore => "NeedMore".into(),
+        Verdict::Valid(a) => match a.handshake {
+            Handshake::FakeTls => "valid".into(),
+            Handshake::Obfuscated2 { transport, dc } => {
+                let t = match transport {
+                    Transport::Abridged => "abridged",
+                    Transport::Intermediate => "intermediate",
+                    Transport::PaddedIntermediate => "padded",
+                };
+                format!("{t}/{dc}")
+            }
+        },
+        Verdict::Invalid(reason) => format!("{reason:?}"),
+    }
+}
+
+fn set(secrets: &[&str]) -> SecretSet {
+    let mut set = SecretSet::new();
+    for s in secrets {
+        set.push(Secret::parse(s).unwrap()).unwrap();
+    }
+    set
+}
+
+fn cache() -> ReplayCache<Vec<Entry>> {
+    ReplayCache::new(vec![Entry::EMPTY; 64], [9; 16], TimeWindow::default()).unwrap()
+}
+
+/// Feeds `bytes` in the pieces `cuts` delimits, with a fresh replay cache;
+/// checks that only the last piece decides.
+fn judge_split(secrets: &SecretSet, bytes: &[u8], now: u64, cuts: &[usize]) -> Verdict {
+    let mut replay = cache();
+    let mut inspector: Box<Inspector> = Box::default();
+    let mut start = 0;
+    let mut verdict = Verdict::NeedMore;
+    for &end in cuts.iter().chain([bytes.len()].iter()) {
+        if start < bytes.len() {
+            assert_eq!(verdict, Verdict::NeedMore, "decided before the last byte");
+        }
+        verdict = inspector.feed(&bytes[start..end], now, secrets, secrets, &mut replay);
+        start = end;
+    }
+    verdict
+}
+
+fn judge(secrets: &SecretSet, bytes: &[u8], now: u64) -> Verdict {
+    judge_split(secrets, bytes, now, &[])
+}
+
+/// xorshift64*: reproducible cut points without a dependency.
+fn random_cuts(len: usize, seed: &mut u64) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    let mut at = 0;
+    loop {
+        *seed ^= *seed >> 12;
+        *seed ^= *seed << 25;
+        *seed ^= *seed >> 27;
+        let r = seed.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        at += 1 + (r % 97) as usize;
+        if at >= len {
+            return cuts;
+        }
+        cuts.push(at);
+    }
+}
+
+fn check_all_splits(v: &Vector) {
+    let secrets = set(&[&v.secret]);
+    let whole = judge(&secrets, &v.bytes, v.now);
+    assert_eq!(show(whole), v.expected, "{}", v.name);
+    for cut in 0..=v.bytes.len() {
+        let split = judge_split(&secrets, &v.bytes, v.now, &[cut]);
+        assert_eq!(split, whole, "{} split at {cut}", v.name);
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..50 {
+        let cuts = random_cuts(v.bytes.len(), &mut seed);
+        assert_eq!(
+            judge_split(&secrets, &v.bytes, v.now, &cuts),
+            whole,
+            "{} cut at {cuts:?}",
+            v.name
+        );
+    }
+}
+
+#[test]
+fn obfuscated2_vectors_from_telethon() {
+    let vs = vectors(OBFS2, false);
+    assert!(vs.len() >= 11);
+    vs.iter().for_each(check_all_splits);
+}
+
+#[test]
+fn fake_tls_vectors() {
+    let vs = vectors(FAKE_TLS, true);
+    assert!(vs
+        .iter()
+        .any(|v| v.bytes.len() > 767 && v.expected == "valid"));
+    vs.iter().for_each(check_all_splits);
+}
+
+fn vector(file: &str, with_time: bool, name: &str) -> Vector {
+    vectors(file, with_time)
+        .into_iter()
+        .find(|v| v.name == name)
+        .unwrap()
+}
+
+#[test]
+fn replays_are_refused_inside_the_window() {
+    for v in [
+        vector(OBFS2, false, "dd-padded"),
+        vector(FAKE_TLS, true, "valid-mlkem"),
+    ] {
+        let secrets = set(&[&v.secret]);
+        let mut replay = cache();
+        let mut first: Inspector = Inspector::new();
+        let ok = first.feed(&v.bytes, v.now, &secrets, &secrets, &mut replay);
+        assert_eq!(ok.outcome(), Some(HandshakeOutcome::Valid), "{}", v.name);
+
+        let mut again: Inspector = Inspector::new();
+        let replayed = again.feed(&v.bytes, v.now + 60, &secrets, &secrets, &mut replay);
+        assert_eq!(replayed, Verdict::Invalid(Invalid::Replay), "{}", v.name);
+        assert_eq!(replayed.outcome(), Some(HandshakeOutcome::Replay));
+        assert_eq!(replay.replays(), 1);
+    }
+}
+
+#[test]
+fn a_full_cache_of_live_handshakes_refuses_new_ones() {
+    let a = vector(FAKE_TLS, true, "valid-517");
+    let b = vector(FAKE_TLS, true, "valid-1800");
+    let secrets = set(&[&a.secret]);
+    let mut replay = ReplayCache::new([Entry::EMPTY; 1], [1; 16], TimeWindow::default()).unwrap();
+    let mut i: Box<Inspector> = Box::default();
+    assert!(matches!(
+        i.feed(&a.bytes, NOW, &secrets, &secrets, &mut replay),
+        Verdict::Valid(_)
+    ));
+    let mut i: Box<Inspector> = Box::default();
+    assert_eq!(
+        i.feed(&b.bytes, NOW, &secrets, &secrets, &mut replay),
+        Verdict::Invalid(Invalid::ReplayCacheFull)
+    );
+    assert_eq!(replay.refused_full(), 1);
+}
+
+#[test]
+fn the_matching_secret_can_be_the_sixteenth() {
+    let others: Vec<String> = (1..16u8).map(|i| format!("{:02x}", i).repeat(16)).collect();
+
+    let v = vector(OBFS2, false, "dd-padded");
+    let mut all: Vec<&str> = others.iter().map(String::as_str).collect();
+    all.push(&v.secret);
+    let secrets = set(&all);
+    match judge(&secrets, &v.bytes, NOW) {
+        Verdict::Valid(a) => assert_eq!(a.secret, 15),
+        other => panic!("{other:?}"),
+    }
+
+    let v = vector(FAKE_TLS, true, "valid-517");
+    let ee: Vec<String> = others
+        .iter()
+        .map(|k| format!("ee{k}{}", &v.secret[34..]))
+        .collect();
+    let mut all: Vec<&str> = ee.iter().map(String::as_str).collect();
+    all.push(&v.secret);
+    let secrets = set(&all);
+    match judge(&secrets, &v.bytes, v.now) {
+        Verdict::Valid(a) => {
+            assert_eq!((a.secret, a.len), (15, v.bytes.len()));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn oversized_and_malformed_records_are_refused_early() {
+    let v = vector(FAKE_TLS, true, "valid-mlkem");
+    let secrets = set(&[&v.secret]);
+    let mut replay = cache();
+
+    // Longer than TLS allows: refused from the 5-byte header alone.
+    let mut i: Inspector = Inspector::new();
+    let huge = [0x16, 0x03, 0x01, 0x40, 0x01];
+    assert_eq!(
+        i.feed(&huge, NOW, &secrets, &secrets, &mut replay),
+        Verdict::Invalid(Invalid::OversizedHello)
+    );
+    // Longer than a small inspector's buffer.
+    let mut small: Inspector<1024> = Inspector::new();
+    assert_eq!(
+        small.feed(&v.bytes[..5], NOW, &secrets, &secrets, &mut replay),
+        Verdict::Invalid(Invalid::OversizedHello)
+    );
+    // Too short to hold a hello.
+    let mut i: Inspector = Inspector::new();
+    assert_eq!(
+        i.feed(
+            &[0x16, 0x03, 0x01, 0x00, 0x10],
+            NOW,
+            &secrets,
+            &secrets,
+            &mut replay
+        ),
+        Verdict::Invalid(Invalid::MalformedHello)
+    );
+    // Every truncation of the hello inside a record that claims the length
+    // it now has: malformed, never a panic or a pass.
+    for len in 75..v.bytes.len() - 5 {
+        let mut record = v.bytes[..5 + len].to_vec();
+        record[3..5].copy_from_slice(&(len as u16).to_be_bytes());
+        assert_eq!(
+            judge(&secrets, &record, NOW),
+            Verdict::Invalid(Invalid::MalformedHello),
+            "truncated to {len}"
+        );
+    }
+    // Not a ClientHello (handshake type 2).
+    let mut record = v.bytes.clone();
+    record[5] = 2;
+    assert_eq!(
+        judge(&secrets, &record, NOW),
+        Verdict::Invalid(Invalid::MalformedHello)
+    );
+}
+
+#[test]
+fn a_fake_tls_only_listener_refuses_anything_else_at_once() {
+    let v = vector(FAKE_TLS, true, "valid-517");
+    let secrets = set(&[&v.secret]);
+    let mut replay = cache();
+    let mut i: Inspector = Inspector::new();
+    assert_eq!(
+        i.feed(&[0x16, 0x03], NOW, &secrets, &secrets, &mut replay),
+        Verdict::NeedMore
+    );
+    assert_eq!(
+        i.feed(&[0x03], NOW, &secrets, &secrets, &mut replay),
+        Verdict::Invalid(Invalid::BadSecretOrTag)
+    );
+    // The verdict sticks.
+    assert_eq!(
+        i.feed(&v.bytes, NOW, &secrets, &secrets, &mut replay),
+        Verdict::Invalid(Invalid::BadSecretOrTag)
+    );
+}
+
+#[test]
+fn a_listener_with_both_kinds_tells_them_apart() {
+    let tls = vector(FAKE_TLS, true, "valid-517");
+    let obfs = vector(OBFS2, false, "classic-intermediate");
+    let secrets = set(&[&obfs.secret, &tls.secret]);
+    assert!(matches!(judge(&secrets, &tls.bytes, NOW), Verdict::Valid(a) if a.secret == 1));
+    assert!(matches!(judge(&secrets, &obfs.bytes, NOW), Verdict::Valid(a) if a.secret == 0));
+}
+
+struct NoKeys;
+
+impl KeyOps for NoKeys {
+    fn obfs2_key(&self, _: usize, _: &[u8; 32]) -> Result<[u8; 32], KeyUnavailable> {
+        Err(KeyUnavailable)
+    }
+    fn fake_tls_hmac(&self, _: usize, _: &[&[u8]]) -> Result<[u8; 32], KeyUnavailable> {
+        Err(KeyUnavailable)
+    }
+}
+
+#[test]
+fn unavailable_keys_fail_closed() {
+    for v in [
+        vector(OBFS2, false, "classic-abridged"),
+        vector(FAKE_TLS, true, "valid-517"),
+    ] {
+        let secrets = set(&[&v.secret]);
+        let mut replay = cache();
+        let mut i: Box<Inspector> = Box::default();
+        assert_eq!(
+            i.feed(&v.bytes, v.now, &secrets, &NoKeys, &mut replay),
+            Verdict::Invalid(Invalid::KeyUnavailable),
+            "{}",
+            v.name
+        );
+    }
+}
+
+#[test]
+fn the_window_is_configurable() {
+    // ahead-4s is refused by the default window, accepted by a wider one.
+    let v = vector(FAKE_TLS, true, "ahead-4s");
+    let secrets = set(&[&v.secret]);
+    let window = TimeWindow {
+        ahead_secs: 4,
+        behind_secs: 0,
+    };
+    let mut replay = ReplayCache::new(vec![Entry::EMPTY; 4], [0; 16], window).unwrap();
+    let mut i: Box<Inspector> = Box::default();
+    assert!(matches!(
+        i.feed(&v.bytes, v.now, &secrets, &secrets, &mut replay),
+        Verdict::Valid(_)
+    ));
+}
+
+#[test]
+fn other_protocols_are_refused_as_soon_as_they_show() {
+    let v = vector(OBFS2, false, "classic-abridged");
+    let secrets = set(&[&v.secret]);
+    let mut header = [0x42u8; 8];
+    header[4..].copy_from_slice(&[0; 4]);
+    for (probe, decided_after) in [
+        (&b"HEAD / HTTP/1.0\r\n\r\n"[..], 4),
+        (&b"GET / HTTP/1.1\r\n"[..], 4),
+        (&[0xef, 0x01][..], 1),
+        (&[0xee, 0xee, 0xee, 0xee, 0x10][..], 4),
+        (&header[..], 8),
+    ] {
+        for cut in 0..=probe.len() {
+            let verdict = judge(&secrets, &probe[..cut], NOW);
+            let expected = if cut < decided_after {
+                Verdict::NeedMore
+            } else {
+                Verdict::Invalid(Invalid::OtherProtocol)
+            };
+            assert_eq!(verdict, expected, "{probe:?} cut at {cut}");
+        }
+    }
+}
