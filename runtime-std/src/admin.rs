@@ -302,6 +302,13 @@ impl prometheus_client::collector::Collector for Snapshot {
         )?;
         labelled_counters(
             e,
+            "handshake_failures",
+            "MTProto handshakes refused by the inspection, by reason.",
+            "reason",
+            crate::mtproto::failure_counts(),
+        )?;
+        labelled_counters(
+            e,
             "detections",
             "Abusive clients detected, by kind.",
             "kind",

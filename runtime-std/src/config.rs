@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mtguard_core::cidr::{parse_netset_line, Cidr};
+use mtguard_core::mtproto::{Secret, TimeWindow, MAX_SECRETS};
 use mtguard_core::policy::PolicyError;
 use mtguard_core::{Level, Policy};
 use serde::Deserialize;
@@ -43,6 +44,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[state]`: persistence.
     pub state: StateConfig,
+    /// `[mtproto]`: handshake inspection.
+    pub mtproto: MtprotoConfig,
     /// The name errors and [`Config::describe`] use for the file.
     source_name: String,
     /// The file it was loaded from, if any.
@@ -122,6 +125,70 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// File holding the admin API's bearer token (already resolved).
     pub token_file: Option<PathBuf>,
+}
+
+/// `[mtproto]`: MTProto handshake inspection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MtprotoConfig {
+    /// The proxy's secrets (classic, `dd` or `ee`), in the order written.
+    pub secrets: Vec<Secret>,
+    /// `inspect` as written; absent, inspection is on when there are
+    /// secrets (see [`MtprotoConfig::inspecting`]).
+    pub inspect: Option<bool>,
+    /// What happens to a connection whose handshake is refused.
+    pub on_probe: OnProbe,
+    /// Where probes go with `on_probe = "mask"`: `host:port` of the real
+    /// website of the fake-TLS domain.
+    pub mask_backend: Option<String>,
+    /// Overrides `[limits] handshake_timeout` when set (`Some(None)` is
+    /// `"off"`).
+    pub handshake_timeout: Option<Option<Duration>>,
+    /// How far in the past a fake-TLS timestamp may be.
+    pub time_skew: Duration,
+    /// How far in the future a fake-TLS timestamp may be.
+    pub time_skew_ahead: Duration,
+}
+
+impl Default for MtprotoConfig {
+    fn default() -> Self {
+        MtprotoConfig {
+            secrets: Vec::new(),
+            inspect: None,
+            on_probe: OnProbe::Close,
+            mask_backend: None,
+            handshake_timeout: None,
+            time_skew: Duration::from_secs(120),
+            time_skew_ahead: Duration::from_secs(3),
+        }
+    }
+}
+
+impl MtprotoConfig {
+    /// Whether handshakes are inspected: `inspect` if written, else whether
+    /// there are secrets.
+    pub fn inspecting(&self) -> bool {
+        self.inspect.unwrap_or(!self.secrets.is_empty())
+    }
+
+    /// The fake-TLS timestamp window.
+    pub fn window(&self) -> TimeWindow {
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        TimeWindow {
+            ahead_secs: secs(self.time_skew_ahead),
+            behind_secs: secs(self.time_skew),
+        }
+    }
+}
+
+/// `[mtproto] on_probe` is the relay's own setting.
+pub use crate::mtproto::OnProbe;
+
+/// `on_probe` as the file writes it.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawOnProbe {
+    Close,
+    Mask,
 }
 
 /// `[state]`.
@@ -441,6 +508,19 @@ struct RawConfig {
     lists: Option<RawLists>,
     admin: Option<RawAdmin>,
     state: Option<RawState>,
+    mtproto: Option<RawMtproto>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMtproto {
+    secrets: Option<Spanned<Vec<Spanned<String>>>>,
+    inspect: Option<Spanned<bool>>,
+    on_probe: Option<Spanned<RawOnProbe>>,
+    mask_backend: Option<Spanned<String>>,
+    handshake_timeout: Option<Spanned<DurationText>>,
+    time_skew: Option<Spanned<DurationText>>,
+    time_skew_ahead: Option<Spanned<DurationText>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -532,6 +612,90 @@ impl Parse<'_> {
             return Err(self.error(&span, key, "must be longer than zero"));
         }
         Ok(Some(d))
+    }
+
+    /// `[mtproto]`, checked as a whole.
+    fn mtproto(&mut self, raw: RawMtproto) -> Result<MtprotoConfig, ConfigError> {
+        let mut out = MtprotoConfig::default();
+        if let Some(secrets) = &raw.secrets {
+            let key = "[mtproto] secrets";
+            self.note(key, &secrets.span());
+            for (i, value) in secrets.get_ref().iter().enumerate() {
+                let key = format!("{key}[{i}]");
+                self.note(&key, &value.span());
+                if i == MAX_SECRETS {
+                    let m = format!("at most {MAX_SECRETS} secrets");
+                    return Err(self.error(&value.span(), &key, m));
+                }
+                let secret = Secret::parse(value.get_ref()).map_err(|e| {
+                    let m = format!(
+                        "invalid secret: {e} (expected 32 hex digits, dd + 32 hex digits, \
+                         ee + 32 hex digits + the hex of the domain, or the same bytes in base64url)"
+                    );
+                    self.error(&value.span(), &key, m)
+                })?;
+                out.secrets.push(secret);
+            }
+        }
+        if let Some(inspect) = &raw.inspect {
+            let key = "[mtproto] inspect";
+            self.note(key, &inspect.span());
+            if *inspect.get_ref() && out.secrets.is_empty() {
+                let m = "inspection needs at least one secret in [mtproto] secrets";
+                return Err(self.error(&inspect.span(), key, m));
+            }
+            out.inspect = Some(*inspect.get_ref());
+        }
+        if let Some(backend) = &raw.mask_backend {
+            let key = "[mtproto] mask_backend";
+            self.note(key, &backend.span());
+            check_backend(backend.get_ref()).map_err(|m| self.error(&backend.span(), key, m))?;
+            out.mask_backend = Some(backend.get_ref().clone());
+        }
+        if let Some(on_probe) = &raw.on_probe {
+            let key = "[mtproto] on_probe";
+            self.note(key, &on_probe.span());
+            out.on_probe = match on_probe.get_ref() {
+                RawOnProbe::Close => OnProbe::Close,
+                RawOnProbe::Mask => OnProbe::Mask,
+            };
+            if out.on_probe == OnProbe::Mask && out.mask_backend.is_none() {
+                let m = "\"mask\" needs [mtproto] mask_backend = \"host:port\" \
+                         (the real website of the fake-TLS domain)";
+                return Err(self.error(&on_probe.span(), key, m));
+            }
+        }
+        if let Some(value) = raw.handshake_timeout {
+            let key = "[mtproto] handshake_timeout";
+            let span = value.span();
+            self.note(key, &span);
+            let t = <Option<Duration> as LimitValue>::convert(value.into_inner())
+                .map_err(|m| self.error(&span, key, m))?;
+            out.handshake_timeout = Some(t);
+        }
+        for (value, key, slot) in [
+            (raw.time_skew, "[mtproto] time_skew", &mut out.time_skew),
+            (
+                raw.time_skew_ahead,
+                "[mtproto] time_skew_ahead",
+                &mut out.time_skew_ahead,
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            let span = value.span();
+            self.note(key, &span);
+            let d = parse_duration(&value.get_ref().0).map_err(|m| self.error(&span, key, m))?;
+            if d.subsec_millis() != 0 || u32::try_from(d.as_secs()).is_err() {
+                let m = format!(
+                    "{:?} must be whole seconds, at most {}s",
+                    value.get_ref().0,
+                    u32::MAX
+                );
+                return Err(self.error(&span, key, m));
+            }
+            *slot = d;
+        }
+        Ok(out)
     }
 
     fn cidrs(&mut self, values: &[Spanned<String>], key: &str) -> Result<Vec<Cidr>, ConfigError> {
@@ -811,6 +975,7 @@ impl Config {
             state: StateConfig {
                 dir: default_state_dir(),
             },
+            mtproto: MtprotoConfig::default(),
             source_name: "embedded default".into(),
             path: None,
             lines: BTreeMap::new(),
@@ -937,6 +1102,8 @@ impl Config {
             config.state.dir = cx.path(&dir, key)?;
         }
 
+        config.mtproto = cx.mtproto(raw.mtproto.unwrap_or_default())?;
+
         config.lines = cx.lines;
         Ok(config)
     }
@@ -971,6 +1138,9 @@ impl Config {
         };
         let mut policy = Policy::for_level(level);
         self.limits.apply(&mut policy);
+        if let Some(timeout) = self.mtproto.handshake_timeout {
+            policy.handshake_timeout = timeout;
+        }
         policy
             .validate()
             .map_err(|e| self.policy_error(e, &policy))?;
@@ -1173,6 +1343,38 @@ impl Config {
         row("allow_files", files(&self.lists.allow_files), "");
         row("deny", format!("{} inline", self.lists.deny.len()), "");
         row("deny_files", files(&self.lists.deny_files), "");
+        let m = &self.mtproto;
+        row("[mtproto]", String::new(), "");
+        row(
+            "secrets",
+            m.secrets.len().to_string(),
+            origin("[mtproto] secrets"),
+        );
+        row(
+            "inspect",
+            m.inspecting().to_string(),
+            origin("[mtproto] inspect"),
+        );
+        row(
+            "on_probe",
+            m.on_probe.as_str().to_owned(),
+            origin("[mtproto] on_probe"),
+        );
+        row(
+            "mask_backend",
+            m.mask_backend.clone().unwrap_or_else(|| "(none)".into()),
+            origin("[mtproto] mask_backend"),
+        );
+        row(
+            "time_skew",
+            format_duration(m.time_skew),
+            origin("[mtproto] time_skew"),
+        );
+        row(
+            "time_skew_ahead",
+            format_duration(m.time_skew_ahead),
+            origin("[mtproto] time_skew_ahead"),
+        );
         row("[limits]", String::new(), "");
         let preset = format!("level {level} preset");
         for (key, value, from_file) in self.limits.rows(policy) {

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod mtproto;
 pub mod proxy;
 pub mod server;
 pub mod state;

@@ -49,6 +49,20 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3))]
         level: Option<u8>,
     },
+    /// Print the tg:// and https://t.me links clients import the proxy
+    /// with (the secret in its canonical hex form).
+    Link {
+        /// The proxy's public host name or address.
+        #[arg(long)]
+        server: String,
+        /// The proxy's public port.
+        #[arg(long)]
+        port: u16,
+        /// The secret: 32 hex digits, dd + 32 hex digits, ee + 32 hex digits
+        /// + hex of the domain, or the same bytes in base64url.
+        #[arg(long)]
+        secret: String,
+    },
     /// A self-contained run on loopback: the guard, an echo backend,
     /// legitimate clients, a flood and a scanner; ends with a report.
     Demo {
@@ -77,6 +91,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CheckConfig { file, level } => check_config(&file, level),
+        Command::Link {
+            server,
+            port,
+            secret,
+        } => link(&server, port, &secret),
         Command::Run {
             config,
             level,
@@ -122,6 +141,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+fn link(server: &str, port: u16, secret: &str) -> anyhow::Result<()> {
+    let secret = mtguard_core::mtproto::Secret::parse(secret)
+        .map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
+    if server.is_empty()
+        || !server
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:[]".contains(&b))
+    {
+        anyhow::bail!("--server: {server:?} is not a host name or an IP address");
+    }
+    for link in mtguard::mtproto::links(server, port, &secret) {
+        println!("{link}");
+    }
+    Ok(())
 }
 
 fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {

@@ -17,6 +17,14 @@
 //!
 //! The relay does not change the byte stream: it never coalesces the first
 //! bytes with what follows and never buffers beyond one read.
+//!
+//! With MTProto inspection ([`serve_inspected`] with a [`Mtproto`] state),
+//! phase 2 feeds every read to the connection's [`Inspector`] until it
+//! decides: a valid handshake is reported as such and forwarded (everything
+//! read so far on one write); an invalid one is reported with its outcome
+//! (invalid or replay, so the engine's scanner and replay detection work)
+//! and then either reset without contacting the backend, or relayed to the
+//! mask backend as an ordinary connection.
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mtguard_core::mtproto::{Inspector, Invalid, Verdict};
 use mtguard_core::{ConnectionId, HandshakeOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,6 +40,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::engine::{Admitted, Guard};
+use crate::mtproto::{Mtproto, OnProbe};
 
 /// Whether, and in which version, the backend is sent a PROXY protocol
 /// header carrying the client's address. mtg and telemt accept it; the
@@ -116,6 +126,20 @@ pub async fn serve(
     listener: TcpListener,
     guard: Arc<Guard>,
     settings: watch::Receiver<Arc<ProxySettings>>,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let (_none, mtproto) = watch::channel(None);
+    serve_inspected(listener, guard, settings, mtproto, shutdown).await
+}
+
+/// [`serve`] with MTProto handshake inspection while `mtproto` holds a
+/// state (read once per connection, at accept, like `settings`: a reload
+/// applies to new connections); `None` forwards any first bytes.
+pub async fn serve_inspected(
+    listener: TcpListener,
+    guard: Arc<Guard>,
+    settings: watch::Receiver<Arc<ProxySettings>>,
+    mtproto: watch::Receiver<Option<Arc<Mtproto>>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listening = listener.local_addr()?;
@@ -130,9 +154,14 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 trouble.recovered();
-                admit(
-                    stream, peer, listening, &guard, &settings, &shutdown, &shared,
-                );
+                let listener = Listener {
+                    guard: &guard,
+                    settings: &settings,
+                    mtproto: &mtproto,
+                    shutdown: &shutdown,
+                    shared: &shared,
+                };
+                admit(stream, peer, listening, &listener);
             }
             Err(e) if is_connection_error(&e) => {
                 tracing::debug!(error = %e, "accept: incoming connection failed");
@@ -249,15 +278,23 @@ impl Drop for Registration {
     }
 }
 
-fn admit(
-    stream: TcpStream,
-    peer: SocketAddr,
-    listening: SocketAddr,
-    guard: &Arc<Guard>,
-    settings: &watch::Receiver<Arc<ProxySettings>>,
-    shutdown: &watch::Receiver<bool>,
-    shared: &Arc<Shared>,
-) {
+/// What `admit` needs from the accept loop.
+struct Listener<'a> {
+    guard: &'a Arc<Guard>,
+    settings: &'a watch::Receiver<Arc<ProxySettings>>,
+    mtproto: &'a watch::Receiver<Option<Arc<Mtproto>>>,
+    shutdown: &'a watch::Receiver<bool>,
+    shared: &'a Arc<Shared>,
+}
+
+fn admit(stream: TcpStream, peer: SocketAddr, listening: SocketAddr, listener: &Listener<'_>) {
+    let Listener {
+        guard,
+        settings,
+        mtproto,
+        shutdown,
+        shared,
+    } = *listener;
     let peer = canonical(peer);
     let Admitted { id, timed_out } = match guard.connect(peer.ip()) {
         Ok(admitted) => admitted,
@@ -277,12 +314,14 @@ fn admit(
     // the listener is bound to a wildcard address.
     let local = canonical(stream.local_addr().unwrap_or(listening));
     let settings = settings.borrow().clone();
+    let mtproto = mtproto.borrow().clone();
     let connection = Connection {
         registration,
         peer,
         local,
         settings,
-        shared: shared.clone(),
+        mtproto,
+        shared: Arc::clone(shared),
     };
     tokio::spawn(connection.run(stream, timed_out, shutdown.clone()));
 }
@@ -312,6 +351,10 @@ enum End {
     Idle,
     /// The inspection refused the first bytes.
     Refused(HandshakeOutcome),
+    /// MTProto inspection refused the first bytes (`len` of them were read).
+    Probe { reason: Invalid, len: usize },
+    /// A refused handshake was relayed to the mask backend.
+    Masked { reason: Invalid, up: u64, down: u64 },
     /// The backend could not be reached.
     Backend(io::Error),
     /// A socket error, on either side.
@@ -327,6 +370,11 @@ impl std::fmt::Display for End {
             End::Shutdown => f.write_str("shutdown before the first bytes"),
             End::Idle => f.write_str("idle timeout"),
             End::Refused(outcome) => write!(f, "first bytes refused ({outcome:?})"),
+            End::Probe { reason, .. } => write!(f, "handshake refused ({reason:?}); closed"),
+            End::Masked { reason, up, down } => write!(
+                f,
+                "handshake refused ({reason:?}); masked: {up} bytes up, {down} bytes down"
+            ),
             End::Backend(e) => write!(f, "backend unreachable: {e}"),
             End::Io(e) => write!(f, "socket error: {e}"),
         }
@@ -338,6 +386,7 @@ struct Connection {
     peer: SocketAddr,
     local: SocketAddr,
     settings: Arc<ProxySettings>,
+    mtproto: Option<Arc<Mtproto>>,
     shared: Arc<Shared>,
 }
 
@@ -350,8 +399,8 @@ impl Connection {
     ) {
         let started = Instant::now();
         let end = self.relay(&mut client, timed_out, shutdown).await;
-        if matches!(end, End::HandshakeTimeout) {
-            // A slowloris client gets what a refused one gets.
+        if matches!(end, End::HandshakeTimeout | End::Probe { .. }) {
+            // A slowloris client or a prober gets what a refused one gets.
             reset_on_close(&client);
         }
         tracing::debug!(
@@ -375,8 +424,13 @@ impl Connection {
         let id = self.registration.id;
         let mut buf = vec![0u8; COPY_BUFFER];
 
+        let mut inspector = self
+            .mtproto
+            .as_ref()
+            .map(|_| crate::mtproto::new_inspector());
+        let inspection = self.mtproto.as_deref().zip(inspector.as_deref_mut());
         let first = tokio::select! {
-            read = read_handshake(client, &mut buf) => read,
+            read = read_handshake(client, &mut buf, inspection) => read,
             _ = deadline(timed_out) => Err(End::HandshakeTimeout),
             _ = shutdown.wait_for(|&stop| stop) => Err(End::Shutdown),
             _ = tokio::time::sleep(self.settings.idle_timeout) => Err(End::Idle),
@@ -387,11 +441,17 @@ impl Connection {
                 guard.handshake(id, outcome);
                 return End::Refused(outcome);
             }
+            Err(End::Probe { reason, len }) => {
+                guard.handshake(id, reason.outcome());
+                drop(inspector);
+                return self.mask(client, reason, &mut buf, len).await;
+            }
             Err(end) => return end,
         };
+        drop(inspector);
         guard.handshake(id, HandshakeOutcome::Valid);
 
-        let mut backend = match self.connect_backend().await {
+        let backend = match self.connect(&self.settings.backend).await {
             Ok(backend) => backend,
             Err(e) => {
                 self.shared
@@ -399,12 +459,59 @@ impl Connection {
                 return End::Backend(e);
             }
         };
-        let _ = backend.set_nodelay(true);
 
         let header = match proxy_header(self.settings.proxy_protocol, self.peer, self.local) {
             Ok(header) => header,
             Err(e) => return End::Io(e),
         };
+        match self.pipe(client, backend, header, &mut buf, first).await {
+            Ok((up, down)) => End::Done { up, down },
+            Err(end) => end,
+        }
+    }
+
+    /// After a refused handshake: closes (the caller resets), or with
+    /// `on_probe = "mask"` relays the connection to the mask backend,
+    /// starting with the `len` bytes already read.
+    async fn mask(
+        &self,
+        client: &mut TcpStream,
+        reason: Invalid,
+        buf: &mut [u8],
+        len: usize,
+    ) -> End {
+        let mask_backend = match self.mtproto.as_deref() {
+            Some(m) if m.on_probe() == OnProbe::Mask => m.mask_backend(),
+            _ => None,
+        };
+        let Some(mask_backend) = mask_backend else {
+            return End::Probe { reason, len };
+        };
+        let backend = match self.connect(mask_backend).await {
+            Ok(backend) => backend,
+            Err(e) => {
+                self.shared.backend_failed(mask_backend, self.peer, &e);
+                return End::Backend(e);
+            }
+        };
+        match self.pipe(client, backend, None, buf, len).await {
+            Ok((up, down)) => End::Masked { reason, up, down },
+            Err(end) => end,
+        }
+    }
+
+    /// Sends `header` and the `first` bytes of `buf` (on their own write)
+    /// to `backend`, then relays both ways until both are done; the bytes
+    /// moved up (first bytes included) and down.
+    async fn pipe(
+        &self,
+        client: &mut TcpStream,
+        mut backend: TcpStream,
+        header: Option<Vec<u8>>,
+        buf: &mut [u8],
+        first: usize,
+    ) -> Result<(u64, u64), End> {
+        let _ = backend.set_nodelay(true);
         let activity = Activity::new();
         let forward = async {
             if let Some(header) = header {
@@ -417,21 +524,21 @@ impl Connection {
             let (mut client_read, mut client_write) = client.split();
             let (mut backend_read, mut backend_write) = backend.split();
             tokio::try_join!(
-                pump(&mut client_read, &mut backend_write, &mut buf, &activity),
+                pump(&mut client_read, &mut backend_write, buf, &activity),
                 pump(&mut backend_read, &mut client_write, &mut down, &activity),
             )
         };
         tokio::select! {
             done = forward => match done {
-                Ok((up, down)) => End::Done { up: up + first as u64, down },
-                Err(e) => End::Io(e),
+                Ok((up, down)) => Ok((up + first as u64, down)),
+                Err(e) => Err(End::Io(e)),
             },
-            _ = activity.idle(self.settings.idle_timeout) => End::Idle,
+            _ = activity.idle(self.settings.idle_timeout) => Err(End::Idle),
         }
     }
 
-    async fn connect_backend(&self) -> io::Result<TcpStream> {
-        let connect = TcpStream::connect(self.settings.backend.as_str());
+    async fn connect(&self, backend: &str) -> io::Result<TcpStream> {
+        let connect = TcpStream::connect(backend);
         match tokio::time::timeout(self.settings.connect_timeout, connect).await {
             Ok(connected) => connected,
             Err(_) => Err(io::Error::new(
@@ -442,9 +549,13 @@ impl Connection {
     }
 }
 
-/// Reads until [`first_bytes`] decides; returns how many bytes of `buf`
-/// hold the handshake.
-async fn read_handshake(client: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, End> {
+/// Reads until [`first_bytes`] (or, with `inspection`, the MTProto
+/// inspector) decides; returns how many bytes of `buf` hold the handshake.
+async fn read_handshake(
+    client: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut inspection: Option<(&Mtproto, &mut Inspector)>,
+) -> Result<usize, End> {
     let mut len = 0;
     loop {
         if len == buf.len() {
@@ -458,6 +569,13 @@ async fn read_handshake(client: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usi
             return Err(End::ClientGone);
         }
         len += n;
+        if let Some((mtproto, inspector)) = inspection.as_mut() {
+            match mtproto.feed(inspector, &buf[len - n..len]) {
+                Verdict::NeedMore => continue,
+                Verdict::Valid(_) => return Ok(len),
+                Verdict::Invalid(reason) => return Err(End::Probe { reason, len }),
+            }
+        }
         match first_bytes(&buf[..len]) {
             Inspection::Forward => return Ok(len),
             Inspection::NeedMore => {}

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminSettings};
 use crate::config::Config;
 use crate::engine::{Capacity, Guard, LogEvents};
+use crate::mtproto::Mtproto;
 use crate::proxy::{self, ProxySettings};
 use crate::state;
 
@@ -43,6 +44,34 @@ fn proxy_settings(config: &Config) -> Arc<ProxySettings> {
         connect_timeout: config.server.connect_timeout,
         idle_timeout: config.server.idle_timeout,
     })
+}
+
+/// The MTProto inspection state of `config`, or `None` without
+/// inspection. `previous` is the state it replaces (a reload), whose replay
+/// cache it keeps when the time window is unchanged.
+fn mtproto_state(
+    config: &Config,
+    previous: Option<&Arc<Mtproto>>,
+) -> anyhow::Result<Option<Arc<Mtproto>>> {
+    let m = &config.mtproto;
+    if !m.inspecting() {
+        return Ok(None);
+    }
+    let state = Mtproto::new(
+        &m.secrets,
+        m.window(),
+        m.on_probe,
+        m.mask_backend.clone(),
+        previous.map(|p| &**p),
+    )
+    .map_err(|e| anyhow::anyhow!("[mtproto] secrets: {e}"))?;
+    Ok(Some(Arc::new(state)))
+}
+
+/// Everything the listeners read per connection, sent on a reload.
+struct Senders {
+    settings: watch::Sender<Arc<ProxySettings>>,
+    mtproto: watch::Sender<Option<Arc<Mtproto>>>,
 }
 
 /// Runs the guard until SIGTERM or SIGINT.
@@ -77,14 +106,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (settings_tx, settings) = watch::channel(proxy_settings(&config));
+    let inspection = mtproto_state(&config, None)?;
+    if let Some(m) = &inspection {
+        tracing::info!(
+            secrets = m.secrets().as_slice().len(),
+            on_probe = m.on_probe().as_str(),
+            "inspecting MTProto handshakes"
+        );
+    }
+    let (mtproto_tx, mtproto) = watch::channel(inspection);
+    let senders = Senders {
+        settings: settings_tx,
+        mtproto: mtproto_tx,
+    };
     let mut servers = Vec::new();
     for addr in &config.server.listen {
         let listener = bind(*addr).await?;
         tracing::info!(listen = %addr, backend = %config.server.backend, "guarding");
-        servers.push(tokio::spawn(proxy::serve(
+        servers.push(tokio::spawn(proxy::serve_inspected(
             listener,
             guard.clone(),
             settings.clone(),
+            mtproto.clone(),
             shutdown.clone(),
         )));
     }
@@ -109,7 +152,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Duration::from_millis(500),
     ));
 
-    signals(&opts, &guard, &settings_tx, config).await?;
+    signals(&opts, &guard, &senders, config).await?;
 
     tracing::info!("shutting down: no new connections; draining");
     let _ = shutdown_tx.send(true);
@@ -142,7 +185,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 async fn signals(
     opts: &RunOptions,
     guard: &Arc<Guard>,
-    settings: &watch::Sender<Arc<ProxySettings>>,
+    senders: &Senders,
     mut current: Config,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -153,7 +196,7 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match reload(opts, guard, settings, &current) {
+            _ = hup.recv() => match reload(opts, guard, senders, &current) {
                 Ok(new) => {
                     tracing::info!("configuration reloaded");
                     current = new;
@@ -172,12 +215,14 @@ async fn signals(
 fn reload(
     opts: &RunOptions,
     guard: &Guard,
-    settings: &watch::Sender<Arc<ProxySettings>>,
+    senders: &Senders,
     current: &Config,
 ) -> anyhow::Result<Config> {
     let new = load(opts)?;
     let policy = new.effective_policy(opts.level)?;
     let lists = new.load_lists()?;
+    let previous = senders.mtproto.borrow().clone();
+    let inspection = mtproto_state(&new, previous.as_ref())?;
     guard
         .with(|e, _| e.set_policy(policy))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -185,6 +230,7 @@ fn reload(
     if new.server.listen != current.server.listen || new.admin.listen != current.admin.listen {
         tracing::warn!("listen addresses change only on restart");
     }
-    let _ = settings.send(proxy_settings(&new));
+    let _ = senders.settings.send(proxy_settings(&new));
+    let _ = senders.mtproto.send(inspection);
     Ok(new)
 }

@@ -1,0 +1,228 @@
+//! MTProto handshake inspection on the server: the state every connection of
+//! the guard shares (secrets, replay cache, what to do with a probe) and the
+//! per-reason failure counters the metrics show.
+//!
+//! The decisions are the core's ([`mtguard_core::mtproto`]); this module
+//! only supplies the clock (`SystemTime`), the lock around the replay cache
+//! and the random hash key.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mtguard_core::mtproto::replay::{Entry, SERVER_CAPACITY};
+use mtguard_core::mtproto::{
+    Inspector, Invalid, ReplayCache, Secret, SecretError, SecretSet, TimeWindow, Verdict,
+};
+
+/// What happens to a connection whose first bytes are not a valid handshake.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnProbe {
+    /// Reset the connection; the backend never hears of it.
+    #[default]
+    Close,
+    /// Relay it to the mask backend (the real website of the fake-TLS
+    /// domain), so a prober sees an ordinary HTTPS site.
+    Mask,
+}
+
+impl OnProbe {
+    /// The config file's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnProbe::Close => "close",
+            OnProbe::Mask => "mask",
+        }
+    }
+}
+
+/// The replay cache of the server: 6 MiB on the heap.
+pub type Replay = ReplayCache<Box<[Entry]>>;
+
+/// The MTProto state shared by every connection of the guard.
+pub struct Mtproto {
+    secrets: SecretSet,
+    on_probe: OnProbe,
+    mask_backend: Option<String>,
+    /// Shared with the state that replaces this one on a reload, as long as
+    /// the time window stays the same.
+    replay: Arc<Mutex<Replay>>,
+}
+
+impl std::fmt::Debug for Mtproto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mtproto")
+            .field("secrets", &self.secrets.as_slice().len())
+            .field("on_probe", &self.on_probe)
+            .field("mask_backend", &self.mask_backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mtproto {
+    /// Inspection with `secrets`. `mask_backend` is required with
+    /// [`OnProbe::Mask`]. `previous` is the state this one replaces (a
+    /// reload): its replay cache is kept when `window` is unchanged, so a
+    /// reload does not let replays of recent handshakes through.
+    pub fn new(
+        secrets: &[Secret],
+        window: TimeWindow,
+        on_probe: OnProbe,
+        mask_backend: Option<String>,
+        previous: Option<&Mtproto>,
+    ) -> Result<Mtproto, SecretError> {
+        let mut set = SecretSet::new();
+        for secret in secrets {
+            set.push(secret.clone())?;
+        }
+        let replay = match previous {
+            Some(p) if p.window() == window => p.replay.clone(),
+            _ => Arc::new(Mutex::new(new_replay_cache(window))),
+        };
+        Ok(Mtproto {
+            secrets: set,
+            on_probe,
+            mask_backend,
+            replay,
+        })
+    }
+
+    /// The secrets, by index.
+    pub fn secrets(&self) -> &SecretSet {
+        &self.secrets
+    }
+
+    /// What to do with a probe.
+    pub fn on_probe(&self) -> OnProbe {
+        self.on_probe
+    }
+
+    /// Where probes are relayed with [`OnProbe::Mask`].
+    pub fn mask_backend(&self) -> Option<&str> {
+        self.mask_backend.as_deref()
+    }
+
+    /// The fake-TLS timestamp window.
+    pub fn window(&self) -> TimeWindow {
+        self.lock().window()
+    }
+
+    /// Replays refused so far by the replay cache.
+    pub fn replays(&self) -> u64 {
+        self.lock().replays()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Replay> {
+        self.replay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Feeds the next bytes of a connection to its inspector, at the current
+    /// wall-clock time; counts a refusal by reason.
+    pub fn feed(&self, inspector: &mut Inspector, bytes: &[u8]) -> Verdict {
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let verdict = {
+            let mut replay = self.lock();
+            inspector.feed(bytes, now_unix, &self.secrets, &self.secrets, &mut replay)
+        };
+        if let Verdict::Invalid(reason) = verdict {
+            FAILURES[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+        }
+        verdict
+    }
+}
+
+/// A fresh inspector on the heap (it holds a 16 KiB buffer).
+pub fn new_inspector() -> Box<Inspector> {
+    Box::new(Inspector::new())
+}
+
+/// An empty server-sized replay cache with a random hash key.
+fn new_replay_cache(window: TimeWindow) -> Replay {
+    let mut key = [0u8; 16];
+    getrandom::fill(&mut key).expect("the operating system's random source failed");
+    let slots = vec![Entry::EMPTY; SERVER_CAPACITY].into_boxed_slice();
+    ReplayCache::new(slots, key, window).expect("the server preset is a valid capacity")
+}
+
+/// Every refusal reason with its metric label, in declaration order.
+pub const REASONS: [(Invalid, &str); 12] = [
+    (Invalid::BadSecretOrTag, "bad_secret_or_tag"),
+    (Invalid::OtherProtocol, "other_protocol"),
+    (Invalid::TagNotAllowed, "tag_not_allowed"),
+    (Invalid::BadDc, "bad_dc"),
+    (Invalid::MalformedHello, "malformed_hello"),
+    (Invalid::OversizedHello, "oversized_hello"),
+    (Invalid::HmacMismatch, "hmac_mismatch"),
+    (Invalid::Timestamp, "timestamp"),
+    (Invalid::WrongSni, "wrong_sni"),
+    (Invalid::Replay, "replay"),
+    (Invalid::ReplayCacheFull, "replay_cache_full"),
+    (Invalid::KeyUnavailable, "key_unavailable"),
+];
+
+fn reason_index(reason: Invalid) -> usize {
+    // An exhaustive match: a new reason in the core fails to compile here
+    // until it has a label.
+    match reason {
+        Invalid::BadSecretOrTag => 0,
+        Invalid::OtherProtocol => 1,
+        Invalid::TagNotAllowed => 2,
+        Invalid::BadDc => 3,
+        Invalid::MalformedHello => 4,
+        Invalid::OversizedHello => 5,
+        Invalid::HmacMismatch => 6,
+        Invalid::Timestamp => 7,
+        Invalid::WrongSni => 8,
+        Invalid::Replay => 9,
+        Invalid::ReplayCacheFull => 10,
+        Invalid::KeyUnavailable => 11,
+    }
+}
+
+/// Refused handshakes since the process started, by reason (all listeners).
+static FAILURES: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
+
+/// `(label, count)` of every refusal reason, for the metrics.
+pub fn failure_counts() -> [(&'static str, u64); 12] {
+    REASONS.map(|(reason, label)| {
+        (
+            label,
+            FAILURES[reason_index(reason)].load(Ordering::Relaxed),
+        )
+    })
+}
+
+/// The `tg://proxy` and `https://t.me/proxy` links of a proxy at
+/// `server:port` with `secret` (written in its canonical hex form).
+pub fn links(server: &str, port: u16, secret: &Secret) -> [String; 2] {
+    let query = format!("server={server}&port={port}&secret={secret}");
+    [
+        format!("tg://proxy?{query}"),
+        format!("https://t.me/proxy?{query}"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot() {
+        for (i, (reason, _)) in REASONS.iter().enumerate() {
+            assert_eq!(reason_index(*reason), i);
+        }
+    }
+
+    #[test]
+    fn links_carry_the_canonical_secret() {
+        let s = Secret::parse("DD0123456789ABCDEF0123456789ABCDEF").unwrap();
+        let [tg, https] = links("proxy.example", 443, &s);
+        assert_eq!(
+            tg,
+            "tg://proxy?server=proxy.example&port=443&secret=dd0123456789abcdef0123456789abcdef"
+        );
+        assert!(https.starts_with("https://t.me/proxy?server=proxy.example&port=443&secret=dd"));
+    }
+}
