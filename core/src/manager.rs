@@ -445,9 +445,10 @@ impl<S: Storage> SecurityManager<S> {
             return self.reject(RejectReason::Denylisted);
         }
         let key = ClientKey::new(ip, self.policy.ipv6_prefix).bits();
+        let bucket = self.index.bucket(key, self.buckets.as_ref().len());
         let found = self
             .index
-            .find(self.clients.as_ref(), self.buckets.as_ref(), key);
+            .find_at(self.clients.as_ref(), self.buckets.as_ref(), bucket, key);
         if let Some(i) = found {
             if self.clients.as_ref()[i as usize].blocked() {
                 return self.reject(RejectReason::Blocked);
@@ -465,7 +466,7 @@ impl<S: Storage> SecurityManager<S> {
         }
         let i = match found {
             Some(i) => i,
-            None => match self.insert_client(key) {
+            None => match self.insert_client(key, bucket) {
                 Some(i) => i,
                 None => return self.reject(RejectReason::ClientTableFull),
             },
@@ -617,13 +618,16 @@ impl<S: Storage> SecurityManager<S> {
         cause: BlockCause,
     ) -> Result<(), CommandError> {
         let now = self.advance(now);
-        let i = match self
-            .index
-            .find(self.clients.as_ref(), self.buckets.as_ref(), key.bits())
-        {
+        let bucket = self.index.bucket(key.bits(), self.buckets.as_ref().len());
+        let i = match self.index.find_at(
+            self.clients.as_ref(),
+            self.buckets.as_ref(),
+            bucket,
+            key.bits(),
+        ) {
             Some(i) => i,
             None => self
-                .insert_client(key.bits())
+                .insert_client(key.bits(), bucket)
                 .ok_or(CommandError::ClientTableFull)?,
         };
         let until = duration.map(|d| now.saturating_add(d));
@@ -1034,10 +1038,12 @@ impl<S: Storage> SecurityManager<S> {
         Verdict::Reject(reason)
     }
 
-    fn insert_client(&mut self, key: u128) -> Option<u32> {
-        if let Some(i) = self
-            .index
-            .insert(self.clients.as_mut(), self.buckets.as_mut(), key)
+    /// Takes a slot for a new client whose key falls into `bucket`,
+    /// evicting an idle client if the table is full.
+    fn insert_client(&mut self, key: u128, bucket: usize) -> Option<u32> {
+        if let Some(i) =
+            self.index
+                .insert_at(self.clients.as_mut(), self.buckets.as_mut(), bucket, key)
         {
             self.table_full_reported = false;
             return Some(i);
@@ -1052,7 +1058,7 @@ impl<S: Storage> SecurityManager<S> {
             self.stats.evictions += 1;
             return self
                 .index
-                .insert(self.clients.as_mut(), self.buckets.as_mut(), key);
+                .insert_at(self.clients.as_mut(), self.buckets.as_mut(), bucket, key);
         }
         if !self.table_full_reported {
             self.table_full_reported = true;

@@ -207,7 +207,10 @@ impl ClientIndex {
         self.hash_key
     }
 
-    fn bucket(&self, key: u128, buckets: usize) -> usize {
+    /// The bucket of `key`. Admission computes it once and passes it to
+    /// [`ClientIndex::find_at`] and [`ClientIndex::insert_at`]: the SipHash
+    /// is most of the cost of a lookup.
+    pub(crate) fn bucket(&self, key: u128, buckets: usize) -> usize {
         let mut h = SipHasher13::new_with_keys(self.hash_key.0, self.hash_key.1);
         core::hash::Hasher::write(&mut h, &key.to_le_bytes());
         let h = core::hash::Hasher::finish(&h);
@@ -217,7 +220,18 @@ impl ClientIndex {
     }
 
     pub(crate) fn find(&self, slots: &[ClientSlot], buckets: &[u32], key: u128) -> Option<u32> {
-        let mut i = buckets[self.bucket(key, buckets.len())];
+        self.find_at(slots, buckets, self.bucket(key, buckets.len()), key)
+    }
+
+    /// [`ClientIndex::find`] with the bucket already computed.
+    pub(crate) fn find_at(
+        &self,
+        slots: &[ClientSlot],
+        buckets: &[u32],
+        bucket: usize,
+        key: u128,
+    ) -> Option<u32> {
+        let mut i = buckets[bucket];
         while i != NIL {
             let s = &slots[i as usize];
             if s.key == key {
@@ -247,11 +261,21 @@ impl ClientIndex {
         buckets: &mut [u32],
         key: u128,
     ) -> Option<u32> {
+        self.insert_at(slots, buckets, self.bucket(key, buckets.len()), key)
+    }
+
+    /// [`ClientIndex::insert`] with the bucket already computed.
+    pub(crate) fn insert_at(
+        &mut self,
+        slots: &mut [ClientSlot],
+        buckets: &mut [u32],
+        b: usize,
+        key: u128,
+    ) -> Option<u32> {
         let i = self.free;
         if i == NIL {
             return None;
         }
-        let b = self.bucket(key, buckets.len());
         let s = &mut slots[i as usize];
         self.free = s.chain;
         *s = ClientSlot::EMPTY;

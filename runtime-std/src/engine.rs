@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use mtguard_core::cidr::{Cidr, CidrEntry, Origin};
+use mtguard_core::cidr::{Cidr, CidrEntry, CidrSet, Origin};
 use mtguard_core::storage::ServerPreset;
 use mtguard_core::table::{ClientSlot, ConnSlot};
 use mtguard_core::{
@@ -271,35 +271,34 @@ impl Guard {
     }
 
     /// Replaces the config lists (a start or a reload); manual entries stay.
+    /// Both lists are checked for room before either changes.
     pub fn set_config_lists(&self, allow: &[Cidr], deny: &[Cidr]) -> anyhow::Result<()> {
+        fn room(set: &CidrSet<Box<[CidrEntry]>>) -> usize {
+            let manual = set.iter().filter(|e| e.origin() == Origin::Manual).count();
+            set.capacity() - manual
+        }
+        fn replace(set: &mut CidrSet<Box<[CidrEntry]>>, list: &[Cidr]) -> anyhow::Result<()> {
+            set.remove_origin(Origin::Config);
+            for c in list {
+                set.insert(*c, Origin::Config)
+                    .map_err(|err| anyhow::anyhow!("{err}"))?;
+            }
+            Ok(())
+        }
         self.with(|e, _| -> anyhow::Result<()> {
-            for (set, list, name) in [(true, allow, "allow"), (false, deny, "deny")] {
-                let cap = if set {
-                    e.allowlist().capacity()
-                } else {
-                    e.denylist().capacity()
-                };
-                let manual = if set {
-                    e.allowlist().iter().filter(|x| x.origin() == Origin::Manual).count()
-                } else {
-                    e.denylist().iter().filter(|x| x.origin() == Origin::Manual).count()
-                };
-                if list.len() + manual > cap {
+            for (name, list, room) in [
+                ("allow", allow, room(e.allowlist())),
+                ("deny", deny, room(e.denylist())),
+            ] {
+                if list.len() > room {
                     anyhow::bail!(
-                        "[lists] {name}: {} prefixes but the table holds {cap} ({manual} added at run time)",
+                        "[lists] {name}: {} prefixes but the table has room for {room} (besides entries added at run time)",
                         list.len()
                     );
                 }
             }
-            for (allow_side, list) in [(true, allow), (false, deny)] {
-                let set = if allow_side { e.allow_mut() } else { e.deny_mut() };
-                set.remove_origin(Origin::Config);
-                for c in list {
-                    set.insert(*c, Origin::Config)
-                        .map_err(|err| anyhow::anyhow!("{err}"))?;
-                }
-            }
-            Ok(())
+            replace(e.allow_mut(), allow)?;
+            replace(e.deny_mut(), deny)
         })
     }
 
