@@ -8,6 +8,93 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mtguard::engine::{Capacity, Engine, Guard, LogEvents};
+use mtguard::mtproto::Mtproto;
+use mtguard::proxy::{self, ProxyProtocol, ProxySettings};
+use mtguard_core::Policy;
+
+/// Table sizes of the guards the tests build: small, so a test's numbers
+/// are easy to reach and to read.
+pub const TEST_CAPACITY: Capacity = Capacity {
+    clients: 1024,
+    connections: 1024,
+    prefixes: 16,
+};
+
+/// A guard with [`TEST_CAPACITY`] enforcing `policy`, logging its events.
+pub fn test_guard(policy: Policy) -> Arc<Guard> {
+    Guard::new(
+        policy,
+        TEST_CAPACITY,
+        Box::new(LogEvents {
+            ipv6_prefix: policy.ipv6_prefix,
+        }),
+    )
+    .expect("a valid test policy")
+}
+
+/// The relay serving on 127.0.0.1 in a runtime of its own, in front of
+/// `backend`; with `mtproto`, handshakes are inspected. Stops when dropped.
+pub struct Relay {
+    _rt: tokio::runtime::Runtime,
+    /// The guard deciding for it.
+    pub guard: Arc<Guard>,
+    /// Where it listens.
+    pub listen: SocketAddr,
+    _shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    /// Starts the guard's driver and the relay.
+    pub fn start(guard: Arc<Guard>, backend: SocketAddr, mtproto: Option<Arc<Mtproto>>) -> Relay {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+        let settings = tokio::sync::watch::channel(Arc::new(ProxySettings {
+            backend: backend.to_string(),
+            proxy_protocol: ProxyProtocol::None,
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+        }))
+        .1;
+        let mtproto = tokio::sync::watch::channel(mtproto).1;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let listen = listener.local_addr().unwrap();
+        rt.spawn(guard.clone().drive());
+        rt.spawn(proxy::serve_inspected(
+            listener,
+            guard.clone(),
+            settings,
+            mtproto,
+            shutdown,
+        ));
+        Relay {
+            _rt: rt,
+            guard,
+            listen,
+            _shutdown: shutdown_tx,
+        }
+    }
+
+    /// Waits until `cond` holds on the engine: the guard learns of a close
+    /// when its relay task sees the EOF, a moment after the client's close.
+    pub fn wait_until(&self, what: &str, cond: impl Fn(&Engine) -> bool) {
+        let start = Instant::now();
+        while !self.guard.with(|e, _| cond(e)) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// Path of the `mtguard` binary of this build, building it if needed (cargo
 /// does not build a dependency's binaries for another package's tests).
 pub fn mtguard_bin() -> PathBuf {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mtguard::admin::{self, AdminSettings};
-use mtguard::engine::{Capacity, Guard, LogEvents};
+use mtguard::engine::Guard;
 use mtguard_core::cidr::Cidr;
 use mtguard_core::pins::Pin;
 use mtguard_core::{HandshakeOutcome, Level, Policy, RejectReason};
@@ -20,16 +20,7 @@ use tokio::sync::watch;
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn guard(policy: Policy) -> Arc<Guard> {
-    Guard::new(
-        policy,
-        Capacity {
-            clients: 1024,
-            connections: 1024,
-            prefixes: 16,
-        },
-        Box::new(LogEvents { ipv6_prefix: 64 }),
-    )
-    .unwrap()
+    mtguard_tests::test_guard(policy)
 }
 
 struct Server {

@@ -12,13 +12,10 @@ use std::thread::sleep;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mtguard::config::{Config, OnProbe};
-use mtguard::engine::{Capacity, Guard, LogEvents};
 use mtguard::mtproto::Mtproto;
-use mtguard::proxy::{self, ProxyProtocol, ProxySettings};
 use mtguard_core::mtproto::{KeyOps, Secret, SecretSet, TimeWindow};
 use mtguard_core::{Level, Policy};
-use mtguard_tests::{connect_from, free_port, mtguard_bin, Server};
-use tokio::sync::watch;
+use mtguard_tests::{connect_from, free_port, mtguard_bin, test_guard, Relay, Server};
 
 const OBFS2_VECTORS: &str = include_str!("../../core/tests/vectors/obfuscated2.txt");
 const CLASSIC: &str = "0123456789abcdef0123456789abcdef";
@@ -184,11 +181,15 @@ fn website() -> SocketAddr {
 }
 
 struct Harness {
-    _rt: tokio::runtime::Runtime,
-    guard: Arc<Guard>,
-    listen: SocketAddr,
+    relay: Relay,
     backend: Recorder,
-    _shutdown: watch::Sender<bool>,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Relay;
+    fn deref(&self) -> &Relay {
+        &self.relay
+    }
 }
 
 fn policy(level: Level) -> Policy {
@@ -199,51 +200,12 @@ fn policy(level: Level) -> Policy {
 }
 
 fn harness(policy: Policy, secrets: &[&str], on_probe: OnProbe, mask: Option<String>) -> Harness {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let backend = Recorder::start();
-    let guard = Guard::new(
-        policy,
-        Capacity {
-            clients: 1024,
-            connections: 1024,
-            prefixes: 16,
-        },
-        Box::new(LogEvents { ipv6_prefix: 64 }),
-    )
-    .unwrap();
     let secrets: Vec<Secret> = secrets.iter().map(|s| Secret::parse(s).unwrap()).collect();
     let state = Mtproto::new(&secrets, TimeWindow::default(), on_probe, mask, None).unwrap();
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let settings = watch::channel(Arc::new(ProxySettings {
-        backend: backend.addr.to_string(),
-        proxy_protocol: ProxyProtocol::None,
-        connect_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(30),
-    }))
-    .1;
-    let mtproto = watch::channel(Some(Arc::new(state))).1;
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let listen = listener.local_addr().unwrap();
-    rt.spawn(guard.clone().drive());
-    rt.spawn(proxy::serve_inspected(
-        listener,
-        guard.clone(),
-        settings,
-        mtproto,
-        shutdown,
-    ));
     Harness {
-        _rt: rt,
-        guard,
-        listen,
+        relay: Relay::start(test_guard(policy), backend.addr, Some(Arc::new(state))),
         backend,
-        _shutdown: shutdown_tx,
     }
 }
 
@@ -252,17 +214,6 @@ fn ip(a: u8, b: u8, c: u8) -> IpAddr {
 }
 
 impl Harness {
-    fn wait_until(&self, what: &str, cond: impl Fn(&mtguard::engine::Engine) -> bool) {
-        let start = std::time::Instant::now();
-        while !self.guard.with(|e, _| cond(e)) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "timed out waiting for {what}"
-            );
-            sleep(Duration::from_millis(5));
-        }
-    }
-
     fn blocked(&self, from: IpAddr) -> bool {
         self.guard.with(|e, _| e.is_blocked(from))
     }

@@ -3,24 +3,24 @@
 //! expiry, escalation, allow and deny lists (inline and from a file), and
 //! under-attack mode.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr};
 use std::thread::sleep;
 use std::time::Duration;
 
 use mtguard::config::Config;
-use mtguard::engine::{Capacity, Guard, LogEvents};
-use mtguard::proxy::{self, ProxyProtocol, ProxySettings};
 use mtguard_core::{Level, Policy};
-use mtguard_tests::{connect_from, served, EchoBackend};
-use tokio::sync::watch;
+use mtguard_tests::{connect_from, served, served_from, test_guard, EchoBackend, Relay};
 
 struct Harness {
-    _rt: tokio::runtime::Runtime,
-    guard: Arc<Guard>,
-    listen: SocketAddr,
+    relay: Relay,
     _backend: EchoBackend,
-    _shutdown: watch::Sender<bool>,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Relay;
+    fn deref(&self) -> &Relay {
+        &self.relay
+    }
 }
 
 fn base_policy() -> Policy {
@@ -31,46 +31,15 @@ fn base_policy() -> Policy {
 }
 
 fn harness(policy: Policy, config_lists: Option<&Config>) -> Harness {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let backend = EchoBackend::start();
-    let guard = Guard::new(
-        policy,
-        Capacity {
-            clients: 4096,
-            connections: 4096,
-            prefixes: 64,
-        },
-        Box::new(LogEvents { ipv6_prefix: 64 }),
-    )
-    .unwrap();
+    let guard = test_guard(policy);
     if let Some(config) = config_lists {
         let lists = config.load_lists().unwrap();
         guard.set_config_lists(&lists.allow, &lists.deny).unwrap();
     }
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let settings = watch::channel(Arc::new(ProxySettings {
-        backend: backend.addr.to_string(),
-        proxy_protocol: ProxyProtocol::None,
-        connect_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(30),
-    }))
-    .1;
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let listen = listener.local_addr().unwrap();
-    rt.spawn(guard.clone().drive());
-    rt.spawn(proxy::serve(listener, guard.clone(), settings, shutdown));
     Harness {
-        _rt: rt,
-        guard,
-        listen,
+        relay: Relay::start(guard, backend.addr, None),
         _backend: backend,
-        _shutdown: shutdown_tx,
     }
 }
 
@@ -81,27 +50,11 @@ fn ip(a: u8, b: u8, c: u8) -> IpAddr {
 impl Harness {
     /// Connects from `from`, exchanges a line and closes: was it served?
     fn try_once(&self, from: IpAddr) -> bool {
-        match connect_from(from, self.listen) {
-            Ok(mut c) => served(&mut c),
-            Err(_) => false,
-        }
+        served_from(from, self.listen)
     }
 
     fn blocked(&self, from: IpAddr) -> bool {
         self.guard.with(|e, _| e.is_blocked(from))
-    }
-
-    /// Waits until `cond` holds on the engine: the guard learns of a close
-    /// when its relay task sees the EOF, a moment after the client's close.
-    fn wait_until(&self, what: &str, cond: impl Fn(&mtguard::engine::Engine) -> bool) {
-        let start = std::time::Instant::now();
-        while !self.guard.with(|e, _| cond(e)) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "timed out waiting for {what}"
-            );
-            sleep(Duration::from_millis(5));
-        }
     }
 }
 
