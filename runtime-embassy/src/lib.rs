@@ -140,6 +140,8 @@ pub enum NewError {
     Engine,
     /// The replay cache storage is empty or too large.
     ReplayCache,
+    /// Port 0 cannot be listened on (every accept would fail at once).
+    Port,
 }
 
 /// One connection slot: the client socket's and the backend socket's
@@ -224,6 +226,9 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
         replay: &'a mut [Entry],
         config: Config,
     ) -> Result<Self, NewError> {
+        if config.port == 0 {
+            return Err(NewError::Port);
+        }
         let engine =
             SecurityManager::new(tables, policy, seed, now()).map_err(|_| NewError::Engine)?;
         // A second key for the replay cache, derived so that the two tables

@@ -265,3 +265,47 @@ fn full_slots_refuse_cleanly_and_recover() {
         assert!(read_to_end(&mut late).await.is_ok());
     });
 }
+
+#[test]
+fn unusable_settings_are_refused_at_construction() {
+    use mtguard_core::mtproto::replay::Entry;
+    use mtguard_core::Seed;
+    use mtguard_embassy::{Config, Guard, NewError};
+    let seed = Seed {
+        hash_key: [1; 16],
+        jitter: 2,
+    };
+    let config = Config {
+        port: 443,
+        backend: embassy_net::IpEndpoint::new(BACKEND.into(), 443),
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+    };
+    let build = |config: Config, policy: Policy, replay: &mut [Entry]| {
+        Guard::<Small, 2>::new(
+            Small::tables(),
+            policy,
+            seed,
+            SecretSet::new(),
+            replay,
+            config,
+        )
+        .err()
+    };
+    let mut replay = [Entry::EMPTY; 4];
+    assert_eq!(build(config, Policy::default(), &mut replay), None);
+    let port0 = Config { port: 0, ..config };
+    assert_eq!(
+        build(port0, Policy::default(), &mut replay),
+        Some(NewError::Port)
+    );
+    assert_eq!(
+        build(config, Policy::default(), &mut []),
+        Some(NewError::ReplayCache)
+    );
+    let bad = Policy {
+        max_connections_per_client: 0,
+        ..Policy::default()
+    };
+    assert_eq!(build(config, bad, &mut replay), Some(NewError::Engine));
+}
