@@ -270,7 +270,8 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
     }
 
     /// Runs `f` on the engine (for getters and operator commands such as
-    /// `block`), then forwards the events it produced.
+    /// `block`), then forwards the events it produced. `f` runs inside a
+    /// critical section: keep it short, and do not call the guard from it.
     pub fn with_engine<R>(&self, f: impl FnOnce(&mut SecurityManager<S>, Instant) -> R) -> R {
         self.with(|inner| f(&mut inner.engine, now()))
     }
