@@ -48,14 +48,13 @@ bind_interrupts!(struct Irqs {
     RNG => rng::InterruptHandler<peripherals::RNG>;
 });
 
-// Every large table is a `static` built at compile time: nothing big passes
-// through the stack, and the linker's figures are the guard's memory.
-static TABLES: ConstStaticCell<Tables<AppliancePreset>> =
-    ConstStaticCell::new(AppliancePreset::tables());
-static REPLAY: ConstStaticCell<[Entry; APPLIANCE_CAPACITY]> =
-    ConstStaticCell::new([Entry::EMPTY; APPLIANCE_CAPACITY]);
-static SLOT_BUFFERS: ConstStaticCell<[AppSlot; SLOTS]> =
-    ConstStaticCell::new([const { AppSlot::new() }; SLOTS]);
+// Every large table is a `static`, so the linker's figures are the guard's
+// memory. The big ones start with non-zero empty markers: filled in place at
+// boot (`init_with`) they stay in `.bss`, instead of costing their whole
+// initial image in flash as `.data` would.
+static TABLES: StaticCell<Tables<AppliancePreset>> = StaticCell::new();
+static REPLAY: StaticCell<[Entry; APPLIANCE_CAPACITY]> = StaticCell::new();
+static SLOT_BUFFERS: StaticCell<[AppSlot; SLOTS]> = StaticCell::new();
 static PACKETS: ConstStaticCell<PacketQueue<4, 4>> = ConstStaticCell::new(PacketQueue::new());
 // Two sockets per slot, and room for a DHCP or DNS socket later.
 static RESOURCES: ConstStaticCell<StackResources<{ 2 * SLOTS + 2 }>> =
@@ -126,7 +125,7 @@ async fn main(spawner: Spawner) {
     if !SECRET.is_empty() {
         unwrap!(secrets.push(unwrap!(Secret::parse(SECRET).ok())).ok());
     }
-    let tables = TABLES.take();
+    let tables = TABLES.init_with(AppliancePreset::tables);
     let guard = GUARD.init(unwrap!(Guard::new(
         Tables {
             clients: &mut tables.clients[..],
@@ -138,7 +137,7 @@ async fn main(spawner: Spawner) {
         Policy::default(),
         seed,
         secrets,
-        &mut REPLAY.take()[..],
+        &mut REPLAY.init_with(|| [Entry::EMPTY; APPLIANCE_CAPACITY])[..],
         Config {
             port: PORT,
             backend: (BACKEND, PORT).into(),
@@ -150,7 +149,8 @@ async fn main(spawner: Spawner) {
 
     stack.wait_config_up().await;
     info!("listening on port {}, forwarding to {}", PORT, BACKEND);
-    spawner.spawn(unwrap!(guard_task(guard, stack, SLOT_BUFFERS.take())));
+    let slots = SLOT_BUFFERS.init_with(|| [const { AppSlot::new() }; SLOTS]);
+    spawner.spawn(unwrap!(guard_task(guard, stack, slots)));
 }
 
 /// 400 MHz from the internal oscillator (the board's HSE comes from the
