@@ -267,6 +267,40 @@ fn full_slots_refuse_cleanly_and_recover() {
 }
 
 #[test]
+fn ipv6_clients_are_accounted_per_64() {
+    run::<4>(small_policy(), SecretSet::new(), async |env| {
+        // Clients 0 and 1 have different IPv6 addresses in one /64: for the
+        // engine they are one client, with a limit of two connections.
+        let mut held = Vec::new();
+        for c in [0, 1] {
+            let mut s = connect_to(env.clients[c], APPLIANCE6.into())
+                .await
+                .expect("admitted");
+            write_all(&mut s, b"6").await.unwrap();
+            assert_eq!(read_exact(&mut s, 1).await, xor(b"6"));
+            held.push(s);
+        }
+        let third_ip = std::net::IpAddr::V6(client_ip6(2));
+        let mut third = connect_to(env.clients[2], APPLIANCE6.into())
+            .await
+            .expect("tcp accept");
+        let reason = expect_event(env, |e| match e {
+            GuardEvent::Refused { client, reason } if *client == third_ip => Some(*reason),
+            _ => None,
+        })
+        .await;
+        assert_eq!(reason, RejectReason::TooManyConnections);
+        assert!(read_to_end(&mut third).await.is_err());
+
+        // Over IPv4 the same host is a client of its own.
+        let mut v4 = connect(env.clients[2]).await.expect("admitted");
+        write_all(&mut v4, b"4").await.unwrap();
+        assert_eq!(read_exact(&mut v4, 1).await, xor(b"4"));
+        assert_eq!(env.guard.with_engine(|e, _| e.tracked_clients()), 2);
+    });
+}
+
+#[test]
 fn unusable_settings_are_refused_at_construction() {
     use mtguard_core::mtproto::replay::Entry;
     use mtguard_core::Seed;

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::task::Poll;
 use std::time::Duration as StdDuration;
 
@@ -12,7 +12,8 @@ use embassy_futures::select::select;
 use embassy_net::driver::HardwareAddress;
 use embassy_net::tcp::TcpSocket;
 use embassy_net::{
-    Config as NetConfig, IpEndpoint, Ipv4Cidr, Stack, StackResources, StaticConfigV4,
+    Config as NetConfig, ConfigV6, IpEndpoint, Ipv4Cidr, Ipv6Cidr, Stack, StackResources,
+    StaticConfigV4, StaticConfigV6,
 };
 use embassy_net_driver_channel as ch;
 use embassy_time::{with_timeout, Duration};
@@ -40,6 +41,20 @@ pub fn client_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, 11 + i as u8)
 }
 
+/// Every stack also has an IPv6 address, all in one /64 (so that the IPv6
+/// clients share one client key under the default prefix length).
+pub fn ip6(host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, host)
+}
+
+/// The appliance's IPv6 address.
+pub const APPLIANCE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+
+/// IPv6 address of client stack `i`.
+pub fn client_ip6(i: usize) -> Ipv6Addr {
+    ip6(0x11 + i as u16)
+}
+
 /// What the backend saw: the bytes of each connection, in accept order.
 #[derive(Default)]
 pub struct BackendLog {
@@ -57,11 +72,13 @@ pub struct Env<'a, const SLOTS: usize> {
 }
 
 /// Forwards IP packets between the channel drivers by destination address,
-/// as a switch would; packets to unknown addresses are dropped.
+/// as a switch would; packets to unknown addresses are dropped. Port `i`
+/// owns `ips[i]` and `ip6s[i]`.
 pub async fn switch(
     mut rx: Vec<ch::RxRunner<'_, MTU>>,
     mut tx: Vec<ch::TxRunner<'_, MTU>>,
     ips: Vec<Ipv4Addr>,
+    ip6s: Vec<Ipv6Addr>,
 ) {
     let mut next = 0;
     loop {
@@ -77,11 +94,18 @@ pub async fn switch(
         .await;
         tx[from].tx_done();
         next = (from + 1) % tx.len();
-        if packet.len() < 20 || packet[0] >> 4 != 4 {
-            continue;
-        }
-        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-        if let Some(to) = ips.iter().position(|ip| *ip == dst) {
+        let to = match packet.first().map(|b| b >> 4) {
+            Some(4) if packet.len() >= 20 => {
+                let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+                ips.iter().position(|ip| *ip == dst)
+            }
+            Some(6) if packet.len() >= 40 => {
+                let dst: [u8; 16] = packet[24..40].try_into().unwrap();
+                ip6s.iter().position(|ip| *ip == Ipv6Addr::from(dst))
+            }
+            _ => None,
+        };
+        if let Some(to) = to {
             let buf = rx[to].rx_buf().await;
             buf[..packet.len()].copy_from_slice(&packet);
             rx[to].rx_done(packet.len());
@@ -148,6 +172,10 @@ pub fn run<const SLOTS: usize>(
         .into_iter()
         .chain((0..CLIENTS).map(client_ip))
         .collect();
+    let ip6s: Vec<Ipv6Addr> = [APPLIANCE6, ip6(2)]
+        .into_iter()
+        .chain((0..CLIENTS).map(client_ip6))
+        .collect();
 
     let mut rx_runners = Vec::new();
     let mut tx_runners = Vec::new();
@@ -159,8 +187,13 @@ pub fn run<const SLOTS: usize>(
         link.set_link_state(ch::driver::LinkState::Up);
         rx_runners.push(rx);
         tx_runners.push(tx);
-        let config = NetConfig::ipv4_static(StaticConfigV4 {
+        let mut config = NetConfig::ipv4_static(StaticConfigV4 {
             address: Ipv4Cidr::new(ips[i], 24),
+            gateway: None,
+            dns_servers: Default::default(),
+        });
+        config.ipv6 = ConfigV6::Static(StaticConfigV6 {
+            address: Ipv6Cidr::new(ip6s[i], 64),
             gateway: None,
             dns_servers: Default::default(),
         });
@@ -207,7 +240,10 @@ pub fn run<const SLOTS: usize>(
 
     let background = async {
         select(
-            select(join_array(runners), switch(rx_runners, tx_runners, ips)),
+            select(
+                join_array(runners),
+                switch(rx_runners, tx_runners, ips, ip6s),
+            ),
             select(
                 guard.run(appliance, &mut slots),
                 backend_server(backend, &log),
@@ -231,16 +267,24 @@ pub fn run<const SLOTS: usize>(
     });
 }
 
-/// A connection from client stack `c`, with its own buffers.
+/// A connection from client stack `c` to the appliance's IPv4 address.
 pub async fn connect<'a>(
     stack: Stack<'a>,
+) -> Result<TcpSocket<'a>, embassy_net::tcp::ConnectError> {
+    connect_to(stack, APPLIANCE.into()).await
+}
+
+/// A connection from client stack `c` to `appliance`, with its own buffers.
+pub async fn connect_to<'a>(
+    stack: Stack<'a>,
+    appliance: embassy_net::IpAddress,
 ) -> Result<TcpSocket<'a>, embassy_net::tcp::ConnectError> {
     let rx = Box::leak(vec![0u8; 8192].into_boxed_slice());
     let tx = Box::leak(vec![0u8; 8192].into_boxed_slice());
     // No smoltcp timeout: it would abort a connection that is merely idle
     // while a test waits.
     let mut s = TcpSocket::new(stack, rx, tx);
-    s.connect(IpEndpoint::new(APPLIANCE.into(), PORT)).await?;
+    s.connect(IpEndpoint::new(appliance, PORT)).await?;
     Ok(s)
 }
 
