@@ -502,7 +502,10 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
                 break len;
             }
             let verdict = self.with(|inner| {
-                let now_unix = inner.unix_at_zero.unwrap_or(0) + EmbassyInstant::now().as_secs();
+                let now_unix = inner
+                    .unix_at_zero
+                    .unwrap_or(0)
+                    .saturating_add(EmbassyInstant::now().as_secs());
                 inspector.feed(
                     &up[len - n..len],
                     now_unix,
