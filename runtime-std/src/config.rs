@@ -767,7 +767,10 @@ impl Parse<'_> {
                 if let Some(label) = value.get_ref().strip_prefix("hsm:") {
                     check_label(label).map_err(|m| self.error(&value.span(), &key, m))?;
                     if !self.has_hsm {
-                        let m = format!("{:?} needs an [hsm] table (the token that holds it)", value.get_ref());
+                        let m = format!(
+                            "{:?} needs an [hsm] table (the token that holds it)",
+                            value.get_ref()
+                        );
                         return Err(self.error(&value.span(), &key, m));
                     }
                     if out.hsm_secrets.iter().any(|l| l == label) {
@@ -1519,7 +1522,11 @@ impl Config {
             if m.hsm_secrets.is_empty() {
                 m.secrets.len().to_string()
             } else {
-                format!("{} ({} in the token)", m.secret_count(), m.hsm_secrets.len())
+                format!(
+                    "{} ({} in the token)",
+                    m.secret_count(),
+                    m.hsm_secrets.len()
+                )
             },
             origin("[mtproto] secrets"),
         );

@@ -211,7 +211,12 @@ impl Token {
             )
         })?;
         ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(|e| anyhow!("[hsm] module {}: C_Initialize failed: {e}", module.display()))?;
+            .map_err(|e| {
+                anyhow!(
+                    "[hsm] module {}: C_Initialize failed: {e}",
+                    module.display()
+                )
+            })?;
         let result = self.find_and_login(&ctx);
         if result.is_err() {
             let _ = ctx.finalize();
@@ -401,20 +406,31 @@ impl Token {
         s.last_error = Some(error);
     }
 
-    /// Probes the token (finds the integrity key's or any object) and, if
-    /// it is down, tries to reopen it when its backoff has passed. Called
-    /// periodically so the token's return is noticed without traffic.
+    /// Probes the token (`C_GetTokenInfo`) and, if it is down, tries to
+    /// reopen it when its backoff has passed. Called periodically so that
+    /// the token's loss and return are noticed without traffic.
     pub fn check(&self) -> bool {
-        self.with_session(|session, _| {
-            session.get_session_info().map_err(Unavailable::Token)?;
-            // SoftHSM2 answers session calls from memory; listing objects
-            // reads the token directory, so a token taken away shows here.
-            session
-                .find_objects(&[Attribute::Token(true), Attribute::Private(true)])
-                .map_err(Unavailable::Token)?;
-            Ok(())
-        })
-        .is_ok()
+        let probe = {
+            let s = self.lock();
+            s.open.as_ref().map(|o| (o.ctx.clone(), o.slot, o.epoch))
+        };
+        match probe {
+            // Session calls can be answered from the module's memory;
+            // token information is read from the token itself (SoftHSM2
+            // fails it once the token's directory is gone).
+            Some((ctx, slot, epoch)) => match ctx.get_token_info(slot) {
+                Ok(_) => true,
+                Err(e) => {
+                    let mut s = self.lock();
+                    if s.open.as_ref().is_some_and(|o| o.epoch == epoch) {
+                        self.mark_down(&mut s, format!("token information: {e}"));
+                    }
+                    self.returned.notify_all();
+                    false
+                }
+            },
+            None => self.with_session(|_, _| Ok(())).is_ok(),
+        }
     }
 
     /// Runs [`Token::check`] every `interval` on a thread of its own until
@@ -445,10 +461,7 @@ impl Token {
         let mechs = open.ctx.get_mechanism_list(open.slot)?;
         let used = [
             ("SHA256_HMAC (fake-TLS)", MechanismType::SHA256_HMAC),
-            (
-                "SHA256 + C_DigestKey (obfuscated2)",
-                MechanismType::SHA256,
-            ),
+            ("SHA256 + C_DigestKey (obfuscated2)", MechanismType::SHA256),
             (
                 "GENERIC_SECRET_KEY_GEN (integrity key)",
                 MechanismType::GENERIC_SECRET_KEY_GEN,
@@ -591,7 +604,9 @@ impl Token {
                 Attribute::Derive(false),
                 Attribute::Value(value.clone()),
             ];
-            session.create_object(&template).map_err(Unavailable::Token)?;
+            session
+                .create_object(&template)
+                .map_err(Unavailable::Token)?;
             Ok(true)
         });
         zero(&mut value);
@@ -621,7 +636,9 @@ impl Token {
     /// labelled `label`.
     pub fn hmac(&self, label: &str, parts: &[&[u8]]) -> Result<[u8; 32], KeyUnavailable> {
         self.with_session(|session, handles| {
-            let key = handles.find(session, label)?.ok_or(Unavailable::NoSuchKey)?;
+            let key = handles
+                .find(session, label)?
+                .ok_or(Unavailable::NoSuchKey)?;
             session
                 .sign_init(&Mechanism::Sha256Hmac, key)
                 .map_err(Unavailable::Token)?;
@@ -637,7 +654,9 @@ impl Token {
     /// computed inside the token with `C_DigestKey`.
     pub fn digest_with_key(&self, label: &str, prefix: &[u8]) -> Result<[u8; 32], KeyUnavailable> {
         self.with_session(|session, handles| {
-            let key = handles.find(session, label)?.ok_or(Unavailable::NoSuchKey)?;
+            let key = handles
+                .find(session, label)?
+                .ok_or(Unavailable::NoSuchKey)?;
             session
                 .digest_init(&Mechanism::Sha256)
                 .map_err(Unavailable::Token)?;
@@ -701,7 +720,11 @@ struct Handles<'a> {
 }
 
 impl Handles<'_> {
-    fn find(&mut self, session: &Session, label: &str) -> Result<Option<ObjectHandle>, Unavailable> {
+    fn find(
+        &mut self,
+        session: &Session,
+        label: &str,
+    ) -> Result<Option<ObjectHandle>, Unavailable> {
         if let Some(h) = self.cached.get(label) {
             return Ok(Some(*h));
         }

@@ -221,7 +221,10 @@ fn count_logged(server: &Server, needle: &str) -> usize {
 
 /// The secret in a `tg://proxy` link printed by `generate-secret`.
 fn secret_of_link(stdout: &str) -> String {
-    let line = stdout.lines().find(|l| l.starts_with("tg://proxy?")).unwrap();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("tg://proxy?"))
+        .unwrap();
     line.split("secret=").nth(1).unwrap().to_owned()
 }
 
@@ -235,12 +238,25 @@ fn generated_and_imported_secrets_are_sensitive_and_not_extractable() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let status = text(&out.stdout);
     assert!(status.contains("token: \"gen\""), "{status}");
-    assert!(status.contains("SHA256_HMAC (fake-TLS): available"), "{status}");
+    assert!(
+        status.contains("SHA256_HMAC (fake-TLS): available"),
+        "{status}"
+    );
 
     let out = hsm.mtguard(
         &[
-            "hsm", "--config", cfg, "generate-secret", "--label", "front",
-            "--domain", "www.example.com", "--server", "proxy.example", "--port", "443",
+            "hsm",
+            "--config",
+            cfg,
+            "generate-secret",
+            "--label",
+            "front",
+            "--domain",
+            "www.example.com",
+            "--server",
+            "proxy.example",
+            "--port",
+            "443",
         ],
         None,
     );
@@ -266,8 +282,14 @@ fn generated_and_imported_secrets_are_sensitive_and_not_extractable() {
 
     let out = hsm.mtguard(&["hsm", "--config", cfg, "list"], None);
     let list = text(&out.stdout);
-    assert!(list.contains("front\tee www.example.com\tsensitive=true\textractable=false"), "{list}");
-    assert!(list.contains("old\tdd\tsensitive=true\textractable=false"), "{list}");
+    assert!(
+        list.contains("front\tee www.example.com\tsensitive=true\textractable=false"),
+        "{list}"
+    );
+    assert!(
+        list.contains("old\tdd\tsensitive=true\textractable=false"),
+        "{list}"
+    );
 
     // OpenSC's view, independent of cryptoki: both keys are sensitive and
     // not extractable, and their value cannot be read.
@@ -284,8 +306,14 @@ fn generated_and_imported_secrets_are_sensitive_and_not_extractable() {
         // pkcs11-tool prints "extractable" for an extractable key.
         assert!(!access.contains(" extractable"), "{access}");
     }
-    assert!(objects.contains("Generic secret length 32"), "ee: key || 16 zeros");
-    assert!(objects.contains("Generic secret length 16"), "dd: the key itself");
+    assert!(
+        objects.contains("Generic secret length 32"),
+        "ee: key || 16 zeros"
+    );
+    assert!(
+        objects.contains("Generic secret length 16"),
+        "dd: the key itself"
+    );
     let out = hsm.pkcs11_tool(&["--read-object", "--type", "secrkey", "--label", "front"]);
     assert!(!out.status.success(), "the value was readable: {out:?}");
 }
@@ -315,7 +343,10 @@ fn token_verdicts_equal_software_verdicts_on_every_vector() {
     }
     let mut vectors = Vec::new();
     for (file, with_time) in [(OBFS2_VECTORS, false), (FAKE_TLS_VECTORS, true)] {
-        for line in file.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in file
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let f: Vec<&str> = line.split(' ').collect();
             let (now, rest) = if with_time {
                 (f[2].parse().unwrap(), &f[3..])
@@ -356,7 +387,8 @@ fn token_verdicts_equal_software_verdicts_on_every_vector() {
         let label = format!("v{index}");
         let mut software = SecretSet::new();
         software.push(Secret::parse(&v.secret).unwrap()).unwrap();
-        let (set, keys) = Keys::with_token(&[], &[label.clone()], Some(token.clone())).unwrap();
+        let (set, keys) =
+            Keys::with_token(&[], std::slice::from_ref(&label), Some(token.clone())).unwrap();
         assert!(keys.uses_token());
         assert_eq!(set.as_slice()[0].kind(), software.as_slice()[0].kind());
         assert_eq!(set.as_slice()[0].domain(), software.as_slice()[0].domain());
@@ -366,12 +398,21 @@ fn token_verdicts_equal_software_verdicts_on_every_vector() {
         assert_eq!(by_token, by_software, "{}", v.name);
         assert_ne!(by_token, Verdict::NeedMore, "{}", v.name);
         let is_valid = matches!(by_token, Verdict::Valid(_));
-        assert_eq!(is_valid, !v.expected.starts_with(char::is_uppercase), "{}: {}", v.name, v.expected);
+        assert_eq!(
+            is_valid,
+            !v.expected.starts_with(char::is_uppercase),
+            "{}: {}",
+            v.name,
+            v.expected
+        );
         valid += usize::from(is_valid);
 
         // The raw operations agree too, on this vector's bytes.
         if software.has_fake_tls() {
-            let parts: [&[u8]; 2] = [&v.bytes[..v.bytes.len().min(11)], &v.bytes[11.min(v.bytes.len())..]];
+            let parts: [&[u8]; 2] = [
+                &v.bytes[..v.bytes.len().min(11)],
+                &v.bytes[11.min(v.bytes.len())..],
+            ];
             assert_eq!(
                 keys.fake_tls_hmac(0, &parts).unwrap(),
                 software.fake_tls_hmac(0, &parts).unwrap(),
@@ -392,12 +433,19 @@ fn token_verdicts_equal_software_verdicts_on_every_vector() {
 
     // A label the token does not hold: the key is unavailable, not guessed.
     let err = Keys::with_token(&[], &["missing".into()], Some(token.clone())).unwrap_err();
-    assert!(err.to_string().contains("no mtguard secret labelled \"missing\""), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no mtguard secret labelled \"missing\""),
+        "{err}"
+    );
 
     // Seals made with the token's integrity key open only unchanged.
     let sealer = Sealer::Token(token.clone());
     let sealed = sealer.seal(Purpose::Pins, b"pins payload").unwrap();
-    assert_eq!(sealer.open(Purpose::Pins, &sealed).unwrap(), b"pins payload");
+    assert_eq!(
+        sealer.open(Purpose::Pins, &sealed).unwrap(),
+        b"pins payload"
+    );
     let mut bad = sealed.clone();
     *bad.last_mut().unwrap() ^= 1;
     assert!(sealer.open(Purpose::Pins, &bad).is_err());
@@ -418,8 +466,18 @@ fn guarded(label: &str) -> Guarded {
     let config = hsm.config("keys.toml", &hsm.table(), "");
     let out = hsm.mtguard(
         &[
-            "hsm", "--config", config.to_str().unwrap(), "generate-secret", "--label", "front",
-            "--domain", "www.example.com", "--server", "127.0.0.1", "--port", "443",
+            "hsm",
+            "--config",
+            config.to_str().unwrap(),
+            "generate-secret",
+            "--label",
+            "front",
+            "--domain",
+            "www.example.com",
+            "--server",
+            "127.0.0.1",
+            "--port",
+            "443",
         ],
         None,
     );
@@ -440,9 +498,12 @@ fn guarded(label: &str) -> Guarded {
             hsm.path("state").display()
         ),
     );
-    let server =
-        Server::start_with_env(&["--config", config.to_str().unwrap()], &hsm.env(), "guarding")
-            .unwrap();
+    let server = Server::start_with_env(
+        &["--config", config.to_str().unwrap()],
+        &hsm.env(),
+        "guarding",
+    )
+    .unwrap();
     assert!(server.logged("HSM token open"));
     Guarded {
         hsm,
@@ -469,11 +530,23 @@ fn obfs2_headers() -> Vec<Vec<u8>> {
 fn a_fake_tls_client_is_validated_through_the_token_end_to_end() {
     let g = guarded("e2e");
     let now = now_unix();
-    assert!(served_with(g.listen, 1, &client_hello(&g.secret, "www.example.com", now)));
+    assert!(served_with(
+        g.listen,
+        1,
+        &client_hello(&g.secret, "www.example.com", now)
+    ));
     // The same hello again is a replay; another key's hello is refused.
-    assert!(!served_with(g.listen, 2, &client_hello(&g.secret, "www.example.com", now)));
+    assert!(!served_with(
+        g.listen,
+        2,
+        &client_hello(&g.secret, "www.example.com", now)
+    ));
     let other = "ee00112233445566778899aabbccddeeff7777772e6578616d706c652e636f6d";
-    assert!(!served_with(g.listen, 3, &client_hello(other, "www.example.com", now - 1)));
+    assert!(!served_with(
+        g.listen,
+        3,
+        &client_hello(other, "www.example.com", now - 1)
+    ));
     // The inline secret works alongside.
     assert!(served_with(g.listen, 4, &obfs2_headers()[0]));
     assert!(!g.server.log_text().contains(PIN), "the PIN was logged");
@@ -497,13 +570,21 @@ fn a_token_taken_away_fails_closed_for_its_handshakes_and_comes_back() {
     let away = g.hsm.path("away");
     std::fs::rename(&token_dir, &away).unwrap();
     wait_logged(&g.server, "HSM token unavailable");
-    assert!(!served_with(g.listen, 11, &hello()), "a token handshake was let through");
+    assert!(
+        !served_with(g.listen, 11, &hello()),
+        "a token handshake was let through"
+    );
     // The inline secret's handshakes do not need the token.
     assert!(served_with(g.listen, 12, &headers[0]));
     assert!(!served_with(g.listen, 13, &hello()));
     // Several failed attempts later, still one log line for the change.
     sleep(Duration::from_millis(1500));
-    assert_eq!(count_logged(&g.server, "HSM token unavailable"), 1, "{}", g.server.log_text());
+    assert_eq!(
+        count_logged(&g.server, "HSM token unavailable"),
+        1,
+        "{}",
+        g.server.log_text()
+    );
 
     // Bring it back: the guard notices by itself.
     std::fs::rename(&away, &token_dir).unwrap();
@@ -535,7 +616,10 @@ fn wrong_pin_missing_module_and_unknown_token_are_named() {
             "no token labelled \"nope\"".to_owned(),
         ),
         (
-            hsm.table().replace(&format!("pin_file = \"{}\"", hsm.path("pin").display()), "pin_env = \"MTGUARD_TEST_UNSET_PIN\""),
+            hsm.table().replace(
+                &format!("pin_file = \"{}\"", hsm.path("pin").display()),
+                "pin_env = \"MTGUARD_TEST_UNSET_PIN\"",
+            ),
             "MTGUARD_TEST_UNSET_PIN is not set".to_owned(),
         ),
     ];
@@ -546,18 +630,25 @@ fn wrong_pin_missing_module_and_unknown_token_are_named() {
             &format!("[admin]\nlisten = \"off\"\n[state]\ndir = \"{}\"\n[server]\nlisten = [\"127.0.0.1:{}\"]\n", hsm.path("state").display(), free_port()),
         );
         let cfg = config.to_str().unwrap();
-        for args in [vec!["hsm", "--config", cfg, "status"], vec!["run", "--config", cfg]] {
+        for args in [
+            vec!["hsm", "--config", cfg, "status"],
+            vec!["run", "--config", cfg],
+        ] {
             let out = hsm.mtguard(&args, None);
             let err = text(&out.stderr);
             assert!(!out.status.success(), "{args:?} succeeded");
-            assert!(err.contains(expected.as_str()), "{args:?}: expected {expected:?} in {err}");
+            assert!(
+                err.contains(expected.as_str()),
+                "{args:?}: expected {expected:?} in {err}"
+            );
             assert!(!err.contains(PIN));
         }
     }
     // The PIN from an environment variable works.
-    let table = hsm
-        .table()
-        .replace(&format!("pin_file = \"{}\"", hsm.path("pin").display()), "pin_env = \"MTGUARD_TEST_PIN\"");
+    let table = hsm.table().replace(
+        &format!("pin_file = \"{}\"", hsm.path("pin").display()),
+        "pin_env = \"MTGUARD_TEST_PIN\"",
+    );
     let config = hsm.config("env.toml", &table, "");
     let out = Command::new(mtguard_bin())
         .args(["hsm", "--config", config.to_str().unwrap(), "status"])
@@ -575,7 +666,10 @@ fn wrong_pin_missing_module_and_unknown_token_are_named() {
         .unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains(":2: [mtproto] secrets[0]") && err.contains("needs an [hsm] table"), "{err}");
+    assert!(
+        err.contains(":2: [mtproto] secrets[0]") && err.contains("needs an [hsm] table"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -619,7 +713,9 @@ fn a_tampered_state_file_is_refused_at_start() {
     assert!(err.contains("carries no integrity seal"), "{err}");
 
     // --reset-state moves it aside and starts clean.
-    let server = Server::start_with_env(&["--config", cfg, "--reset-state"], &hsm.env(), "guarding").unwrap();
+    let server =
+        Server::start_with_env(&["--config", cfg, "--reset-state"], &hsm.env(), "guarding")
+            .unwrap();
     assert!(server.logged("moved aside"));
     assert!(server.stop().success());
 }
