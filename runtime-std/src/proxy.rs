@@ -441,6 +441,19 @@ impl Connection {
                 guard.handshake(id, outcome);
                 return End::Refused(outcome);
             }
+            Err(End::Probe {
+                reason: Invalid::KeyUnavailable,
+                len,
+            }) => {
+                // The token holding a key did not answer: the client may
+                // well be a legitimate one, so its address is not charged
+                // with an invalid handshake; the connection is closed
+                // (fail closed), not masked.
+                return End::Probe {
+                    reason: Invalid::KeyUnavailable,
+                    len,
+                };
+            }
             Err(End::Probe { reason, len }) => {
                 guard.handshake(id, reason.outcome());
                 drop(inspector);
