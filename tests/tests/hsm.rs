@@ -736,3 +736,70 @@ fn a_tampered_state_file_is_refused_at_start() {
     assert!(server.logged("moved aside"));
     assert!(server.stop().success());
 }
+
+/// `[hsm]` keys parse as documented; mistakes name the key and the line.
+#[test]
+fn hsm_config_keys_and_errors() {
+    use mtguard::config::Config;
+    let c = Config::parse(
+        "[hsm]\nmodule = \"/m.so\"\ntoken = \"t\"\npin_env = \"PIN\"\n\
+         [mtproto]\nsecrets = [\"hsm:a\", \"0123456789abcdef0123456789abcdef\", \"hsm:b\"]\n",
+        "m.toml",
+    )
+    .unwrap();
+    let hsm = c.hsm.as_ref().unwrap();
+    assert_eq!(hsm.module, PathBuf::from("/m.so"));
+    assert_eq!(hsm.token, "t");
+    assert_eq!(hsm.pin, PinSource::Env("PIN".into()));
+    assert_eq!(hsm.integrity_key, "mtguard-integrity");
+    assert_eq!(c.mtproto.hsm_secrets, ["a", "b"]);
+    assert_eq!(c.mtproto.secrets.len(), 1);
+    assert!(c.mtproto.inspecting());
+    let described = c.describe(&c.effective_policy(None).unwrap());
+    assert!(described.contains("3 (2 in the token)"), "{described}");
+    assert!(
+        described.contains("environment variable PIN"),
+        "{described}"
+    );
+
+    let err = |text: &str| Config::parse(text, "m.toml").unwrap_err().to_string();
+    let cases = [
+        (
+            "[hsm]\ntoken = \"t\"\npin_file = \"p\"\n",
+            "m.toml:1: [hsm] module: missing",
+        ),
+        (
+            "[hsm]\nmodule = \"/m.so\"\npin_file = \"p\"\n",
+            "m.toml:1: [hsm] token: missing",
+        ),
+        (
+            "[hsm]\nmodule = \"/m.so\"\ntoken = \"t\"\n",
+            "m.toml:1: [hsm] pin_file: missing",
+        ),
+        (
+            "[hsm]\nmodule = \"/m.so\"\ntoken = \"t\"\npin_file = \"p\"\npin_env = \"X\"\n",
+            "m.toml:5: [hsm] pin_env: give pin_file or pin_env, not both",
+        ),
+        (
+            "[hsm]\nmodule = \"/m.so\"\ntoken = \"\"\npin_file = \"p\"\n",
+            "m.toml:3: [hsm] token: label \"\" must be 1 to 32 bytes",
+        ),
+        (
+            "[hsm]\nmodule = \"/m.so\"\ntoken = \"t\"\npin = \"1234\"\n",
+            "m.toml:4: [hsm]: unknown key `pin`",
+        ),
+        (
+            "[hsm]\nmodule = \"/m.so\"\ntoken = \"t\"\npin_file = \"p\"\n\
+             [mtproto]\nsecrets = [\"hsm:a\", \"hsm:a\"]\n",
+            "m.toml:6: [mtproto] secrets[1]: hsm:a is listed twice",
+        ),
+        (
+            "[mtproto]\nsecrets = [\"hsm:\"]\n",
+            "m.toml:2: [mtproto] secrets[0]: label \"\" must be 1 to 32 bytes",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = err(text);
+        assert!(e.starts_with(expected), "{text:?}: {e}");
+    }
+}
