@@ -86,6 +86,8 @@ impl std::fmt::Debug for Token {
 
 struct State {
     open: Option<Open>,
+    /// The module marked down while some of its sessions were lent out.
+    retired: Option<Open>,
     /// Whether the last state logged was "up".
     up: bool,
     failures: u32,
@@ -167,6 +169,7 @@ impl Token {
             integrity_key: config.integrity_key.clone(),
             state: Mutex::new(State {
                 open: None,
+                retired: None,
                 up: true,
                 failures: 0,
                 next_attempt: Instant::now(),
@@ -296,33 +299,44 @@ impl Token {
         };
         let result = op(&session, &mut cache);
         let mut s = self.lock();
-        match result {
-            Ok(value) => {
-                if let Some(open) = s.open.as_mut().filter(|o| o.epoch == epoch) {
-                    open.lent -= 1;
-                    open.idle.push(session);
-                    open.handles.extend(handles);
+        let failed = match &result {
+            Err(Unavailable::Token(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        if let Some(open) = s.open.as_mut().filter(|o| o.epoch == epoch) {
+            open.lent -= 1;
+            if failed.is_none() {
+                open.idle.push(session);
+                open.handles.extend(handles);
+            } else {
+                drop(session);
+            }
+        } else {
+            // Lent before the token was marked down: the module it belongs
+            // to is finalized once its last session is back.
+            drop(session);
+            if let Some(retired) = s.retired.as_mut().filter(|r| r.epoch == epoch) {
+                retired.lent -= 1;
+                if retired.lent == 0 {
+                    if let Some(retired) = s.retired.take() {
+                        let _ = retired.ctx.finalize();
+                    }
                 }
-                self.returned.notify_one();
+            }
+        }
+        self.returned.notify_all();
+        match (result, failed) {
+            (Ok(value), _) => {
                 self.mark_up(&mut s);
                 Ok(value)
             }
-            Err(Unavailable::NoSuchKey) => {
-                if let Some(open) = s.open.as_mut().filter(|o| o.epoch == epoch) {
-                    open.lent -= 1;
-                    open.idle.push(session);
-                }
-                self.returned.notify_one();
-                Err(KeyUnavailable)
-            }
-            Err(Unavailable::Token(e)) => {
-                drop(session);
+            (Err(_), Some(error)) => {
                 if s.open.as_ref().is_some_and(|o| o.epoch == epoch) {
-                    self.mark_down(&mut s, format!("{e}"));
+                    self.mark_down(&mut s, error);
                 }
-                self.returned.notify_all();
                 Err(KeyUnavailable)
             }
+            (Err(_), None) => Err(KeyUnavailable),
         }
     }
 
@@ -333,7 +347,9 @@ impl Token {
         let mut s = self.lock();
         loop {
             if s.open.is_none() {
-                if Instant::now() < s.next_attempt {
+                // C_Finalize and C_Initialize wait until no operation of
+                // the old module is in flight.
+                if Instant::now() < s.next_attempt || s.retired.is_some() {
                     return Err(KeyUnavailable);
                 }
                 match self.connect() {
@@ -385,11 +401,17 @@ impl Token {
         }
     }
 
-    /// Drops the sessions, finalizes the module and schedules a reopen.
+    /// Drops the sessions, finalizes the module (once no operation is in
+    /// flight on it: C_Finalize under a running call is undefined) and
+    /// schedules a reopen.
     fn mark_down(&self, s: &mut State, error: String) {
-        if let Some(open) = s.open.take() {
-            drop(open.idle);
-            let _ = open.ctx.finalize();
+        if let Some(mut open) = s.open.take() {
+            open.idle.clear();
+            if open.lent == 0 {
+                let _ = open.ctx.finalize();
+            } else {
+                s.retired = Some(open);
+            }
         }
         let shift = s.failures.min(10);
         let wait = BACKOFF_MIN.saturating_mul(1 << shift).min(BACKOFF_MAX);
@@ -410,26 +432,22 @@ impl Token {
     /// reopen it when its backoff has passed. Called periodically so that
     /// the token's loss and return are noticed without traffic.
     pub fn check(&self) -> bool {
-        let probe = {
-            let s = self.lock();
-            s.open.as_ref().map(|o| (o.ctx.clone(), o.slot, o.epoch))
+        let mut s = self.lock();
+        let Some(open) = s.open.as_ref() else {
+            drop(s);
+            return self.with_session(|_, _| Ok(())).is_ok();
         };
-        match probe {
-            // Session calls can be answered from the module's memory;
-            // token information is read from the token itself (SoftHSM2
-            // fails it once the token's directory is gone).
-            Some((ctx, slot, epoch)) => match ctx.get_token_info(slot) {
-                Ok(_) => true,
-                Err(e) => {
-                    let mut s = self.lock();
-                    if s.open.as_ref().is_some_and(|o| o.epoch == epoch) {
-                        self.mark_down(&mut s, format!("token information: {e}"));
-                    }
-                    self.returned.notify_all();
-                    false
-                }
-            },
-            None => self.with_session(|_, _| Ok(())).is_ok(),
+        // Session calls can be answered from the module's memory; token
+        // information is read from the token itself (SoftHSM2 fails it once
+        // the token's directory is gone). Under the lock, so the module
+        // cannot be finalized meanwhile.
+        match open.ctx.get_token_info(open.slot) {
+            Ok(_) => true,
+            Err(e) => {
+                self.mark_down(&mut s, format!("token information: {e}"));
+                self.returned.notify_all();
+                false
+            }
         }
     }
 
@@ -777,12 +795,9 @@ fn describe(public: &Secret) -> String {
 }
 
 fn zero(bytes: &mut [u8]) {
-    for b in bytes.iter_mut() {
-        // A volatile-free wipe can be optimised away only if the buffer is
-        // never read again, which is the point; good enough for a copy that
-        // the token already holds.
-        *b = 0;
-    }
+    bytes.fill(0);
+    // Keeps the compiler from dropping the wipe of a buffer never read
+    // again; best effort (the allocator may have copied it before).
     std::hint::black_box(bytes);
 }
 

@@ -439,6 +439,41 @@ fn token_verdicts_equal_software_verdicts_on_every_vector() {
         "{err}"
     );
 
+    // Many threads at once share the pool of sessions (more threads than
+    // sessions): every answer is still the software one.
+    let (set, keys) = Keys::with_token(&[], &["v0".into()], Some(token.clone())).unwrap();
+    let mut software = SecretSet::new();
+    software.push(Secret::parse(&labels[0]).unwrap()).unwrap();
+    let keys = std::sync::Arc::new(keys);
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let keys = keys.clone();
+            let software = software.clone();
+            let is_ee = set.has_fake_tls();
+            std::thread::spawn(move || {
+                for i in 0..50u8 {
+                    let data = [t, i, 7, 7, 7];
+                    let part = [t ^ i; 32];
+                    if is_ee {
+                        let parts: [&[u8]; 1] = [&data];
+                        assert_eq!(
+                            keys.fake_tls_hmac(0, &parts).unwrap(),
+                            software.fake_tls_hmac(0, &parts).unwrap()
+                        );
+                    } else {
+                        assert_eq!(
+                            keys.obfs2_key(0, &part).unwrap(),
+                            software.obfs2_key(0, &part).unwrap()
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+
     // Seals made with the token's integrity key open only unchanged.
     let sealer = Sealer::Token(token.clone());
     let sealed = sealer.seal(Purpose::Pins, b"pins payload").unwrap();
