@@ -257,7 +257,12 @@ fn reload(
     if new.hsm != current.hsm {
         anyhow::bail!("[hsm] changes only on restart");
     }
-    let inspection = mtproto_state(&new, senders.token.as_ref(), previous.as_ref())?;
+    // `hsm:` labels are looked up in the token: blocking calls, so this
+    // worker hands its other tasks to another thread first (the server
+    // runs on the multi-threaded runtime).
+    let inspection = tokio::task::block_in_place(|| {
+        mtproto_state(&new, senders.token.as_ref(), previous.as_ref())
+    })?;
     guard
         .with(|e, _| e.set_policy(policy))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

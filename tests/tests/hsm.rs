@@ -595,6 +595,14 @@ fn a_fake_tls_client_is_validated_through_the_token_end_to_end() {
     ));
     // The inline secret works alongside.
     assert!(served_with(g.listen, 4, &obfs2_headers()[0]));
+    // A reload looks the hsm: label up again in the open token.
+    g.server.signal("HUP");
+    wait_logged(&g.server, "configuration reloaded");
+    assert!(served_with(
+        g.listen,
+        5,
+        &client_hello(&g.secret, "www.example.com", now - 5)
+    ));
     assert!(!g.server.log_text().contains(PIN), "the PIN was logged");
     assert!(g.server.stop().success());
 }
