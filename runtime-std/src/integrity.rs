@@ -235,4 +235,18 @@ mod tests {
             Err(IntegrityError::NotSealed)
         );
     }
+
+    #[test]
+    fn without_a_sealer_plain_files_pass_and_sealed_ones_are_refused() {
+        // Nothing in this crate's unit tests installs a sealer.
+        assert_eq!(open_file(Purpose::State, b"plain").unwrap(), b"plain");
+        assert_eq!(seal_file(Purpose::State, b"plain").unwrap(), b"plain");
+        let sealed = Sealer::Software([1; 32])
+            .seal(Purpose::State, b"x")
+            .unwrap();
+        assert_eq!(
+            open_file(Purpose::State, &sealed),
+            Err(IntegrityError::NoKey)
+        );
+    }
 }
