@@ -7,6 +7,8 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod hsm;
+pub mod integrity;
 pub mod mtproto;
 pub mod proxy;
 pub mod server;

@@ -215,9 +215,20 @@ impl Server {
     /// Starts `mtguard run` with `args`, and waits until `ready` appears in
     /// its log (or it exits, or 30 s pass).
     pub fn start(args: &[&str], ready: &str) -> Result<Server, String> {
+        Server::start_with_env(args, &[], ready)
+    }
+
+    /// [`Server::start`] with extra environment variables (such as
+    /// `SOFTHSM2_CONF`, which must differ between tests running at once).
+    pub fn start_with_env(
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        ready: &str,
+    ) -> Result<Server, String> {
         let mut child = Command::new(mtguard_bin())
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
