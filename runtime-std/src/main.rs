@@ -63,6 +63,47 @@ enum Command {
         #[arg(long)]
         secret: String,
     },
+    /// Print the pins (SPKI and certificate SHA-256) of every certificate
+    /// in a PEM or DER file, as pins files and `--pin` take them.
+    Pin {
+        /// PEM (any number of certificates) or DER (one certificate).
+        file: PathBuf,
+    },
+    /// Download a file over HTTPS, pinned, check that it looks like a
+    /// Telegram proxy config or secret, and replace OUT atomically. On any
+    /// failure OUT is left untouched and the exit status is non-zero.
+    Fetch {
+        /// https:// URL, e.g. https://core.telegram.org/getProxyConfig.
+        url: String,
+        /// A pin: sha256/<base64> (SPKI) or cert-sha256/<hex>, optionally
+        /// followed by " expires=YYYY-MM-DD". Repeat for backups.
+        #[arg(long = "pin")]
+        pins: Vec<String>,
+        /// A pins file (one pin a line), in addition to --pin.
+        #[arg(long)]
+        pins_file: Option<PathBuf>,
+        /// Trust the CAs of this file (PEM or DER) instead of the built-in
+        /// Mozilla roots.
+        #[arg(long, conflicts_with = "pins_only")]
+        ca: Option<PathBuf>,
+        /// No CA validation: accept the server on a pin of its leaf
+        /// certificate alone (self-signed or private-CA servers).
+        #[arg(long)]
+        pins_only: bool,
+        /// When every pin has expired: refuse (fail-closed, the default),
+        /// or accept on CA validation alone (webpki).
+        #[arg(long, value_enum, default_value_t = ExpiredArg::FailClosed)]
+        on_expired: ExpiredArg,
+        /// What the file must be; guessed from the URL or OUT when absent.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// The file to replace.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds the whole download may take.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// A self-contained run on loopback: the guard, an echo backend,
     /// legitimate clients, a flood and a scanner; ends with a report.
     Demo {
@@ -73,6 +114,18 @@ enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExpiredArg {
+    FailClosed,
+    Webpki,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Config,
+    Secret,
 }
 
 fn init_logging(format: LogFormat) {
@@ -112,6 +165,31 @@ fn main() -> ExitCode {
                 }))
             })
         }
+        Command::Pin { file } => print_pins(&file),
+        Command::Fetch {
+            url,
+            pins,
+            pins_file,
+            ca,
+            pins_only,
+            on_expired,
+            kind,
+            out,
+            timeout,
+        } => fetch_options(
+            url, pins, pins_file, ca, pins_only, on_expired, kind, out, timeout,
+        )
+        .and_then(|opts| {
+            init_logging(cli.log_format);
+            let rt = runtime()?;
+            let fetched = rt.block_on(mtguard::fetch::fetch(&opts))?;
+            if fetched.changed {
+                println!("{}: wrote {} bytes", opts.out.display(), fetched.bytes);
+            } else {
+                println!("{}: unchanged ({} bytes)", opts.out.display(), fetched.bytes);
+            }
+            Ok(())
+        }),
         Command::Demo {
             seconds,
             no_progress,
@@ -171,4 +249,77 @@ fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()>
         lists.deny.len()
     );
     Ok(())
+}
+
+fn print_pins(file: &std::path::Path) -> anyhow::Result<()> {
+    let certs = mtguard::tls::load_certs(file)?;
+    for (i, cert) in certs.iter().enumerate() {
+        let (spki, whole) = mtguard_core::pins::presented_pins(cert)
+            .map_err(|e| anyhow::anyhow!("{}: certificate {i}: {e:?}", file.display()))?;
+        println!("# certificate {i} of {}", file.display());
+        println!("{spki}");
+        println!("{whole}");
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fetch_options(
+    url: String,
+    pins: Vec<String>,
+    pins_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    pins_only: bool,
+    on_expired: ExpiredArg,
+    kind: Option<KindArg>,
+    out: PathBuf,
+    timeout: u64,
+) -> anyhow::Result<mtguard::fetch::FetchOptions> {
+    use mtguard::fetch::ContentKind;
+    use mtguard::tls::{OnExpired, Trust};
+    let mut all = Vec::new();
+    for text in &pins {
+        let pin = mtguard_core::pins::parse_pin_line(text)
+            .map_err(|e| anyhow::anyhow!("--pin {text:?}: {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("--pin {text:?}: empty"))?;
+        all.push(pin);
+    }
+    if let Some(path) = &pins_file {
+        all.extend(mtguard::pinfile::load(path)?);
+    }
+    anyhow::ensure!(
+        !all.is_empty(),
+        "give at least one --pin (or --pins-file); `mtguard pin CERT.pem` prints a certificate's pins"
+    );
+    anyhow::ensure!(
+        all.len() <= mtguard::tls::MAX_PINS,
+        "{} pins given: at most {} per host",
+        all.len(),
+        mtguard::tls::MAX_PINS
+    );
+    let trust = if pins_only { Trust::PinsOnly } else { Trust::WebPki };
+    let on_expired = match on_expired {
+        ExpiredArg::FailClosed => OnExpired::FailClosed,
+        ExpiredArg::Webpki => {
+            anyhow::ensure!(!pins_only, "--on-expired webpki needs CA validation, not --pins-only");
+            OnExpired::WebPki
+        }
+    };
+    let kind = match kind {
+        Some(KindArg::Config) => ContentKind::ProxyConfig,
+        Some(KindArg::Secret) => ContentKind::ProxySecret,
+        None => ContentKind::guess(&url, &out).ok_or_else(|| {
+            anyhow::anyhow!("cannot tell from the URL or --out whether this is a proxy config or a secret: give --kind")
+        })?,
+    };
+    Ok(mtguard::fetch::FetchOptions {
+        url,
+        pins: all,
+        trust,
+        ca_file: ca,
+        on_expired,
+        out,
+        kind,
+        timeout: Duration::from_secs(timeout.max(1)),
+    })
 }
