@@ -44,7 +44,11 @@ impl ContentKind {
     /// name: `getProxySecret`/`*secret*` and `getProxyConfig*`/`*.conf`.
     pub fn guess(url: &str, out: &Path) -> Option<ContentKind> {
         let url_path = url.split(['?', '#']).next().unwrap_or(url);
-        let last = url_path.rsplit('/').next().unwrap_or("").to_ascii_lowercase();
+        let last = url_path
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let file = out
             .file_name()
             .map(|n| n.to_string_lossy().to_ascii_lowercase())
@@ -216,12 +220,12 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<Fetched> {
         .build()
         .context("building the HTTP client")?;
 
-    let body = download(&client, &opts.url).await.map_err(|e| {
-        match verifier.last_failure() {
+    let body = download(&client, &opts.url)
+        .await
+        .map_err(|e| match verifier.last_failure() {
             Some(failure) => anyhow::anyhow!("{failure}"),
             None => anyhow::anyhow!("{host}: download failed: {}", error_chain(&*e)),
-        }
-    })?;
+        })?;
     opts.kind.check(&body).map_err(|why| {
         anyhow::anyhow!(
             "{host}: refusing to write {}: the answer is not a proxy {} ({why})",
@@ -310,7 +314,10 @@ mod tests {
         assert!(check_proxy_secret(&secret[..31]).is_err());
         assert!(check_proxy_secret(&[0u8; 257]).is_err());
         assert!(check_proxy_secret(&[b'a'; 128]).is_err());
-        assert!(check_proxy_secret(b"<html>404 Not Found</html>\n<!-- padding padding padding -->").is_err());
+        assert!(check_proxy_secret(
+            b"<html>404 Not Found</html>\n<!-- padding padding padding -->"
+        )
+        .is_err());
     }
 
     #[test]
@@ -334,7 +341,10 @@ mod tests {
             guess("https://h/f", p("/etc/proxy-multi.conf")),
             Some(ContentKind::ProxyConfig)
         );
-        assert_eq!(guess("https://h/f", p("proxy-secret")), Some(ContentKind::ProxySecret));
+        assert_eq!(
+            guess("https://h/f", p("proxy-secret")),
+            Some(ContentKind::ProxySecret)
+        );
         assert_eq!(guess("https://h/f", p("data.bin")), None);
     }
 }

@@ -186,7 +186,11 @@ fn main() -> ExitCode {
             if fetched.changed {
                 println!("{}: wrote {} bytes", opts.out.display(), fetched.bytes);
             } else {
-                println!("{}: unchanged ({} bytes)", opts.out.display(), fetched.bytes);
+                println!(
+                    "{}: unchanged ({} bytes)",
+                    opts.out.display(),
+                    fetched.bytes
+                );
             }
             Ok(())
         }),
@@ -297,11 +301,18 @@ fn fetch_options(
         all.len(),
         mtguard::tls::MAX_PINS
     );
-    let trust = if pins_only { Trust::PinsOnly } else { Trust::WebPki };
+    let trust = if pins_only {
+        Trust::PinsOnly
+    } else {
+        Trust::WebPki
+    };
     let on_expired = match on_expired {
         ExpiredArg::FailClosed => OnExpired::FailClosed,
         ExpiredArg::Webpki => {
-            anyhow::ensure!(!pins_only, "--on-expired webpki needs CA validation, not --pins-only");
+            anyhow::ensure!(
+                !pins_only,
+                "--on-expired webpki needs CA validation, not --pins-only"
+            );
             OnExpired::WebPki
         }
     };

@@ -27,8 +27,7 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Pin>> {
 pub fn parse(text: &str, name: &str) -> anyhow::Result<Vec<Pin>> {
     let mut pins: Vec<Pin> = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        let pin = parse_pin_line(line)
-            .map_err(|e| anyhow::anyhow!("{name}:{}: {e}", n + 1))?;
+        let pin = parse_pin_line(line).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", n + 1))?;
         let Some(pin) = pin else { continue };
         if pins
             .iter()
@@ -84,7 +83,10 @@ mod tests {
         let e = parse(&format!("# c\n{good}\nsha256/nope\n"), "f").unwrap_err();
         assert!(e.to_string().starts_with("f:3: "), "{e}");
         let e = parse(&format!("{good}\n\n{good}\n"), "f").unwrap_err();
-        assert!(e.to_string().contains("f:3: ") && e.to_string().contains("twice"), "{e}");
+        assert!(
+            e.to_string().contains("f:3: ") && e.to_string().contains("twice"),
+            "{e}"
+        );
         let many: String = (0..=MAX_PINS)
             .map(|i| {
                 let mut h = [0u8; 32];

@@ -30,7 +30,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::engine::Guard;
 
@@ -45,6 +47,36 @@ static PIN_FAILURES_OUTSIDE_ENGINE: AtomicU64 = AtomicU64::new(0);
 /// Pin failures counted outside the engine; see [`PIN_FAILURES_OUTSIDE_ENGINE`].
 pub fn pin_failures_outside_engine() -> u64 {
     PIN_FAILURES_OUTSIDE_ENGINE.load(Ordering::Relaxed)
+}
+
+/// Seconds since the Unix epoch, the clock pin expiries are read on.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The level policy on pin counts: from level 2 on, every pinned host needs
+/// at least two unexpired pins, so that a key change has a backup to land
+/// on (RFC 7469 section 2.5 requires a backup pin) instead of cutting the
+/// host off.
+pub fn check_backup_pins(
+    level: u8,
+    host: &str,
+    pins: &[mtguard_core::pins::Pin],
+) -> anyhow::Result<()> {
+    if level < 2 {
+        return Ok(());
+    }
+    let now = unix_now();
+    let usable = pins.iter().filter(|p| !p.is_expired(now)).count();
+    anyhow::ensure!(
+        usable >= 2,
+        "{host}: level {level} needs at least 2 unexpired pins for every pinned host \
+         (the current key and a backup, as RFC 7469 requires); it has {usable}. \
+         Add a backup pin, or run at level 1"
+    );
+    Ok(())
 }
 
 /// What, besides the pins, a peer's certificate must satisfy.
@@ -228,13 +260,20 @@ impl PinnedVerifier {
     }
 
     /// A rustls client config that verifies with `self`.
+    ///
+    /// Session resumption is off: a resumed session skips certificate
+    /// verification, so a pin removed through the admin API would keep
+    /// admitting the old key for as long as its tickets live. Every
+    /// connection pays a full handshake instead.
     pub fn client_config(self: &Arc<Self>) -> ClientConfig {
-        ClientConfig::builder_with_provider(self.provider.clone())
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .expect("the ring provider supports the default protocol versions")
             .dangerous()
             .with_custom_certificate_verifier(self.clone())
-            .with_no_client_auth()
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        config
     }
 
     fn refuse(&self, why: String, chain: &[&[u8]]) -> rustls::Error {
@@ -441,7 +480,10 @@ mod tests {
     #[test]
     fn certs_from_bytes_refuses_what_is_no_certificate() {
         assert!(certs_from_bytes(b"hello").is_err());
-        assert!(certs_from_bytes(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+        assert!(certs_from_bytes(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        )
+        .is_err());
         assert_eq!(certs_from_bytes(&[0x30, 0x00]).unwrap().len(), 1);
     }
 

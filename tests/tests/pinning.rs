@@ -232,7 +232,11 @@ fn wrong_pin_on_a_ca_valid_peer_is_refused_and_leaves_the_file_intact() {
         &["--ca", ca.to_str().unwrap(), "--pin", WRONG_PIN],
     );
     assert!(!r.status.success(), "{}", text(&r));
-    assert_eq!(fs::read(&out).unwrap(), old, "the old file must stay byte for byte");
+    assert_eq!(
+        fs::read(&out).unwrap(),
+        old,
+        "the old file must stay byte for byte"
+    );
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(stderr.contains("127.0.0.1"), "names the host: {stderr}");
     assert!(stderr.contains("matches no pin"), "{stderr}");
@@ -287,7 +291,12 @@ fn an_appended_pinned_intermediate_does_not_rescue_another_chain() {
     let r = fetch(
         &server.url("proxy-multi.conf"),
         &out,
-        &["--ca", cas.to_str().unwrap(), "--pin", &spki(&victim.inter_der)],
+        &[
+            "--ca",
+            cas.to_str().unwrap(),
+            "--pin",
+            &spki(&victim.inter_der),
+        ],
     );
     assert!(!r.status.success(), "{}", text(&r));
     assert_eq!(fs::read(&out).unwrap(), old);
@@ -295,7 +304,12 @@ fn an_appended_pinned_intermediate_does_not_rescue_another_chain() {
     let r = fetch(
         &server.url("proxy-multi.conf"),
         &out,
-        &["--ca", cas.to_str().unwrap(), "--pin", &spki(&attacker.inter_der)],
+        &[
+            "--ca",
+            cas.to_str().unwrap(),
+            "--pin",
+            &spki(&attacker.inter_der),
+        ],
     );
     assert!(r.status.success(), "{}", text(&r));
 }
@@ -343,8 +357,21 @@ fn an_expired_pin_fails_closed_or_falls_back_when_asked() {
 fn openssl_self_signed(dir: &Path) -> PathBuf {
     let status = Command::new("openssl")
         .args([
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "self.key", "-out", "self.pem", "-days", "30", "-subj", "/CN=backend",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=backend",
         ])
         .current_dir(dir)
         .stdout(Stdio::null())
@@ -374,7 +401,9 @@ fn mtguard_pin_prints_what_openssl_computes() {
     let expected_spki = openssl_spki_pin(&pem);
     let der = dir.path().join("self.der");
     let status = Command::new("openssl")
-        .args(["x509", "-in", "self.pem", "-outform", "der", "-out", "self.der"])
+        .args([
+            "x509", "-in", "self.pem", "-outform", "der", "-out", "self.der",
+        ])
         .current_dir(dir.path())
         .status()
         .unwrap();
@@ -436,7 +465,11 @@ fn pins_only_accepts_a_self_signed_peer_on_its_leaf_pin_alone() {
     );
     let out = dir.path().join("out-secret");
     let pin = openssl_spki_pin(&cert);
-    let r = fetch(&server.url("proxy-secret"), &out, &["--pins-only", "--pin", &pin]);
+    let r = fetch(
+        &server.url("proxy-secret"),
+        &out,
+        &["--pins-only", "--pin", &pin],
+    );
     assert!(r.status.success(), "{}", text(&r));
     assert_eq!(fs::read(&out).unwrap(), secret);
 
@@ -537,4 +570,195 @@ fn through_guard(listen: SocketAddr) -> Vec<u8> {
         return Vec::new();
     }
     read_n(&mut stream, 19)
+}
+
+/// A guard process in front of an `openssl s_server -rev` backend (it
+/// answers each line reversed) over `[server.backend_tls]`.
+struct BackendSetup {
+    pki: Pki,
+    backend: SServer,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+impl BackendSetup {
+    fn new() -> BackendSetup {
+        let pki = Pki::new("Backend CA");
+        let backend = SServer::start(
+            pki.dir.path(),
+            &[
+                "-cert",
+                "leaf.pem",
+                "-key",
+                "leaf.key",
+                "-cert_chain",
+                "inter.pem",
+                "-rev",
+            ],
+        );
+        let token = pki.path("admin.token");
+        fs::write(&token, TOKEN).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
+        BackendSetup {
+            pki,
+            backend,
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        }
+    }
+
+    /// Writes the config at `level` with `pins` in `[server.backend_tls]`
+    /// and a pins file, and starts the guard.
+    fn start(&self, level: u8, pins: &[String]) -> Result<Server, String> {
+        let quoted: Vec<String> = pins.iter().map(|p| format!("{p:?}")).collect();
+        let text = format!(
+            "level = {level}\n\
+             [server]\nlisten = [\"{}\"]\nbackend = \"127.0.0.1:{}\"\n\
+             [server.backend_tls]\nserver_name = \"localhost\"\nca_file = \"ca.pem\"\n\
+             pins = [{}]\npins_file = \"backend.pins\"\n\
+             [admin]\nlisten = \"{}\"\ntoken_file = \"admin.token\"\n\
+             [state]\ndir = \"state\"\n",
+            self.listen,
+            self.backend.port,
+            quoted.join(", "),
+            self.admin,
+        );
+        let config = self.pki.path("mtguard.toml");
+        fs::write(&config, text).unwrap();
+        if !self.pki.path("backend.pins").exists() {
+            fs::write(self.pki.path("backend.pins"), "# empty\n").unwrap();
+        }
+        Server::start(&["--config", config.to_str().unwrap()], "guarding")
+    }
+
+    /// One request to the admin API; status and body.
+    fn admin(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        let status = reply
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.admin("GET", "/metrics", "");
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+    }
+}
+
+const REVERSED: &[u8] = b"dlrow dennip olleh\n";
+
+/// Percent-encodes a pin for the admin API's path.
+fn encoded(pin: &str) -> String {
+    pin.replace('/', "%2F")
+        .replace('+', "%2B")
+        .replace('=', "%3D")
+}
+
+#[test]
+fn backend_tls_end_to_end_and_pin_rotation_without_restart() {
+    let b = BackendSetup::new();
+    let leaf = spki(&b.pki.leaf_der);
+    let server = b.start(1, &[WRONG_PIN.to_owned()]).unwrap();
+    // Wrong pin: the backend is never reached with client bytes.
+    assert_eq!(through_guard(b.listen), b"", "{}", server.log_text());
+    assert!(server.logged("matches no pin"), "{}", server.log_text());
+    assert!(server.logged(&leaf), "the log names the presented pins");
+    assert!(b.metric("mtguard_pin_failures_total") >= 1);
+
+    // Rotation: the right pin through the admin API applies to the next
+    // connection, no restart.
+    let (status, body) = b.admin(
+        "POST",
+        "/v1/pins",
+        &format!(r#"{{"pin": "{leaf}", "label": "leaf"}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(through_guard(b.listen), REVERSED, "{}", server.log_text());
+    // The pins file is rewritten with the set in force.
+    let file = fs::read_to_string(b.pki.path("backend.pins")).unwrap();
+    assert!(file.contains(&format!("{leaf} # leaf")), "{file}");
+    assert!(file.contains(WRONG_PIN), "{file}");
+
+    // Removing it cuts the backend off again at once.
+    let (status, body) = b.admin("DELETE", &format!("/v1/pins/{}", encoded(&leaf)), "");
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(through_guard(b.listen), b"");
+    assert!(!fs::read_to_string(b.pki.path("backend.pins"))
+        .unwrap()
+        .contains(&leaf));
+
+    // Added again, then a restart: the pin survives.
+    let (status, _) = b.admin("POST", "/v1/pins", &format!(r#"{{"pin": "{leaf}"}}"#));
+    assert_eq!(status, 201);
+    assert!(server.stop().success());
+    let server = b.start(1, &[WRONG_PIN.to_owned()]).unwrap();
+    assert_eq!(through_guard(b.listen), REVERSED, "{}", server.log_text());
+    let (_, list) = b.admin("GET", "/v1/pins", "");
+    assert!(list.contains(&leaf), "{list}");
+    assert!(server.stop().success());
+
+    // The 101st pin is refused with a clear error.
+    let server = b.start(1, &[WRONG_PIN.to_owned()]).unwrap();
+    let have = {
+        let (_, list) = b.admin("GET", "/v1/pins", "");
+        list.matches("\"pin\"").count()
+    };
+    for i in have..100 {
+        let pin = format!("cert-sha256/{:064x}", i + 1);
+        let (status, body) = b.admin("POST", "/v1/pins", &format!(r#"{{"pin": "{pin}"}}"#));
+        assert_eq!(status, 201, "pin {i}: {body}");
+    }
+    let (status, body) = b.admin(
+        "POST",
+        "/v1/pins",
+        &format!(r#"{{"pin": "cert-sha256/{:064x}"}}"#, 999),
+    );
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("pin set is full: 100 pins"), "{body}");
+    assert_eq!(
+        through_guard(b.listen),
+        REVERSED,
+        "the full set still works"
+    );
+    drop(server);
+}
+
+#[test]
+fn backend_tls_matches_on_the_intermediate_and_level_2_wants_a_backup_pin() {
+    let b = BackendSetup::new();
+    let inter = spki(&b.pki.inter_der);
+    let err = match b.start(2, std::slice::from_ref(&inter)) {
+        Ok(s) => panic!("started with one pin at level 2: {}", s.log_text()),
+        Err(e) => e,
+    };
+    assert!(err.contains("at least 2 unexpired pins"), "{err}");
+    // Two pins, one of them expired, is still one.
+    let expired = format!("{WRONG_PIN} expires=2020-01-01");
+    let err = match b.start(2, &[inter.clone(), expired]) {
+        Ok(s) => panic!("started with one usable pin: {}", s.log_text()),
+        Err(e) => e,
+    };
+    assert!(err.contains("it has 1"), "{err}");
+    let server = b.start(2, &[inter, WRONG_PIN.to_owned()]).unwrap();
+    assert_eq!(through_guard(b.listen), REVERSED, "{}", server.log_text());
 }
