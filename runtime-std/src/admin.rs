@@ -361,7 +361,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             e,
             "pin_failures",
             "Upstream certificate chains that matched no pin (backend and refresh).",
-            s.pin_failures + crate::tls::pin_failures_outside_engine(),
+            s.pin_failures,
         )?;
         gauge(
             e,
@@ -632,7 +632,7 @@ fn stats_json(s: &Stats) -> Value {
         "attacks": s.attacks,
         "events_dropped": s.events_dropped,
         "stale_connection_ids": s.stale_connection_ids,
-        "pin_failures": s.pin_failures + crate::tls::pin_failures_outside_engine(),
+        "pin_failures": s.pin_failures,
     })
 }
 

@@ -189,8 +189,12 @@ pub fn url_host(url: &str) -> anyhow::Result<String> {
 
 /// Downloads, checks and writes; on any failure the file at `opts.out` is
 /// untouched and the error names the host and, for a certificate failure,
-/// the pins the server presented.
-pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<Fetched> {
+/// the pins the server presented. A chain that matches no pin is reported
+/// to `report`'s engine when given.
+pub async fn fetch(
+    opts: &FetchOptions,
+    report: Option<Arc<crate::engine::Guard>>,
+) -> anyhow::Result<Fetched> {
     let host = url_host(&opts.url)?;
     anyhow::ensure!(!opts.pins.is_empty(), "{host}: no pin given");
     let mut set = PinSet::new();
@@ -204,7 +208,10 @@ pub async fn fetch(opts: &FetchOptions) -> anyhow::Result<Fetched> {
     };
     let verifier = PinnedVerifier::new(
         host.clone(),
-        PinSource::Fixed(Arc::new(set)),
+        PinSource::Fixed {
+            pins: Arc::new(set),
+            report,
+        },
         opts.trust,
         opts.on_expired,
         roots,

@@ -182,7 +182,7 @@ fn main() -> ExitCode {
         .and_then(|opts| {
             init_logging(cli.log_format);
             let rt = runtime()?;
-            let fetched = rt.block_on(mtguard::fetch::fetch(&opts))?;
+            let fetched = rt.block_on(mtguard::fetch::fetch(&opts, None))?;
             if fetched.changed {
                 println!("{}: wrote {} bytes", opts.out.display(), fetched.bytes);
             } else {

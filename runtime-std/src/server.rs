@@ -130,7 +130,7 @@ fn refresh_pins(config: &Config, level: u8) -> anyhow::Result<Option<Arc<PinSet>
 /// Fetches every `[refresh]` file, then again every `interval` plus a
 /// random part of `jitter`. A failed fetch leaves the file as it was and is
 /// retried at the next round.
-async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8) {
+async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8, guard: Arc<Guard>) {
     loop {
         for (url, out, kind) in &refresh.files {
             let opts = FetchOptions {
@@ -143,7 +143,7 @@ async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8) {
                 kind: *kind,
                 timeout: Duration::from_secs(60),
             };
-            match crate::fetch::fetch(&opts).await {
+            match crate::fetch::fetch(&opts, Some(guard.clone())).await {
                 Ok(f) => tracing::info!(
                     url = %url,
                     file = %out.display(),
@@ -285,7 +285,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             interval = %crate::config::format_duration(refresh.interval),
             "refreshing Telegram's proxy files, pinned"
         );
-        tokio::spawn(refresh_loop(refresh.clone(), pins, level));
+        tokio::spawn(refresh_loop(refresh.clone(), pins, level, guard.clone()));
     }
     tokio::spawn(state::persist_loop(
         guard.clone(),

@@ -21,7 +21,6 @@
 //! connection; nothing here blocks other connections.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
@@ -38,16 +37,6 @@ use crate::engine::Guard;
 
 /// Most pins one pinned host can have: the core's pin-set capacity.
 pub const MAX_PINS: usize = mtguard_core::pins::DEFAULT_CAPACITY;
-
-/// Chains refused by a verifier whose pins are not the engine's (the
-/// `[refresh]` fetches): the engine counts its own in its stats, and the
-/// metric `mtguard_pin_failures_total` is the sum of both.
-static PIN_FAILURES_OUTSIDE_ENGINE: AtomicU64 = AtomicU64::new(0);
-
-/// Pin failures counted outside the engine; see [`PIN_FAILURES_OUTSIDE_ENGINE`].
-pub fn pin_failures_outside_engine() -> u64 {
-    PIN_FAILURES_OUTSIDE_ENGINE.load(Ordering::Relaxed)
-}
 
 /// Seconds since the Unix epoch, the clock pin expiries are read on.
 pub fn unix_now() -> u64 {
@@ -135,7 +124,13 @@ impl OnExpired {
 #[derive(Clone)]
 pub enum PinSource {
     /// A fixed set (the `fetch` command, `[refresh]`).
-    Fixed(Arc<PinSet>),
+    Fixed {
+        /// The pins.
+        pins: Arc<PinSet>,
+        /// The engine a chain that matches none is reported to (as an
+        /// event and in its `pin_failures` count), inside `mtguard run`.
+        report: Option<Arc<Guard>>,
+    },
     /// The engine's set, read at every handshake, so a pin added or removed
     /// through the admin API applies to the next connection. Mismatches go
     /// through the engine: an event and its `pin_failures` count.
@@ -383,10 +378,14 @@ impl ServerCertVerifier for PinnedVerifier {
         };
         let now_unix = now.as_secs();
         let verdict = match &self.pins {
-            PinSource::Fixed(set) => {
-                let verdict = set.verify(&chain, now_unix);
-                if !verdict.is_match() {
-                    PIN_FAILURES_OUTSIDE_ENGINE.fetch_add(1, Ordering::Relaxed);
+            PinSource::Fixed { pins, report } => {
+                let verdict = pins.verify(&chain, now_unix);
+                if let (false, Some(guard)) = (verdict.is_match(), report) {
+                    // The engine has no call to count a failure of another
+                    // set; verifying an empty chain is one that always
+                    // fails (the core documents that an empty chain matches
+                    // nothing), so it records the event and the count.
+                    let _ = guard.with(|e, _| e.verify_chain(&[], now_unix));
                 }
                 verdict
             }

@@ -762,3 +762,194 @@ fn backend_tls_matches_on_the_intermediate_and_level_2_wants_a_backup_pin() {
     let server = b.start(2, &[inter, WRONG_PIN.to_owned()]).unwrap();
     assert_eq!(through_guard(b.listen), REVERSED, "{}", server.log_text());
 }
+
+fn wait_logged(server: &Server, needle: &str) {
+    let start = std::time::Instant::now();
+    while !server.logged(needle) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {needle:?} in the log: {}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `mtguard run` with a `[refresh]` table fetching from `server`.
+fn run_with_refresh(pki: &Pki, server: &SServer, pins: &[String], admin: SocketAddr) -> Server {
+    let quoted: Vec<String> = pins.iter().map(|p| format!("{p:?}")).collect();
+    let token = pki.path("admin.token");
+    fs::write(&token, TOKEN).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\n\
+         [refresh]\nconfig_url = \"{}\"\nconfig_out = \"fetched-multi.conf\"\n\
+         secret_url = \"{}\"\nsecret_out = \"fetched-secret\"\n\
+         ca_file = \"ca.pem\"\npins = [{}]\n\
+         [admin]\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n\
+         [state]\ndir = \"state\"\n",
+        free_port(),
+        server.url("proxy-multi.conf"),
+        server.url("proxy-secret"),
+        quoted.join(", "),
+    );
+    let config = pki.path("refresh.toml");
+    fs::write(&config, text).unwrap();
+    Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap()
+}
+
+fn metric(admin: SocketAddr, name: &str) -> u64 {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {reply}"))
+}
+
+#[test]
+fn refresh_inside_run_fetches_pinned_and_keeps_old_files_on_a_mismatch() {
+    let pki = Pki::new("Test CA");
+    fs::write(pki.path("proxy-multi.conf"), PROXY_CONFIG).unwrap();
+    let secret: Vec<u8> = (0..128u32).map(|i| (i * 89 % 256) as u8).collect();
+    fs::write(pki.path("proxy-secret"), &secret).unwrap();
+    let server = SServer::www(&pki);
+
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let guard = run_with_refresh(&pki, &server, &[spki(&pki.inter_der)], admin);
+    wait_logged(&guard, "fetched-secret");
+    wait_logged(&guard, "refreshed");
+    assert_eq!(
+        fs::read_to_string(pki.path("fetched-multi.conf")).unwrap(),
+        PROXY_CONFIG
+    );
+    assert_eq!(fs::read(pki.path("fetched-secret")).unwrap(), secret);
+    assert_eq!(metric(admin, "mtguard_pin_failures_total"), 0);
+    assert!(guard.stop().success());
+
+    // The files now hold what was fetched; a guard with a wrong pin must
+    // leave them alone, and count and log the mismatch.
+    fs::write(pki.path("fetched-secret"), b"old secret stays").unwrap();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let guard = run_with_refresh(&pki, &server, &[WRONG_PIN.to_owned()], admin);
+    wait_logged(&guard, "refresh failed");
+    let start = std::time::Instant::now();
+    while metric(admin, "mtguard_pin_failures_total") < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            guard.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(guard.logged("matches no pin"), "{}", guard.log_text());
+    assert!(guard.logged(&spki(&pki.leaf_der)), "{}", guard.log_text());
+    assert_eq!(
+        fs::read(pki.path("fetched-secret")).unwrap(),
+        b"old secret stays"
+    );
+    assert_eq!(
+        fs::read_to_string(pki.path("fetched-multi.conf")).unwrap(),
+        PROXY_CONFIG
+    );
+}
+
+#[test]
+fn pinning_config_keys_and_their_errors() {
+    use mtguard::config::Config;
+    use mtguard::fetch::ContentKind;
+    use mtguard::tls::{OnExpired, Trust};
+    let ok = Config::parse(
+        &format!(
+            "[server]\nbackend = \"proxy.example.net:443\"\n\
+             [server.backend_tls]\npins = [\"{WRONG_PIN} expires=2099-01-01 # main\"]\n\
+             [refresh]\nconfig_url = \"https://core.telegram.org/getProxyConfig\"\n\
+             config_out = \"/etc/mtproxy/proxy-multi.conf\"\n\
+             pins = [\"{WRONG_PIN}\"]\ntrust = \"pins-only\"\ninterval = \"6h\"\n"
+        ),
+        "t",
+    )
+    .unwrap();
+    let tls = ok.server.backend_tls.as_ref().unwrap();
+    assert_eq!(
+        tls.server_name, "proxy.example.net",
+        "defaults to the backend's host"
+    );
+    assert_eq!(tls.pinning.trust, Trust::WebPki);
+    assert_eq!(tls.pinning.pins[0].label(), "main");
+    assert_eq!(tls.pinning.on_expired(1), OnExpired::WebPki);
+    assert_eq!(tls.pinning.on_expired(2), OnExpired::FailClosed);
+    let refresh = ok.refresh.as_ref().unwrap();
+    assert_eq!(refresh.files.len(), 1);
+    assert_eq!(refresh.files[0].2, ContentKind::ProxyConfig);
+    assert_eq!(refresh.interval, Duration::from_secs(6 * 3600));
+    assert_eq!(refresh.jitter, Duration::from_secs(36 * 60));
+    assert_eq!(
+        refresh.pinning.on_expired(0),
+        OnExpired::FailClosed,
+        "pins-only"
+    );
+
+    let many: Vec<String> = (0..101)
+        .map(|i| format!("\"cert-sha256/{i:064x}\""))
+        .collect();
+    let cases = [
+        (
+            "[server.backend_tls]\npins = [\"sha256/short\"]\n".to_owned(),
+            2,
+            "[server.backend_tls] pins[0]",
+            "44 base64",
+        ),
+        (
+            "[server.backend_tls]\ntrust = \"pins-only\"\nca_file = \"ca.pem\"\n".to_owned(),
+            3,
+            "[server.backend_tls] ca_file",
+            "checks no CA",
+        ),
+        (
+            "[server.backend_tls]\ntrust = \"pins-only\"\non_expired = \"webpki\"\n".to_owned(),
+            3,
+            "[server.backend_tls] on_expired",
+            "fall back",
+        ),
+        (
+            format!("[server.backend_tls]\npins = [{}]\n", many.join(",\n")),
+            102,
+            "[server.backend_tls] pins[100]",
+            "at most 100",
+        ),
+        (
+            "[refresh]\nconfig_url = \"http://core.telegram.org/getProxyConfig\"\nconfig_out = \"x\"\npins = []\n"
+                .to_owned(),
+            2,
+            "[refresh] config_url",
+            "only https://",
+        ),
+        (
+            "[refresh]\n\nsecret_out = \"x\"\n".to_owned(),
+            3,
+            "[refresh] secret_url",
+            "go together",
+        ),
+    ];
+    for (text, line, key, needle) in cases {
+        let err = Config::parse(&text, "t").unwrap_err();
+        assert_eq!((err.line(), err.key()), (Some(line), Some(key)), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let err = Config::parse(
+        "[refresh]\nconfig_url = \"https://h/getProxyConfig\"\nconfig_out = \"x\"\n",
+        "t",
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), Some("[refresh] pins"), "{err}");
+    let err = Config::parse("[server.backend_tls]\nverify = false\n", "t").unwrap_err();
+    assert!(err.to_string().contains("verify"), "{err}");
+}
