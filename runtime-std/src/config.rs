@@ -1725,6 +1725,49 @@ impl Config {
             format_duration(m.time_skew_ahead),
             origin("[mtproto] time_skew_ahead"),
         );
+        let mut pinned = |table: &str, p: &PinningConfig| {
+            row(table, String::new(), "");
+            row(
+                "pins",
+                format!("{} inline", p.pins.len()),
+                origin(&format!("{table} pins")),
+            );
+            row(
+                "pins_file",
+                path_or_none(&p.pins_file),
+                origin(&format!("{table} pins_file")),
+            );
+            row(
+                "trust",
+                p.trust.as_str().to_owned(),
+                origin(&format!("{table} trust")),
+            );
+            row(
+                "ca_file",
+                p.ca_file
+                    .as_ref()
+                    .map_or("(built-in roots)".into(), |f| f.display().to_string()),
+                origin(&format!("{table} ca_file")),
+            );
+            row(
+                "on_expired",
+                p.on_expired(level).as_str().to_owned(),
+                if p.on_expired.is_some() {
+                    "file"
+                } else {
+                    "level default"
+                },
+            );
+        };
+        if let Some(tls) = &self.server.backend_tls {
+            pinned("[server.backend_tls]", &tls.pinning);
+        }
+        if let Some(refresh) = &self.refresh {
+            pinned("[refresh]", &refresh.pinning);
+            for (url, out, _) in &refresh.files {
+                row("fetch", format!("{url} -> {}", out.display()), "file");
+            }
+        }
         row("[limits]", String::new(), "");
         let preset = format!("level {level} preset");
         for (key, value, from_file) in self.limits.rows(policy) {

@@ -129,8 +129,12 @@ enum KindArg {
 }
 
 fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info");
+}
+
+fn init_logging_at(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -180,7 +184,9 @@ fn main() -> ExitCode {
             url, pins, pins_file, ca, pins_only, on_expired, kind, out, timeout,
         )
         .and_then(|opts| {
-            init_logging(cli.log_format);
+            // The error message already says what a warning would; errors
+            // (a fallback on WebPKI alone) still show.
+            init_logging_at(cli.log_format, "error");
             let rt = runtime()?;
             let fetched = rt.block_on(mtguard::fetch::fetch(&opts, None))?;
             if fetched.changed {
@@ -245,6 +251,25 @@ fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()>
     let config = mtguard::config::Config::load(file)?;
     let policy = config.effective_policy(level)?;
     let lists = config.load_lists()?;
+    // The level's pin policy on what the files hold; at run time the
+    // backend's count also includes pins saved in the state.
+    let level = policy.level.number();
+    if let Some(tls) = &config.server.backend_tls {
+        let pins = tls.pinning.load_pins()?;
+        if let Err(e) = mtguard::tls::check_backup_pins(
+            level,
+            &format!("backend {}", config.server.backend),
+            &pins,
+        ) {
+            println!("warning: {e:#} (pins in the state directory are not counted here)");
+        }
+    }
+    if let Some(refresh) = &config.refresh {
+        let pins = refresh.pinning.load_pins()?;
+        for (url, _, _) in &refresh.files {
+            mtguard::tls::check_backup_pins(level, url, &pins)?;
+        }
+    }
     println!("{}: valid", file.display());
     println!("{}", config.describe(&policy));
     println!(
