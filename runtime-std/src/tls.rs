@@ -353,6 +353,11 @@ fn webpki_error(e: webpki::Error) -> rustls::Error {
     rustls::Error::InvalidCertificate(cert)
 }
 
+// Failures are recorded with `verify_chain(&[], now)`: the engine has no
+// call that only counts a failure, and an empty chain is one that always
+// fails (the core documents that it matches nothing, and an empty or
+// expired set is no match either), so the call adds exactly one
+// `pin_failures` and one `PinMismatch` event whatever the set holds.
 impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
@@ -381,15 +386,21 @@ impl ServerCertVerifier for PinnedVerifier {
             PinSource::Fixed { pins, report } => {
                 let verdict = pins.verify(&chain, now_unix);
                 if let (false, Some(guard)) = (verdict.is_match(), report) {
-                    // The engine has no call to count a failure of another
-                    // set; verifying an empty chain is one that always
-                    // fails (the core documents that an empty chain matches
-                    // nothing), so it records the event and the count.
                     let _ = guard.with(|e, _| e.verify_chain(&[], now_unix));
                 }
                 verdict
             }
-            PinSource::Engine(guard) => guard.with(|e, _| e.verify_chain(&chain, now_unix)),
+            PinSource::Engine(guard) => {
+                // Hashing the chain takes microseconds; the engine's lock is
+                // held only to copy the pins (and to record a failure), so
+                // the check does not hold up the accept path.
+                let pins = guard.with(|e, _| e.pins().clone());
+                let verdict = pins.verify(&chain, now_unix);
+                if !verdict.is_match() {
+                    let _ = guard.with(|e, _| e.verify_chain(&[], now_unix));
+                }
+                verdict
+            }
         };
         match verdict {
             PinVerdict::Match { .. } => Ok(ServerCertVerified::assertion()),
