@@ -498,6 +498,13 @@ mod tests {
     }
 
     #[test]
+    fn the_pin_set_copied_per_handshake_is_small() {
+        let bytes = std::mem::size_of::<PinSet>();
+        println!("PinSet (100 pins): {bytes} bytes");
+        assert!(bytes <= 12 * 1024, "{bytes}");
+    }
+
+    #[test]
     fn on_expired_defaults_by_level() {
         assert_eq!(OnExpired::default_for_level(0), OnExpired::WebPki);
         assert_eq!(OnExpired::default_for_level(1), OnExpired::WebPki);
