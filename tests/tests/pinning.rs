@@ -613,11 +613,17 @@ impl BackendSetup {
     /// Writes the config at `level` with `pins` in `[server.backend_tls]`
     /// and a pins file, and starts the guard.
     fn start(&self, level: u8, pins: &[String]) -> Result<Server, String> {
+        self.start_trusting(level, pins, "ca_file = \"ca.pem\"")
+    }
+
+    /// [`BackendSetup::start`] with `trust` as the trust lines of
+    /// `[server.backend_tls]`.
+    fn start_trusting(&self, level: u8, pins: &[String], trust: &str) -> Result<Server, String> {
         let quoted: Vec<String> = pins.iter().map(|p| format!("{p:?}")).collect();
         let text = format!(
             "level = {level}\n\
              [server]\nlisten = [\"{}\"]\nbackend = \"127.0.0.1:{}\"\n\
-             [server.backend_tls]\nserver_name = \"localhost\"\nca_file = \"ca.pem\"\n\
+             [server.backend_tls]\nserver_name = \"localhost\"\n{trust}\n\
              pins = [{}]\npins_file = \"backend.pins\"\n\
              [admin]\nlisten = \"{}\"\ntoken_file = \"admin.token\"\n\
              [state]\ndir = \"state\"\n",
@@ -953,4 +959,23 @@ fn pinning_config_keys_and_their_errors() {
     assert_eq!(err.key(), Some("[refresh] pins"), "{err}");
     let err = Config::parse("[server.backend_tls]\nverify = false\n", "t").unwrap_err();
     assert!(err.to_string().contains("verify"), "{err}");
+}
+
+#[test]
+fn backend_tls_pins_only_trusts_the_leaf_pin_without_a_ca() {
+    let b = BackendSetup::new();
+    let pins_only = "trust = \"pins-only\"";
+    // The intermediate is presented but proves nothing without a CA check.
+    let server = b
+        .start_trusting(1, &[spki(&b.pki.inter_der)], pins_only)
+        .unwrap();
+    assert_eq!(through_guard(b.listen), b"", "{}", server.log_text());
+    wait_logged(&server, "checked: the leaf");
+    assert!(server.stop().success());
+    fs::remove_dir_all(b.pki.path("state")).unwrap();
+    fs::remove_file(b.pki.path("backend.pins")).unwrap();
+    let server = b
+        .start_trusting(1, &[cert_hash(&b.pki.leaf_der)], pins_only)
+        .unwrap();
+    assert_eq!(through_guard(b.listen), REVERSED, "{}", server.log_text());
 }
