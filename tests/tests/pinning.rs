@@ -979,3 +979,23 @@ fn backend_tls_pins_only_trusts_the_leaf_pin_without_a_ca() {
         .unwrap();
     assert_eq!(through_guard(b.listen), REVERSED, "{}", server.log_text());
 }
+
+#[test]
+fn check_config_shows_the_pinning_and_warns_about_a_missing_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("m.toml");
+    fs::write(
+        &config,
+        format!(
+            "level = 2\n[server]\nbackend = \"proxy.example.net:443\"\n\
+             [server.backend_tls]\npins = [\"{WRONG_PIN}\"]\n"
+        ),
+    )
+    .unwrap();
+    let r = mtguard(&["check-config", config.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", text(&r));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("[server.backend_tls]"), "{out}");
+    assert!(out.contains("fail-closed"), "level 2's default: {out}");
+    assert!(out.contains("at least 2 unexpired pins"), "{out}");
+}
