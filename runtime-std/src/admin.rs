@@ -77,6 +77,9 @@ pub struct AdminSettings {
     /// Where to save the state right after a change made through the API;
     /// `None` leaves saving to the persistence loop (or to nobody).
     pub state_dir: Option<PathBuf>,
+    /// `[server.backend_tls] pins_file`: rewritten after every change to
+    /// the pins, so the file an operator reads is the set in force.
+    pub pins_file: Option<PathBuf>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` becomes `true` (or
@@ -357,7 +360,7 @@ impl prometheus_client::collector::Collector for Snapshot {
         counter(
             e,
             "pin_failures",
-            "Upstream certificate chains that matched no pin.",
+            "Upstream certificate chains that matched no pin (backend and refresh).",
             s.pin_failures,
         )?;
         gauge(
@@ -555,6 +558,36 @@ async fn persist(s: &AppState) -> Option<String> {
             tracing::error!(error = %format!("{e:#}"), "saving state after an admin change failed");
             Some(message)
         }
+    }
+}
+
+/// Rewrites the pins file, if one is configured, with the engine's pins.
+async fn persist_pins(s: &AppState) -> Option<String> {
+    let path = s.settings.pins_file.clone()?;
+    let _one_at_a_time = s.save_lock.lock().await;
+    let pins: Vec<Pin> = s.guard.with(|e, _| e.pins().iter().cloned().collect());
+    let result = tokio::task::spawn_blocking(move || crate::pinfile::save(&path, &pins))
+        .await
+        .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))
+        .and_then(|r| r);
+    match result {
+        Ok(()) => None,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "writing the pins file failed");
+            Some(format!(
+                "the change is in effect but writing the pins file failed: {e:#}"
+            ))
+        }
+    }
+}
+
+/// The warnings of both saves, if any.
+async fn persist_with_pins(s: &AppState) -> Option<String> {
+    let state = persist(s).await;
+    let pins = persist_pins(s).await;
+    match (state, pins) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
     }
 }
 
@@ -888,7 +921,7 @@ async fn add_pin(
             ),
         })?;
     tracing::info!(pin = %entry.pin, label = %entry.label, "pin added through the admin API");
-    let warning = persist(&s).await;
+    let warning = persist_with_pins(&s).await;
     let body = serde_json::to_value(&entry).expect("a pin entry serializes");
     Ok((StatusCode::CREATED, Json(with_warning(body, warning))))
 }
@@ -912,7 +945,7 @@ async fn remove_pin(
         ));
     }
     tracing::info!(pin = %pin, "pin removed through the admin API");
-    Ok(match persist(&s).await {
+    Ok(match persist_with_pins(&s).await {
         None => StatusCode::NO_CONTENT.into_response(),
         Some(w) => (StatusCode::OK, Json(json!({ "warning": w }))).into_response(),
     })

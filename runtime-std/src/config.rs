@@ -29,6 +29,10 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::fetch::ContentKind;
+use crate::tls::{OnExpired, Trust};
+use mtguard_core::pins::{parse_pin_line, Pin};
+
 /// The whole configuration, as read from a file or embedded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -49,6 +53,8 @@ pub struct Config {
     /// `[hsm]`: the PKCS#11 token holding `hsm:` secrets and the key that
     /// seals the state file; `None` without the table.
     pub hsm: Option<HsmConfig>,
+    /// `[refresh]`: pinned downloads of Telegram's proxy files.
+    pub refresh: Option<RefreshConfig>,
     /// The name errors and [`Config::describe`] use for the file.
     source_name: String,
     /// The file it was loaded from, if any.
@@ -74,6 +80,86 @@ pub struct ServerConfig {
     /// A connection with no traffic in either direction for this long is
     /// closed.
     pub idle_timeout: Duration,
+    /// `[server.backend_tls]`: speak TLS to the backend, pinned.
+    pub backend_tls: Option<BackendTlsConfig>,
+}
+
+/// How a pinned host's certificate is trusted: the keys `pins`,
+/// `pins_file`, `trust`, `ca_file` and `on_expired` that
+/// `[server.backend_tls]` and `[refresh]` share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinningConfig {
+    /// Pins written in the config.
+    pub pins: Vec<Pin>,
+    /// A pins file (already resolved), read at start.
+    pub pins_file: Option<PathBuf>,
+    /// WebPKI and pins, or pins alone.
+    pub trust: Trust,
+    /// CAs replacing the built-in roots (already resolved).
+    pub ca_file: Option<PathBuf>,
+    /// What to do once every pin has expired; `None`: the level's default
+    /// ([`OnExpired::default_for_level`]).
+    pub on_expired: Option<OnExpired>,
+}
+
+impl PinningConfig {
+    /// `on_expired`, or the default of `level`; pins-only always fails
+    /// closed (there is nothing to fall back on).
+    pub fn on_expired(&self, level: u8) -> OnExpired {
+        match self.trust {
+            Trust::PinsOnly => OnExpired::FailClosed,
+            Trust::WebPki => self
+                .on_expired
+                .unwrap_or_else(|| OnExpired::default_for_level(level)),
+        }
+    }
+
+    /// The pins of the config and of the pins file.
+    pub fn load_pins(&self) -> anyhow::Result<Vec<Pin>> {
+        let mut pins = self.pins.clone();
+        if let Some(path) = &self.pins_file {
+            for pin in crate::pinfile::load(path)? {
+                if !pins
+                    .iter()
+                    .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
+                {
+                    pins.push(pin);
+                }
+            }
+        }
+        anyhow::ensure!(
+            pins.len() <= crate::tls::MAX_PINS,
+            "{} pins: at most {} per host",
+            pins.len(),
+            crate::tls::MAX_PINS
+        );
+        Ok(pins)
+    }
+}
+
+/// `[server.backend_tls]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTlsConfig {
+    /// The name the backend's certificate must be valid for (and the SNI);
+    /// defaults to the host of `[server] backend`.
+    pub server_name: String,
+    /// Pins and trust. The pins are the engine's: the admin API's
+    /// `/v1/pins` changes them at run time.
+    pub pinning: PinningConfig,
+}
+
+/// `[refresh]`: Telegram's proxy files, fetched pinned on an interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefreshConfig {
+    /// What to fetch: URL, file to replace, and what it must look like.
+    pub files: Vec<(String, PathBuf, ContentKind)>,
+    /// Time between two rounds, before jitter.
+    pub interval: Duration,
+    /// Each round starts up to this much later than `interval`, at random,
+    /// so a fleet of guards does not fetch in step.
+    pub jitter: Duration,
+    /// Pins and trust for the hosts of the URLs.
+    pub pinning: PinningConfig,
 }
 
 /// `[server] proxy_protocol` is the proxy's own setting.
@@ -569,6 +655,7 @@ struct RawConfig {
     state: Option<RawState>,
     mtproto: Option<RawMtproto>,
     hsm: Option<RawHsm>,
+    refresh: Option<RawRefresh>,
 }
 
 #[derive(Deserialize)]
@@ -579,6 +666,51 @@ struct RawHsm {
     pin_file: Option<Spanned<String>>,
     pin_env: Option<Spanned<String>>,
     integrity_key: Option<Spanned<String>>,
+}
+
+/// `trust` as the file writes it.
+#[derive(Clone, Copy, Deserialize)]
+enum RawTrust {
+    #[serde(rename = "webpki")]
+    WebPki,
+    #[serde(rename = "pins-only")]
+    PinsOnly,
+}
+
+/// `on_expired` as the file writes it.
+#[derive(Clone, Copy, Deserialize)]
+enum RawOnExpired {
+    #[serde(rename = "fail-closed")]
+    FailClosed,
+    #[serde(rename = "webpki")]
+    WebPki,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTls {
+    server_name: Option<Spanned<String>>,
+    pins: Option<Spanned<Vec<Spanned<String>>>>,
+    pins_file: Option<Spanned<String>>,
+    trust: Option<Spanned<RawTrust>>,
+    ca_file: Option<Spanned<String>>,
+    on_expired: Option<Spanned<RawOnExpired>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRefresh {
+    config_url: Option<Spanned<String>>,
+    config_out: Option<Spanned<String>>,
+    secret_url: Option<Spanned<String>>,
+    secret_out: Option<Spanned<String>>,
+    interval: Option<Spanned<DurationText>>,
+    jitter: Option<Spanned<DurationText>>,
+    pins: Option<Spanned<Vec<Spanned<String>>>>,
+    pins_file: Option<Spanned<String>>,
+    trust: Option<Spanned<RawTrust>>,
+    ca_file: Option<Spanned<String>>,
+    on_expired: Option<Spanned<RawOnExpired>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -601,6 +733,7 @@ struct RawServer {
     proxy_protocol: Option<Spanned<RawProxyProtocol>>,
     connect_timeout: Option<Spanned<DurationText>>,
     idle_timeout: Option<Spanned<DurationText>>,
+    backend_tls: Option<RawBackendTls>,
 }
 
 #[derive(Deserialize, Default)]
@@ -852,6 +985,209 @@ impl Parse<'_> {
         Ok(out)
     }
 
+    /// The keys `[server.backend_tls]` and `[refresh]` share.
+    fn pinning(
+        &mut self,
+        table: &str,
+        pins: Option<Spanned<Vec<Spanned<String>>>>,
+        pins_file: Option<Spanned<String>>,
+        trust: Option<Spanned<RawTrust>>,
+        ca_file: Option<Spanned<String>>,
+        on_expired: Option<Spanned<RawOnExpired>>,
+    ) -> Result<PinningConfig, ConfigError> {
+        let mut out = PinningConfig {
+            pins: Vec::new(),
+            pins_file: None,
+            trust: Trust::WebPki,
+            ca_file: None,
+            on_expired: None,
+        };
+        if let Some(pins) = &pins {
+            let key = format!("{table} pins");
+            self.note(&key, &pins.span());
+            for (i, value) in pins.get_ref().iter().enumerate() {
+                let key = format!("{key}[{i}]");
+                self.note(&key, &value.span());
+                let pin = parse_pin_line(value.get_ref())
+                    .map_err(|e| self.error(&value.span(), &key, e.to_string()))?
+                    .ok_or_else(|| self.error(&value.span(), &key, "empty pin"))?;
+                if out
+                    .pins
+                    .iter()
+                    .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
+                {
+                    return Err(self.error(&value.span(), &key, format!("{pin} is listed twice")));
+                }
+                if out.pins.len() == crate::tls::MAX_PINS {
+                    let m = format!("too many pins: at most {} per host", crate::tls::MAX_PINS);
+                    return Err(self.error(&value.span(), &key, m));
+                }
+                out.pins.push(pin);
+            }
+        }
+        if let Some(file) = &pins_file {
+            let key = format!("{table} pins_file");
+            self.note(&key, &file.span());
+            out.pins_file = Some(self.path(file, &key)?);
+        }
+        if let Some(trust) = &trust {
+            self.note(&format!("{table} trust"), &trust.span());
+            out.trust = match trust.get_ref() {
+                RawTrust::WebPki => Trust::WebPki,
+                RawTrust::PinsOnly => Trust::PinsOnly,
+            };
+        }
+        if let Some(file) = &ca_file {
+            let key = format!("{table} ca_file");
+            self.note(&key, &file.span());
+            if out.trust == Trust::PinsOnly {
+                let m =
+                    "trust = \"pins-only\" checks no CA: remove ca_file or use trust = \"webpki\"";
+                return Err(self.error(&file.span(), &key, m));
+            }
+            out.ca_file = Some(self.path(file, &key)?);
+        }
+        if let Some(on_expired) = &on_expired {
+            let key = format!("{table} on_expired");
+            self.note(&key, &on_expired.span());
+            out.on_expired = Some(match on_expired.get_ref() {
+                RawOnExpired::FailClosed => OnExpired::FailClosed,
+                RawOnExpired::WebPki => OnExpired::WebPki,
+            });
+            if out.trust == Trust::PinsOnly && out.on_expired == Some(OnExpired::WebPki) {
+                let m = "trust = \"pins-only\" has no WebPKI validation to fall back on: use \"fail-closed\"";
+                return Err(self.error(&on_expired.span(), &key, m));
+            }
+        }
+        Ok(out)
+    }
+
+    fn backend_tls(
+        &mut self,
+        raw: RawBackendTls,
+        backend: &str,
+    ) -> Result<BackendTlsConfig, ConfigError> {
+        let table = "[server.backend_tls]";
+        let server_name = match &raw.server_name {
+            Some(name) => {
+                let key = format!("{table} server_name");
+                self.note(&key, &name.span());
+                name.get_ref().clone()
+            }
+            None => backend_host(backend).to_owned(),
+        };
+        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            let key = format!("{table} server_name");
+            let m = format!("{server_name:?} is not a DNS name or an IP address");
+            return Err(match &raw.server_name {
+                Some(name) => self.error(&name.span(), &key, m),
+                None => ConfigError {
+                    file: self.source.to_owned(),
+                    line: None,
+                    key: Some(key),
+                    message: format!("{m}; set server_name"),
+                },
+            });
+        }
+        let pinning = self.pinning(
+            table,
+            raw.pins,
+            raw.pins_file,
+            raw.trust,
+            raw.ca_file,
+            raw.on_expired,
+        )?;
+        Ok(BackendTlsConfig {
+            server_name,
+            pinning,
+        })
+    }
+
+    fn refresh(&mut self, raw: RawRefresh) -> Result<RefreshConfig, ConfigError> {
+        let table = "[refresh]";
+        let mut files = Vec::new();
+        for (url, out, kind, name) in [
+            (
+                raw.config_url,
+                raw.config_out,
+                ContentKind::ProxyConfig,
+                "config",
+            ),
+            (
+                raw.secret_url,
+                raw.secret_out,
+                ContentKind::ProxySecret,
+                "secret",
+            ),
+        ] {
+            match (url, out) {
+                (None, None) => {}
+                (Some(url), Some(out)) => {
+                    let key = format!("{table} {name}_url");
+                    self.note(&key, &url.span());
+                    crate::fetch::url_host(url.get_ref())
+                        .map_err(|e| self.error(&url.span(), &key, e.to_string()))?;
+                    let out_key = format!("{table} {name}_out");
+                    self.note(&out_key, &out.span());
+                    let out = self.path(&out, &out_key)?;
+                    files.push((url.into_inner(), out, kind));
+                }
+                (Some(v), None) | (None, Some(v)) => {
+                    let m = format!("{name}_url and {name}_out go together");
+                    return Err(self.error(&v.span(), &format!("{table} {name}_url"), m));
+                }
+            }
+        }
+        if files.is_empty() {
+            return Err(ConfigError {
+                file: self.source.to_owned(),
+                line: None,
+                key: Some(table.into()),
+                message:
+                    "nothing to fetch: set config_url and config_out, or secret_url and secret_out"
+                        .into(),
+            });
+        }
+        let interval = self
+            .duration(raw.interval, "[refresh] interval")?
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        if interval < Duration::from_secs(60) {
+            let m = "at least \"60s\": Telegram's files change rarely";
+            let line = self.lines.get("[refresh] interval").copied();
+            return Err(ConfigError {
+                file: self.source.to_owned(),
+                line,
+                key: Some("[refresh] interval".into()),
+                message: m.into(),
+            });
+        }
+        let jitter = self
+            .duration(raw.jitter, "[refresh] jitter")?
+            .unwrap_or(interval / 10);
+        let pinning = self.pinning(
+            table,
+            raw.pins,
+            raw.pins_file,
+            raw.trust,
+            raw.ca_file,
+            raw.on_expired,
+        )?;
+        if pinning.pins.is_empty() && pinning.pins_file.is_none() {
+            return Err(ConfigError {
+                file: self.source.to_owned(),
+                line: None,
+                key: Some("[refresh] pins".into()),
+                message: "a pinned fetch needs pins (or pins_file); `mtguard pin CERT.pem` prints a certificate's".into(),
+            });
+        }
+        Ok(RefreshConfig {
+            files,
+            interval,
+            jitter,
+            pinning,
+        })
+    }
+
     fn cidrs(&mut self, values: &[Spanned<String>], key: &str) -> Result<Vec<Cidr>, ConfigError> {
         values
             .iter()
@@ -1069,6 +1405,12 @@ fn hsm_table_span(text: &str) -> Range<usize> {
     0..0
 }
 
+/// The host of a `host:port` backend, without brackets around IPv6.
+fn backend_host(backend: &str) -> &str {
+    let host = backend.rsplit_once(':').map_or(backend, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 fn check_backend(backend: &str) -> Result<(), String> {
     let bad = |why: &str| {
         Err(format!(
@@ -1131,6 +1473,7 @@ impl Config {
                 proxy_protocol: ProxyProtocol::None,
                 connect_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(600),
+                backend_tls: None,
             },
             limits: LimitsConfig::default(),
             lists: ListsConfig::default(),
@@ -1143,6 +1486,7 @@ impl Config {
             },
             mtproto: MtprotoConfig::default(),
             hsm: None,
+            refresh: None,
             source_name: "embedded default".into(),
             path: None,
             lines: BTreeMap::new(),
@@ -1233,6 +1577,9 @@ impl Config {
         if let Some(d) = cx.duration(server.idle_timeout, "[server] idle_timeout")? {
             config.server.idle_timeout = d;
         }
+        if let Some(tls) = server.backend_tls {
+            config.server.backend_tls = Some(cx.backend_tls(tls, &config.server.backend)?);
+        }
 
         config.limits = LimitsConfig::from_raw(raw.limits.unwrap_or_default(), &mut cx)?;
 
@@ -1275,6 +1622,9 @@ impl Config {
             config.hsm = Some(cx.hsm(hsm, &span)?);
         }
         config.mtproto = cx.mtproto(raw.mtproto.unwrap_or_default())?;
+        if let Some(refresh) = raw.refresh {
+            config.refresh = Some(cx.refresh(refresh)?);
+        }
 
         config.lines = cx.lines;
         Ok(config)
@@ -1569,6 +1919,49 @@ impl Config {
                 h.integrity_key.clone(),
                 origin("[hsm] integrity_key"),
             );
+        }
+        let mut pinned = |table: &str, p: &PinningConfig| {
+            row(table, String::new(), "");
+            row(
+                "pins",
+                format!("{} inline", p.pins.len()),
+                origin(&format!("{table} pins")),
+            );
+            row(
+                "pins_file",
+                path_or_none(&p.pins_file),
+                origin(&format!("{table} pins_file")),
+            );
+            row(
+                "trust",
+                p.trust.as_str().to_owned(),
+                origin(&format!("{table} trust")),
+            );
+            row(
+                "ca_file",
+                p.ca_file
+                    .as_ref()
+                    .map_or("(built-in roots)".into(), |f| f.display().to_string()),
+                origin(&format!("{table} ca_file")),
+            );
+            row(
+                "on_expired",
+                p.on_expired(level).as_str().to_owned(),
+                if p.on_expired.is_some() {
+                    "file"
+                } else {
+                    "level default"
+                },
+            );
+        };
+        if let Some(tls) = &self.server.backend_tls {
+            pinned("[server.backend_tls]", &tls.pinning);
+        }
+        if let Some(refresh) = &self.refresh {
+            pinned("[refresh]", &refresh.pinning);
+            for (url, out, _) in &refresh.files {
+                row("fetch", format!("{url} -> {}", out.display()), "file");
+            }
         }
         row("[limits]", String::new(), "");
         let preset = format!("level {level} preset");

@@ -72,6 +72,47 @@ enum Command {
         #[command(subcommand)]
         command: HsmCommand,
     },
+    /// Print the pins (SPKI and certificate SHA-256) of every certificate
+    /// in a PEM or DER file, as pins files and `--pin` take them.
+    Pin {
+        /// PEM (any number of certificates) or DER (one certificate).
+        file: PathBuf,
+    },
+    /// Download a file over HTTPS, pinned, check that it looks like a
+    /// Telegram proxy config or secret, and replace OUT atomically. On any
+    /// failure OUT is left untouched and the exit status is non-zero.
+    Fetch {
+        /// https:// URL, e.g. https://core.telegram.org/getProxyConfig.
+        url: String,
+        /// A pin: sha256/<base64> (SPKI) or cert-sha256/<hex>, optionally
+        /// followed by " expires=YYYY-MM-DD". Repeat for backups.
+        #[arg(long = "pin")]
+        pins: Vec<String>,
+        /// A pins file (one pin a line), in addition to --pin.
+        #[arg(long)]
+        pins_file: Option<PathBuf>,
+        /// Trust the CAs of this file (PEM or DER) instead of the built-in
+        /// Mozilla roots.
+        #[arg(long, conflicts_with = "pins_only")]
+        ca: Option<PathBuf>,
+        /// No CA validation: accept the server on a pin of its leaf
+        /// certificate alone (self-signed or private-CA servers).
+        #[arg(long)]
+        pins_only: bool,
+        /// When every pin has expired: refuse (fail-closed, the default),
+        /// or accept on CA validation alone (webpki).
+        #[arg(long, value_enum, default_value_t = ExpiredArg::FailClosed)]
+        on_expired: ExpiredArg,
+        /// What the file must be; guessed from the URL or OUT when absent.
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        /// The file to replace.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds the whole download may take.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// A self-contained run on loopback: the guard, an echo backend,
     /// legitimate clients, a flood and a scanner; ends with a report.
     Demo {
@@ -117,11 +158,33 @@ enum HsmCommand {
         #[arg(long)]
         label: String,
     },
+    /// Check a pins file and seal it with the token's integrity key: with
+    /// [hsm] configured, `mtguard run` refuses a pins file without the seal.
+    SealPins {
+        /// The pins file (plain text as written by hand, or already sealed).
+        file: std::path::PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExpiredArg {
+    FailClosed,
+    Webpki,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Config,
+    Secret,
 }
 
 fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info");
+}
+
+fn init_logging_at(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -157,6 +220,37 @@ fn main() -> ExitCode {
             })
         }
         Command::Hsm { config, command } => hsm(&config, command),
+        Command::Pin { file } => print_pins(&file),
+        Command::Fetch {
+            url,
+            pins,
+            pins_file,
+            ca,
+            pins_only,
+            on_expired,
+            kind,
+            out,
+            timeout,
+        } => fetch_options(
+            url, pins, pins_file, ca, pins_only, on_expired, kind, out, timeout,
+        )
+        .and_then(|opts| {
+            // The error message already says what a warning would; errors
+            // (a fallback on WebPKI alone) still show.
+            init_logging_at(cli.log_format, "error");
+            let rt = runtime()?;
+            let fetched = rt.block_on(mtguard::fetch::fetch(&opts, None))?;
+            if fetched.changed {
+                println!("{}: wrote {} bytes", opts.out.display(), fetched.bytes);
+            } else {
+                println!(
+                    "{}: unchanged ({} bytes)",
+                    opts.out.display(),
+                    fetched.bytes
+                );
+            }
+            Ok(())
+        }),
         Command::Demo {
             seconds,
             no_progress,
@@ -237,10 +331,35 @@ fn hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> {
             }
         }
         HsmCommand::ImportSecret { label } => label_ok(label)?,
-        HsmCommand::Status | HsmCommand::List => {}
+        HsmCommand::Status | HsmCommand::List | HsmCommand::SealPins { .. } => {}
     }
     let token = Token::open(hsm)?;
     match command {
+        HsmCommand::SealPins { file } => {
+            // Read it as plain text (or, if already sealed, through the
+            // seal): sealing is how the operator vouches for hand-written
+            // pins, so every line is validated before the seal is made.
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let text = if mtguard::integrity::is_sealed(&bytes) {
+                let sealer = mtguard::integrity::Sealer::Token(token.clone());
+                let payload = sealer
+                    .open(mtguard::integrity::Purpose::Pins, &bytes)
+                    .map_err(|e| anyhow::anyhow!("{} is refused: {e}", file.display()))?;
+                String::from_utf8(payload.to_vec())?
+            } else {
+                String::from_utf8(bytes)
+                    .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", file.display()))?
+            };
+            let pins = mtguard::pinfile::parse(&text, &file.display().to_string())?;
+            mtguard::integrity::install(Some(mtguard::integrity::Sealer::Token(token.clone())));
+            mtguard::pinfile::save(&file, &pins)?;
+            println!(
+                "{}: {} pins sealed with the token's integrity key",
+                file.display(),
+                pins.len()
+            );
+        }
         HsmCommand::Status => {
             let status = token.status()?;
             println!("module: {}", status.library);
@@ -319,6 +438,25 @@ fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()>
     let config = mtguard::config::Config::load(file)?;
     let policy = config.effective_policy(level)?;
     let lists = config.load_lists()?;
+    // The level's pin policy on what the files hold; at run time the
+    // backend's count also includes pins saved in the state.
+    let level = policy.level.number();
+    if let Some(tls) = &config.server.backend_tls {
+        let pins = tls.pinning.load_pins()?;
+        if let Err(e) = mtguard::tls::check_backup_pins(
+            level,
+            &format!("backend {}", config.server.backend),
+            &pins,
+        ) {
+            println!("warning: {e:#} (pins in the state directory are not counted here)");
+        }
+    }
+    if let Some(refresh) = &config.refresh {
+        let pins = refresh.pinning.load_pins()?;
+        for (url, _, _) in &refresh.files {
+            mtguard::tls::check_backup_pins(level, url, &pins)?;
+        }
+    }
     println!("{}: valid", file.display());
     println!("{}", config.describe(&policy));
     println!(
@@ -327,4 +465,84 @@ fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()>
         lists.deny.len()
     );
     Ok(())
+}
+
+fn print_pins(file: &std::path::Path) -> anyhow::Result<()> {
+    let certs = mtguard::tls::load_certs(file)?;
+    for (i, cert) in certs.iter().enumerate() {
+        let (spki, whole) = mtguard_core::pins::presented_pins(cert)
+            .map_err(|e| anyhow::anyhow!("{}: certificate {i}: {e:?}", file.display()))?;
+        println!("# certificate {i} of {}", file.display());
+        println!("{spki}");
+        println!("{whole}");
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fetch_options(
+    url: String,
+    pins: Vec<String>,
+    pins_file: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    pins_only: bool,
+    on_expired: ExpiredArg,
+    kind: Option<KindArg>,
+    out: PathBuf,
+    timeout: u64,
+) -> anyhow::Result<mtguard::fetch::FetchOptions> {
+    use mtguard::fetch::ContentKind;
+    use mtguard::tls::{OnExpired, Trust};
+    let mut all = Vec::new();
+    for text in &pins {
+        let pin = mtguard_core::pins::parse_pin_line(text)
+            .map_err(|e| anyhow::anyhow!("--pin {text:?}: {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("--pin {text:?}: empty"))?;
+        all.push(pin);
+    }
+    if let Some(path) = &pins_file {
+        all.extend(mtguard::pinfile::load(path)?);
+    }
+    anyhow::ensure!(
+        !all.is_empty(),
+        "give at least one --pin (or --pins-file); `mtguard pin CERT.pem` prints a certificate's pins"
+    );
+    anyhow::ensure!(
+        all.len() <= mtguard::tls::MAX_PINS,
+        "{} pins given: at most {} per host",
+        all.len(),
+        mtguard::tls::MAX_PINS
+    );
+    let trust = if pins_only {
+        Trust::PinsOnly
+    } else {
+        Trust::WebPki
+    };
+    let on_expired = match on_expired {
+        ExpiredArg::FailClosed => OnExpired::FailClosed,
+        ExpiredArg::Webpki => {
+            anyhow::ensure!(
+                !pins_only,
+                "--on-expired webpki needs CA validation, not --pins-only"
+            );
+            OnExpired::WebPki
+        }
+    };
+    let kind = match kind {
+        Some(KindArg::Config) => ContentKind::ProxyConfig,
+        Some(KindArg::Secret) => ContentKind::ProxySecret,
+        None => ContentKind::guess(&url, &out).ok_or_else(|| {
+            anyhow::anyhow!("cannot tell from the URL or --out whether this is a proxy config or a secret: give --kind")
+        })?,
+    };
+    Ok(mtguard::fetch::FetchOptions {
+        url,
+        pins: all,
+        trust,
+        ca_file: ca,
+        on_expired,
+        out,
+        kind,
+        timeout: Duration::from_secs(timeout.max(1)),
+    })
 }

@@ -69,6 +69,28 @@ pub struct ProxySettings {
     /// A connection that moves no byte either way for this long is closed
     /// (also bounds the wait for the first bytes).
     pub idle_timeout: Duration,
+    /// TLS to the backend (`[server.backend_tls]`), pinned; `None` relays
+    /// over plain TCP.
+    pub backend_tls: Option<BackendTls>,
+}
+
+/// How to wrap the backend connection in TLS. The verifier behind the
+/// connector reads the engine's pins at each handshake, so a pin changed
+/// through the admin API applies to the next connection.
+#[derive(Clone)]
+pub struct BackendTls {
+    /// rustls, with the pinned verifier.
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name the certificate must be valid for, sent as SNI.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Size of each direction's copy buffer. Each relayed connection holds two,
@@ -472,12 +494,41 @@ impl Connection {
                 return End::Backend(e);
             }
         };
+        let _ = backend.set_nodelay(true);
 
         let header = match proxy_header(self.settings.proxy_protocol, self.peer, self.local) {
             Ok(header) => header,
             Err(e) => return End::Io(e),
         };
-        match self.pipe(client, backend, header, &mut buf, first).await {
+        let relayed = match &self.settings.backend_tls {
+            None => self.pipe(client, backend, header, &mut buf, first).await,
+            Some(tls) => {
+                // The handshake, and the pin check inside it, run in this
+                // connection's task: a slow or hostile backend delays only
+                // this client.
+                let handshake = tls.connector.connect(tls.server_name.clone(), backend);
+                let backend =
+                    match tokio::time::timeout(self.settings.connect_timeout, handshake).await {
+                        Ok(Ok(backend)) => backend,
+                        Ok(Err(e)) => {
+                            self.shared
+                                .backend_failed(&self.settings.backend, self.peer, &e);
+                            return End::Backend(e);
+                        }
+                        Err(_) => {
+                            let e = io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "TLS handshake with the backend timed out",
+                            );
+                            self.shared
+                                .backend_failed(&self.settings.backend, self.peer, &e);
+                            return End::Backend(e);
+                        }
+                    };
+                self.pipe(client, backend, header, &mut buf, first).await
+            }
+        };
+        match relayed {
             Ok((up, down)) => End::Done { up, down },
             Err(end) => end,
         }
@@ -507,6 +558,7 @@ impl Connection {
                 return End::Backend(e);
             }
         };
+        let _ = backend.set_nodelay(true);
         match self.pipe(client, backend, None, buf, len).await {
             Ok((up, down)) => End::Masked { reason, up, down },
             Err(end) => end,
@@ -516,15 +568,14 @@ impl Connection {
     /// Sends `header` and the `first` bytes of `buf` (on their own write)
     /// to `backend`, then relays both ways until both are done; the bytes
     /// moved up (first bytes included) and down.
-    async fn pipe(
+    async fn pipe<B: AsyncRead + AsyncWrite + Unpin>(
         &self,
         client: &mut TcpStream,
-        mut backend: TcpStream,
+        mut backend: B,
         header: Option<Vec<u8>>,
         buf: &mut [u8],
         first: usize,
     ) -> Result<(u64, u64), End> {
-        let _ = backend.set_nodelay(true);
         let activity = Activity::new();
         let forward = async {
             if let Some(header) = header {
@@ -535,7 +586,10 @@ impl Connection {
             activity.touch();
             let mut down = vec![0u8; COPY_BUFFER];
             let (mut client_read, mut client_write) = client.split();
-            let (mut backend_read, mut backend_write) = backend.split();
+            // tokio's generic split (a TLS stream has no borrowed halves):
+            // both halves are polled from this one task, so its lock is
+            // never contended.
+            let (mut backend_read, mut backend_write) = tokio::io::split(&mut backend);
             tokio::try_join!(
                 pump(&mut client_read, &mut backend_write, buf, &activity),
                 pump(&mut backend_read, &mut client_write, &mut down, &activity),

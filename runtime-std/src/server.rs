@@ -11,13 +11,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminSettings};
-use crate::config::Config;
+use crate::config::{Config, RefreshConfig};
 use crate::engine::{Capacity, Guard, LogEvents};
+use crate::fetch::FetchOptions;
 use crate::hsm::{Keys, Token};
 use crate::integrity::{self, Sealer};
 use crate::mtproto::Mtproto;
-use crate::proxy::{self, ProxySettings};
+use crate::proxy::{self, BackendTls, ProxySettings};
 use crate::state;
+use crate::tls::{PinSource, PinnedVerifier, Trust};
+use mtguard_core::pins::{PinSet, PinSetError};
 
 /// Options of `mtguard run` beyond the config file.
 #[derive(Clone, Debug, Default)]
@@ -39,13 +42,133 @@ fn load(opts: &RunOptions) -> anyhow::Result<Config> {
     }
 }
 
-fn proxy_settings(config: &Config) -> Arc<ProxySettings> {
-    Arc::new(ProxySettings {
+fn proxy_settings(
+    config: &Config,
+    guard: &Arc<Guard>,
+    level: u8,
+) -> anyhow::Result<Arc<ProxySettings>> {
+    let backend_tls = match &config.server.backend_tls {
+        None => None,
+        Some(tls) => {
+            let p = &tls.pinning;
+            let roots = match p.trust {
+                Trust::WebPki => crate::tls::roots(p.ca_file.as_deref())
+                    .context("[server.backend_tls] ca_file")?,
+                Trust::PinsOnly => rustls::RootCertStore::empty(),
+            };
+            let verifier = PinnedVerifier::new(
+                config.server.backend.clone(),
+                PinSource::Engine(guard.clone()),
+                p.trust,
+                p.on_expired(level),
+                roots,
+            );
+            let server_name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
+                .context("[server.backend_tls] server_name")?;
+            Some(BackendTls {
+                connector: tokio_rustls::TlsConnector::from(Arc::new(verifier.client_config())),
+                server_name,
+            })
+        }
+    };
+    Ok(Arc::new(ProxySettings {
         backend: config.server.backend.clone(),
         proxy_protocol: config.server.proxy_protocol,
         connect_timeout: config.server.connect_timeout,
         idle_timeout: config.server.idle_timeout,
-    })
+        backend_tls,
+    }))
+}
+
+/// Adds the backend's pins of the config and its pins file to the engine's
+/// set (which already holds those restored from the state and added through
+/// the admin API), then applies the level policy to the whole set.
+fn merge_backend_pins(config: &Config, guard: &Guard, level: u8) -> anyhow::Result<()> {
+    let Some(tls) = &config.server.backend_tls else {
+        return Ok(());
+    };
+    let pins = tls
+        .pinning
+        .load_pins()
+        .context("[server.backend_tls] pins")?;
+    for pin in pins {
+        let text = pin.to_string();
+        match guard.with(|e, _| e.add_pin(pin)) {
+            Ok(()) | Err(PinSetError::Duplicate) => {}
+            Err(e @ PinSetError::Full { .. }) => {
+                anyhow::bail!("[server.backend_tls] pin {text}: {e} (the 101st is refused)")
+            }
+        }
+    }
+    let all: Vec<_> = guard.with(|e, _| e.pins().iter().cloned().collect());
+    crate::tls::check_backup_pins(level, &format!("backend {}", config.server.backend), &all)?;
+    if all.is_empty() {
+        tracing::warn!(
+            backend = %config.server.backend,
+            "[server.backend_tls] has no pin yet: add some with POST /v1/pins"
+        );
+    }
+    Ok(())
+}
+
+/// The `[refresh]` pins, checked against the level policy.
+fn refresh_pins(config: &Config, level: u8) -> anyhow::Result<Option<Arc<PinSet>>> {
+    let Some(refresh) = &config.refresh else {
+        return Ok(None);
+    };
+    let pins = refresh.pinning.load_pins().context("[refresh] pins")?;
+    for (url, _, _) in &refresh.files {
+        crate::tls::check_backup_pins(level, url, &pins)?;
+    }
+    let mut set = PinSet::new();
+    for pin in pins {
+        let text = pin.to_string();
+        set.add(pin)
+            .map_err(|e| anyhow::anyhow!("[refresh] pin {text}: {e}"))?;
+    }
+    Ok(Some(Arc::new(set)))
+}
+
+/// Fetches every `[refresh]` file, then again every `interval` plus a
+/// random part of `jitter`. A failed fetch leaves the file as it was and is
+/// retried at the next round.
+async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8, guard: Arc<Guard>) {
+    loop {
+        for (url, out, kind) in &refresh.files {
+            let opts = FetchOptions {
+                url: url.clone(),
+                pins: pins.iter().cloned().collect(),
+                trust: refresh.pinning.trust,
+                ca_file: refresh.pinning.ca_file.clone(),
+                on_expired: refresh.pinning.on_expired(level),
+                out: out.clone(),
+                kind: *kind,
+                timeout: Duration::from_secs(60),
+            };
+            match crate::fetch::fetch(&opts, Some(guard.clone())).await {
+                Ok(f) => tracing::info!(
+                    url = %url,
+                    file = %out.display(),
+                    bytes = f.bytes,
+                    changed = f.changed,
+                    "refreshed"
+                ),
+                Err(e) => tracing::error!(
+                    url = %url,
+                    file = %out.display(),
+                    error = %format!("{e:#}"),
+                    "refresh failed; the file is unchanged"
+                ),
+            }
+        }
+        let jitter_ms = u64::try_from(refresh.jitter.as_millis()).unwrap_or(u64::MAX);
+        let mut random = [0u8; 8];
+        let extra = match getrandom::fill(&mut random) {
+            Ok(()) if jitter_ms > 0 => u64::from_le_bytes(random) % jitter_ms,
+            _ => 0,
+        };
+        tokio::time::sleep(refresh.interval + Duration::from_millis(extra)).await;
+    }
 }
 
 /// The MTProto inspection state of `config`, or `None` without
@@ -97,6 +220,7 @@ fn open_token(config: &Config) -> anyhow::Result<Option<Arc<Token>>> {
 
 /// Everything the listeners read per connection, sent on a reload.
 struct Senders {
+    guard: Arc<Guard>,
     settings: watch::Sender<Arc<ProxySettings>>,
     mtproto: watch::Sender<Option<Arc<Mtproto>>>,
     /// The `[hsm]` token opened at start; `[hsm]` changes need a restart.
@@ -132,10 +256,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let token = open_token(&config)?;
     state::restore(&guard, &state_dir, opts.reset_state)?;
     guard.set_config_lists(&lists.allow, &lists.deny)?;
+    let level = policy.level.number();
+    merge_backend_pins(&config, &guard, level)?;
+    let refresh = refresh_pins(&config, level)?;
     tokio::spawn(guard.clone().drive());
 
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let (settings_tx, settings) = watch::channel(proxy_settings(&config));
+    let (settings_tx, settings) = watch::channel(proxy_settings(&config, &guard, level)?);
     let inspection = mtproto_state(&config, token.as_ref(), None)?;
     if let Some(m) = &inspection {
         tracing::info!(
@@ -147,6 +274,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let (mtproto_tx, mtproto) = watch::channel(inspection);
     let senders = Senders {
+        guard: guard.clone(),
         settings: settings_tx,
         mtproto: mtproto_tx,
         token,
@@ -170,6 +298,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         let settings = Arc::new(AdminSettings {
             token,
             state_dir: Some(state_dir.clone()),
+            pins_file: config
+                .server
+                .backend_tls
+                .as_ref()
+                .and_then(|t| t.pinning.pins_file.clone()),
         });
         tokio::spawn(admin::serve(
             listener,
@@ -177,6 +310,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             settings,
             shutdown.clone(),
         ));
+    }
+    if let (Some(refresh), Some(pins)) = (&config.refresh, refresh) {
+        tracing::info!(
+            files = refresh.files.len(),
+            interval = %crate::config::format_duration(refresh.interval),
+            "refreshing Telegram's proxy files, pinned"
+        );
+        tokio::spawn(refresh_loop(refresh.clone(), pins, level, guard.clone()));
     }
     tokio::spawn(state::persist_loop(
         guard.clone(),
@@ -253,6 +394,9 @@ fn reload(
     let new = load(opts)?;
     let policy = new.effective_policy(opts.level)?;
     let lists = new.load_lists()?;
+    let level = policy.level.number();
+    let settings = proxy_settings(&new, &senders.guard, level)?;
+    merge_backend_pins(&new, guard, level)?;
     let previous = senders.mtproto.borrow().clone();
     if new.hsm != current.hsm {
         anyhow::bail!("[hsm] changes only on restart");
@@ -270,7 +414,10 @@ fn reload(
     if new.server.listen != current.server.listen || new.admin.listen != current.admin.listen {
         tracing::warn!("listen addresses change only on restart");
     }
-    let _ = senders.settings.send(proxy_settings(&new));
+    if new.refresh != current.refresh {
+        tracing::warn!("[refresh] changes apply on restart");
+    }
+    let _ = senders.settings.send(settings);
     let _ = senders.mtproto.send(inspection);
     Ok(new)
 }

@@ -58,6 +58,7 @@ impl Relay {
             proxy_protocol: ProxyProtocol::None,
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
+            backend_tls: None,
         }))
         .1;
         let mtproto = tokio::sync::watch::channel(mtproto).1;

@@ -34,6 +34,7 @@ async fn start_with(guard: Arc<Guard>, state_dir: Option<PathBuf>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let settings = Arc::new(AdminSettings {
+        pins_file: None,
         token: TOKEN.to_owned(),
         state_dir,
     });

@@ -780,6 +780,54 @@ fn a_tampered_state_file_is_refused_at_start() {
     assert!(server.stop().success());
 }
 
+/// With `[hsm]`, the pins file is trusted only under the token's seal: a
+/// hand-written one is refused until `hsm seal-pins` vouches for it, and a
+/// sealed one changed afterwards is refused again.
+#[test]
+fn a_pins_file_must_carry_the_token_seal() {
+    let hsm = SoftHsm::new("pins");
+    let state = hsm.path("state");
+    let pins = hsm.path("backend.pins");
+    let pin = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+    std::fs::write(&pins, format!("{pin} # backend key\n")).unwrap();
+    let listen = free_port();
+    let config = hsm.config(
+        "mtguard.toml",
+        &hsm.table(),
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:{listen}\"]\nbackend = \"127.0.0.1:9\"\n\
+             [server.backend_tls]\nserver_name = \"backend.test\"\npins_file = \"{}\"\n\
+             [admin]\nlisten = \"off\"\n[state]\ndir = \"{}\"\n",
+            pins.display(),
+            state.display()
+        ),
+    );
+    let cfg = config.to_str().unwrap();
+    let start = || Server::start_with_env(&["--config", cfg], &hsm.env(), "guarding");
+
+    let err = start().err().expect("started on an unsealed pins file");
+    assert!(err.contains("carries no integrity seal"), "{err}");
+    assert!(err.contains("seal-pins"), "{err}");
+
+    let out = hsm.mtguard(
+        &["hsm", "--config", cfg, "seal-pins", pins.to_str().unwrap()],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let sealed = std::fs::read(&pins).unwrap();
+    assert!(sealed.starts_with(b"MTGSEAL1"), "pins file not sealed");
+    assert!(text(&sealed).contains(pin), "the pin was lost in sealing");
+
+    let server = start().unwrap();
+    assert!(server.stop().success());
+
+    let mut tampered = sealed.clone();
+    *tampered.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&pins, &tampered).unwrap();
+    let err = start().err().expect("started on a tampered pins file");
+    assert!(err.contains("integrity seal does not match"), "{err}");
+}
+
 /// `[hsm]` keys parse as documented; mistakes name the key and the line.
 #[test]
 fn hsm_config_keys_and_errors() {

@@ -106,6 +106,7 @@ async fn start_with(
         proxy_protocol,
         connect_timeout: Duration::from_secs(2),
         idle_timeout,
+        backend_tls: None,
     }));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let serve = tokio::spawn(proxy::serve(listener, guard.clone(), settings, shutdown_rx));
@@ -533,6 +534,7 @@ async fn an_unreachable_backend_closes_the_client() {
         proxy_protocol: ProxyProtocol::None,
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(30),
+        backend_tls: None,
     }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -1,0 +1,113 @@
+//! Pins files: one pin a line, `sha256/<base64>` or `cert-sha256/<hex>`,
+//! optionally `expires=YYYY-MM-DD`, optionally `# label`; blank lines and
+//! `#` comments are ignored.
+//!
+//! Every read goes through [`load`] and every write through [`save`]: with
+//! an `[hsm]` token configured the file carries the token's integrity seal
+//! (see `integrity`), checked on every read and made on every write, so a
+//! pins file changed behind mtguard's back is refused rather than trusted.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use mtguard_core::pins::{parse_pin_line, Pin};
+
+use crate::tls::MAX_PINS;
+
+/// The pins of the file at `path`, in file order. A malformed line, a
+/// duplicate or a pin beyond [`MAX_PINS`] is an error naming the file and
+/// the line.
+pub fn load(path: &Path) -> anyhow::Result<Vec<Pin>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the pins file {}", path.display()))?;
+    let payload =
+        crate::integrity::open_file(crate::integrity::Purpose::Pins, &bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "pins file {} is refused: {e}; after checking its pins, seal it with \
+                 `mtguard hsm --config FILE seal-pins {}`",
+                path.display(),
+                path.display()
+            )
+        })?;
+    let text = String::from_utf8(payload)
+        .map_err(|_| anyhow::anyhow!("pins file {} is not UTF-8 text", path.display()))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// [`load`] on text already read; `name` names it in errors.
+pub fn parse(text: &str, name: &str) -> anyhow::Result<Vec<Pin>> {
+    let mut pins: Vec<Pin> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let pin = parse_pin_line(line).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", n + 1))?;
+        let Some(pin) = pin else { continue };
+        if pins
+            .iter()
+            .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
+        {
+            anyhow::bail!("{name}:{}: {pin} is listed twice", n + 1);
+        }
+        if pins.len() == MAX_PINS {
+            anyhow::bail!(
+                "{name}:{}: too many pins: at most {MAX_PINS} per host (the 101st is refused)",
+                n + 1
+            );
+        }
+        pins.push(pin);
+    }
+    Ok(pins)
+}
+
+/// Writes `pins` to `path` atomically (the file holds the old pins or the
+/// new ones, never a mix), one line each, as [`load`] reads them.
+pub fn save(path: &Path, pins: &[Pin]) -> anyhow::Result<()> {
+    let mut text = String::from("# mtguard pins: one per line, written by mtguard\n");
+    for pin in pins {
+        let _ = writeln!(text, "{}", pin.display_line());
+    }
+    let bytes = crate::integrity::seal_file(crate::integrity::Purpose::Pins, text.as_bytes())?;
+    crate::state::write_atomic(path, &bytes)
+        .with_context(|| format!("writing the pins file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mtguard_core::pins::PinKind;
+
+    #[test]
+    fn round_trip_through_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins");
+        let pins = vec![
+            Pin::new(PinKind::Spki, [1; 32])
+                .with_label("primary")
+                .unwrap()
+                .with_expiry(Some(1_798_761_600)),
+            Pin::new(PinKind::Certificate, [2; 32]),
+        ];
+        save(&path, &pins).unwrap();
+        assert_eq!(load(&path).unwrap(), pins);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let good = Pin::new(PinKind::Spki, [1; 32]).to_string();
+        let e = parse(&format!("# c\n{good}\nsha256/nope\n"), "f").unwrap_err();
+        assert!(e.to_string().starts_with("f:3: "), "{e}");
+        let e = parse(&format!("{good}\n\n{good}\n"), "f").unwrap_err();
+        assert!(
+            e.to_string().contains("f:3: ") && e.to_string().contains("twice"),
+            "{e}"
+        );
+        let many: String = (0..=MAX_PINS)
+            .map(|i| {
+                let mut h = [0u8; 32];
+                h[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                format!("{}\n", Pin::new(PinKind::Certificate, h))
+            })
+            .collect();
+        let e = parse(&many, "f").unwrap_err();
+        assert!(e.to_string().contains("f:101: too many pins"), "{e}");
+    }
+}
