@@ -75,7 +75,18 @@ impl Setup {
 
     fn start(&self) -> Server {
         let config = self.dir.path().join("mtguard.toml");
-        Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap()
+        let server = Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap();
+        // The admin API binds just after the "guarding" line.
+        let start = Instant::now();
+        while TcpStream::connect(self.admin).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "admin API not up: {}",
+                server.log_text()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        server
     }
 
     fn scrape(&self) -> String {
@@ -639,20 +650,30 @@ fn sigkill_during_state_saves_leaves_the_old_or_the_new_state() {
         // Only the complete file may remain; a temporary left by the kill
         // is the writer's own and harmless.
         let state = s.state_dir().join("state.bin");
-        assert!(state.exists(), "round {round}: no state file");
+        assert!(
+            acknowledged.is_empty() || state.exists(),
+            "round {round}: no state file"
+        );
     }
     println!(
         "{n} block requests across 8 kills; {} blocks held",
         acknowledged.len()
     );
     assert!(n > 20, "too few saves to mean anything: {n}");
+    let killed_left = leftover_temporaries(&s.state_dir());
+    // As a kill between write and rename leaves it (not every run's kills
+    // land there).
+    fs::write(s.state_dir().join(".state.bin.tmp.4194305"), b"half a sta").unwrap();
     let server = s.start();
     let restored = blocked_list(&s);
     for a in &acknowledged {
         assert!(restored.contains(a), "{a} lost");
     }
     assert!(server.stop().success());
-    assert!(leftover_temporaries(&s.state_dir()) <= 8);
+    // A temporary a killed writer left is removed at the next start, so
+    // crashes do not pile up state-sized files.
+    println!("temporaries left by the last kill: {killed_left}");
+    assert_eq!(leftover_temporaries(&s.state_dir()), 0);
 }
 
 /// Temporary files left next to the state by killed writers.
