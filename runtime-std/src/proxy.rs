@@ -660,7 +660,8 @@ async fn deadline(timed_out: oneshot::Receiver<()>) {
 }
 
 /// The PROXY protocol header announcing `client` connected to `local`.
-fn proxy_header(
+/// Public so the fuzz target can round-trip it through `ppp`'s parser.
+pub fn proxy_header(
     version: ProxyProtocol,
     client: SocketAddr,
     local: SocketAddr,

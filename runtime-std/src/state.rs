@@ -52,6 +52,7 @@ pub fn state_path(dir: &Path) -> PathBuf {
 /// file stops the start with a message, unless `reset` is set: then it is
 /// moved aside (never deleted) and the guard starts clean.
 pub fn restore(guard: &Guard, dir: &Path, reset: bool) -> anyhow::Result<()> {
+    remove_stale_temporaries(dir);
     let path = state_path(dir);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -108,6 +109,22 @@ fn move_aside(path: &Path, error: &dyn std::fmt::Display) -> anyhow::Result<()> 
         "corrupt state file moved aside; starting clean"
     );
     Ok(())
+}
+
+/// A writer killed between creating its temporary and renaming it (SIGKILL,
+/// power loss) leaves the temporary behind, named after its process id, so
+/// no later writer reuses it: without this, every crash would leave one
+/// more state-sized file. Only called at start, before any save of ours.
+fn remove_stale_temporaries(dir: &Path) {
+    let prefix = format!(".{STATE_FILE}.tmp.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Saves from the persistence loop, the admin API and shutdown can race;

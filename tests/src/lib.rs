@@ -303,3 +303,134 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+// ----- helpers of the adversarial tests -----
+
+/// One blocking HTTP/1.1 request on its own connection: `(status, body)`.
+/// Hand-written (a few lines) so the adversarial tests need no async client.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        request.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    request.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let bad = || std::io::Error::other(format!("malformed reply: {raw:?}"));
+    let (head, mut rest) = raw.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    if !chunked {
+        return Ok((status, rest.to_owned()));
+    }
+    let mut out = String::new();
+    loop {
+        let (size, tail) = rest.split_once("\r\n").ok_or_else(bad)?;
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| bad())?;
+        if size == 0 {
+            return Ok((status, out));
+        }
+        out.push_str(tail.get(..size).ok_or_else(bad)?);
+        rest = tail.get(size + 2..).ok_or_else(bad)?;
+    }
+}
+
+/// The value of the series `series` (name with labels) in a Prometheus
+/// scrape; 0 when the series is absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("an integer metric"))
+        .unwrap_or(0)
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` in /proc).
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Open file descriptors of process `pid` (entries of /proc/<pid>/fd).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A fake-TLS ClientHello for `domain` under the `ee` secret `secret`,
+/// stamped `unix_time`: its random is HMAC-SHA256(key, record with the
+/// random zeroed) with the last four bytes XOR the little-endian time.
+/// `salt` goes into the session id, so two hellos made in the same second
+/// differ and the guard's replay cache does not take one for a replay.
+pub fn fake_tls_hello(secret: &str, domain: &str, unix_time: u64, salt: [u8; 4]) -> Vec<u8> {
+    use mtguard_core::mtproto::{KeyOps, Secret, SecretSet};
+    let name = domain.as_bytes();
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    sni.push(0);
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut extensions = vec![0, 0];
+    extensions.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    extensions.extend_from_slice(&sni);
+    // A padding extension, as real clients add one.
+    extensions.extend_from_slice(&[0x00, 0x15, 0x00, 0x40]);
+    extensions.extend_from_slice(&[0; 0x40]);
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0; 32]); // random, filled below
+    body.push(32);
+    let mut session = [0x5a; 32];
+    session[..4].copy_from_slice(&salt);
+    body.extend_from_slice(&session);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
+    body.extend_from_slice(&[1, 0]); // null compression
+    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+    body.extend_from_slice(&extensions);
+    let mut handshake = vec![1];
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    let mut set = SecretSet::new();
+    set.push(Secret::parse(secret).unwrap()).unwrap();
+    let digest = set.fake_tls_hmac(0, &[&record]).unwrap();
+    let stamp = (unix_time as u32).to_le_bytes();
+    record[11..39].copy_from_slice(&digest[..28]);
+    for i in 0..4 {
+        record[39 + i] = digest[28 + i] ^ stamp[i];
+    }
+    record
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -1,0 +1,531 @@
+//! The reference model of the engine, shared by `core/tests/model.rs`
+//! (proptest) and `fuzz/fuzz_targets/engine.rs` (libFuzzer), which include
+//! this file with `#[path]`. It lives here rather than in the core behind a
+//! feature: it needs `std` (a `BTreeMap`, panics with messages), and a
+//! test-only module in a `no_std` library would ship in its API.
+//!
+//! Plain `std` code written only for testing: under capacity the engine and
+//! this model must agree exactly; at capacity every eviction must follow the
+//! documented policy (an idle, unblocked client; clean ones before
+//! offenders; the least recently seen of its class).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use mtguard_core::{
+    BlockCause, ConnectionId, HandshakeOutcome, Instant, Level, Policy, RejectReason,
+    SecurityManager, Storage, Verdict,
+};
+
+pub const CLIENTS: usize = 8;
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Connect(usize),
+    Handshake(usize, HandshakeOutcome),
+    Close(usize),
+    Block(usize, Option<u64>),
+    Unblock(usize),
+    Advance(u64),
+    /// Advance to the engine's next deadline (`true`) or just before it.
+    ToDeadline(bool),
+}
+
+pub fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, i as u8 + 1))
+}
+
+#[derive(Clone, Debug, Default)]
+struct Client {
+    live: u32,
+    window: u64,
+    opened: [u32; 2],
+    violations: [u32; 2],
+    failures: [u32; 2],
+    timeouts: [u32; 2],
+    offences: u8,
+    /// `Some(None)`: blocked until lifted; `Some(Some(t))`: until `t`.
+    block: Option<Option<u64>>,
+    /// When it became idle or was last seen idle, and in which order.
+    idle: Option<(u64, u64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Conn {
+    /// Not judged yet; the deadline, if the policy sets one.
+    Handshaking(Option<u64>),
+    Done,
+}
+
+struct Model {
+    p: Policy,
+    capacity: usize,
+    now: u64,
+    seq: u64,
+    clients: BTreeMap<usize, Client>,
+    conns: Vec<(ConnectionId, usize, Conn)>,
+}
+
+fn sliding(c: [u32; 2], into: u64, window: u64) -> u32 {
+    (u64::from(c[0]) * (window - into) / window) as u32 + c[1]
+}
+
+impl Model {
+    fn window(&self) -> u64 {
+        self.p.rate_window.as_millis() as u64
+    }
+
+    fn roll(&self, c: &mut Client) {
+        let w = self.now / self.window();
+        if w == c.window + 1 {
+            c.opened = [c.opened[1], 0];
+            c.violations = [c.violations[1], 0];
+            c.failures = [c.failures[1], 0];
+            c.timeouts = [c.timeouts[1], 0];
+        } else if w != c.window {
+            *c = Client {
+                window: w,
+                ..c.clone()
+            };
+            c.opened = [0; 2];
+            c.violations = [0; 2];
+            c.failures = [0; 2];
+            c.timeouts = [0; 2];
+        }
+        c.window = w;
+    }
+
+    fn est(&self, c: [u32; 2]) -> u32 {
+        sliding(c, self.now % self.window(), self.window())
+    }
+
+    fn touch(&mut self, k: usize) {
+        let now = self.now;
+        self.seq += 1;
+        let seq = self.seq;
+        let c = self.clients.get_mut(&k).unwrap();
+        if c.live == 0 && c.block.is_none() {
+            c.idle = Some((now, seq));
+        }
+    }
+
+    fn ttl(&self, c: &Client) -> u64 {
+        if c.offences > 0 {
+            self.p.offence_memory.as_millis() as u64
+        } else {
+            2 * self.window()
+        }
+    }
+
+    /// The clients the documented policy allows to evict now.
+    fn eviction_candidates(&self) -> Vec<usize> {
+        let idle: Vec<_> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.live == 0 && c.block.is_none())
+            .collect();
+        let clean: Vec<_> = idle
+            .iter()
+            .filter(|(_, c)| c.offences == 0)
+            .cloned()
+            .collect();
+        let class = if clean.is_empty() { idle } else { clean };
+        // Clients seen in the same millisecond are equally "least recently
+        // seen"; the engine may pick any of them.
+        let oldest = class.iter().map(|(_, c)| c.idle.unwrap().0).min();
+        class
+            .iter()
+            .filter(|(_, c)| Some(c.idle.unwrap().0) == oldest)
+            .map(|(k, _)| **k)
+            .collect()
+    }
+
+    fn escalated(&self, offences: u8) -> u64 {
+        let base = self.p.block_duration.as_millis() as u64;
+        let cap = self.p.max_block_duration.as_millis() as u64;
+        (base << (offences - 1).min(20)).min(cap)
+    }
+
+    fn auto_block(&mut self, k: usize) {
+        let now = self.now;
+        let c = self.clients.get_mut(&k).unwrap();
+        c.offences += 1;
+        let off = c.offences;
+        let until = now + self.escalated(off);
+        let c = self.clients.get_mut(&k).unwrap();
+        match c.block {
+            Some(None) => {}
+            Some(Some(t)) if t >= until => {}
+            _ => {
+                c.block = Some(Some(until));
+                c.idle = None;
+            }
+        }
+    }
+
+    fn judge(&mut self, k: usize, outcome: HandshakeOutcome) {
+        if outcome == HandshakeOutcome::Valid {
+            return;
+        }
+        if outcome == HandshakeOutcome::Replay && self.p.block_on_replay && self.p.ip_blocking {
+            self.auto_block(k);
+            return;
+        }
+        let mut c = self.clients[&k].clone();
+        self.roll(&mut c);
+        let threshold = if outcome == HandshakeOutcome::Timeout {
+            c.timeouts[1] += 1;
+            self.p.slowloris_timeouts
+        } else {
+            c.failures[1] += 1;
+            self.p.scanner_failures
+        };
+        let after = if outcome == HandshakeOutcome::Timeout {
+            self.est(c.timeouts)
+        } else {
+            self.est(c.failures)
+        };
+        self.clients.insert(k, c);
+        if after >= u32::from(threshold) && self.p.ip_blocking {
+            self.auto_block(k);
+        } else {
+            self.touch(k);
+        }
+    }
+
+    /// Fires every timer due at or before `t`, in time order; at equal
+    /// times client timers before connection timers, as the engine does.
+    fn advance(&mut self, t: u64) {
+        loop {
+            let client_due = self
+                .clients
+                .iter()
+                .filter_map(|(k, c)| match (c.block, c.idle) {
+                    (Some(Some(u)), _) => Some((u, *k)),
+                    (None, Some((since, _))) if c.live == 0 => Some((since + self.ttl(c), *k)),
+                    _ => None,
+                })
+                .min();
+            let conn_due = self
+                .conns
+                .iter()
+                .filter_map(|(_, _, s)| match s {
+                    Conn::Handshaking(d) => *d,
+                    Conn::Done => None,
+                })
+                .min();
+            let next = match (client_due, conn_due) {
+                (Some((a, _)), Some(b)) => a.min(b),
+                (Some((a, _)), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            if next > t {
+                break;
+            }
+            self.now = self.now.max(next);
+            let due: Vec<usize> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| match (c.block, c.idle) {
+                    (Some(Some(u)), _) => u == next,
+                    (None, Some((since, _))) => c.live == 0 && since + self.ttl(c) == next,
+                    _ => false,
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for k in due {
+                if self.clients[&k].block.is_some() {
+                    self.clients.get_mut(&k).unwrap().block = None;
+                    self.touch(k);
+                } else {
+                    self.clients.remove(&k);
+                }
+            }
+            let expired: Vec<usize> = (0..self.conns.len())
+                .filter(|&i| self.conns[i].2 == Conn::Handshaking(Some(next)))
+                .collect();
+            for i in expired {
+                self.conns[i].2 = Conn::Done;
+                let k = self.conns[i].1;
+                if self.clients.contains_key(&k) {
+                    self.judge(k, HandshakeOutcome::Timeout);
+                }
+            }
+        }
+        self.now = self.now.max(t);
+    }
+}
+
+fn check<S: Storage>(g: &SecurityManager<S>, m: &Model) {
+    for k in 0..CLIENTS {
+        let engine = g.client_info(ip(k));
+        let model = m.clients.get(&k);
+        assert_eq!(engine.is_some(), model.is_some(), "client {k} tracked");
+        if let (Some(e), Some(c)) = (engine, model) {
+            assert_eq!(u32::from(e.live_connections), c.live, "client {k} live");
+            assert_eq!(e.blocked, c.block.is_some(), "client {k} blocked");
+            assert_eq!(e.offences, c.offences, "client {k} offences");
+        }
+    }
+    let live: u32 = m.clients.values().map(|c| c.live).sum();
+    assert_eq!(g.active_connections(), live);
+    assert_eq!(
+        g.blocked_clients() as usize,
+        m.clients.values().filter(|c| c.block.is_some()).count()
+    );
+    assert_eq!(g.tracked_clients() as usize, m.clients.len());
+}
+
+pub fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: usize, ops: Vec<Op>) {
+    let mut m = Model {
+        p,
+        capacity,
+        now: 0,
+        seq: 0,
+        clients: BTreeMap::new(),
+        conns: Vec::new(),
+    };
+    for op in ops {
+        let evictions_before = g.stats().evictions;
+        let mut new_client = None;
+        match op {
+            Op::Advance(_) | Op::ToDeadline(_) => {
+                let t = match op {
+                    Op::Advance(d) => m.now + d,
+                    // The engine's own next deadline, or the millisecond
+                    // before it: where an off-by-one in expiry would show.
+                    _ => match g.poll_timeout() {
+                        Some(due) if matches!(op, Op::ToDeadline(true)) => {
+                            due.as_millis().max(m.now)
+                        }
+                        Some(due) => due.as_millis().saturating_sub(1).max(m.now),
+                        None => m.now,
+                    },
+                };
+                while let Some(due) = g.poll_timeout() {
+                    if due > Instant::from_millis(t) {
+                        break;
+                    }
+                    g.handle_timeout(due);
+                }
+                g.handle_timeout(Instant::from_millis(t));
+                m.advance(t);
+            }
+            Op::Connect(k) => {
+                let verdict = g.handle_connect(Instant::from_millis(m.now), ip(k));
+                let expected = model_connect(&mut m, k, &mut new_client);
+                match (verdict, expected) {
+                    (Verdict::Admit(id), Ok(())) => {
+                        let deadline = m.p.handshake_timeout.map(|d| m.now + d.as_millis() as u64);
+                        m.conns.push((id, k, Conn::Handshaking(deadline)));
+                    }
+                    (Verdict::Reject(r), Err(e)) => assert_eq!(r, e),
+                    (v, e) => panic!("connect {k} at {}: engine {v:?}, model {e:?}", m.now),
+                }
+            }
+            Op::Handshake(n, outcome) => {
+                if m.conns.is_empty() {
+                    continue;
+                }
+                let i = n % m.conns.len();
+                let (id, k, state) = m.conns[i];
+                g.handle_handshake(Instant::from_millis(m.now), id, outcome)
+                    .unwrap();
+                if let Conn::Handshaking(_) = state {
+                    m.conns[i].2 = Conn::Done;
+                    m.judge(k, outcome);
+                }
+            }
+            Op::Close(n) => {
+                if m.conns.is_empty() {
+                    continue;
+                }
+                let (id, k, _) = m.conns.remove(n % m.conns.len());
+                g.handle_close(Instant::from_millis(m.now), id).unwrap();
+                let c = m.clients.get_mut(&k).unwrap();
+                c.live -= 1;
+                m.touch(k);
+            }
+            Op::Block(k, d) => {
+                let r = g.block(
+                    Instant::from_millis(m.now),
+                    ip(k),
+                    d.map(Duration::from_millis),
+                    BlockCause::Manual,
+                );
+                if !m.clients.contains_key(&k) {
+                    if m.clients.len() == m.capacity && m.eviction_candidates().is_empty() {
+                        assert!(r.is_err());
+                        check(&g, &m);
+                        continue;
+                    }
+                    new_client = Some(k);
+                }
+                r.unwrap();
+                let now = m.now;
+                let c = m.clients.entry(k).or_default();
+                c.block = Some(d.map(|d| now + d));
+                c.idle = None;
+            }
+            Op::Unblock(k) => {
+                let was = m.clients.get(&k).is_some_and(|c| c.block.is_some());
+                assert_eq!(g.unblock(Instant::from_millis(m.now), ip(k)), was);
+                if was {
+                    m.clients.get_mut(&k).unwrap().block = None;
+                    m.touch(k);
+                }
+            }
+        }
+        // Reconcile an eviction: the engine's choice must be one the
+        // policy allows.
+        if g.stats().evictions != evictions_before {
+            assert_eq!(g.stats().evictions, evictions_before + 1);
+            let allowed = m.eviction_candidates_excluding(new_client);
+            let gone: Vec<usize> = m
+                .clients
+                .keys()
+                .copied()
+                .filter(|k| Some(*k) != new_client && g.client_info(ip(*k)).is_none())
+                .collect();
+            assert_eq!(gone.len(), 1, "exactly one client evicted");
+            assert!(
+                allowed.contains(&gone[0]),
+                "evicted {} but the policy allows only {allowed:?}",
+                gone[0]
+            );
+            m.clients.remove(&gone[0]);
+        } else if m.clients.len() > m.capacity {
+            panic!("model holds more clients than the table without an eviction");
+        }
+        check(&g, &m);
+        // Invariants that hold at any capacity, model or not.
+        assert!(
+            g.tracked_clients() as usize <= capacity,
+            "more clients than the table"
+        );
+        assert!(g.active_connections() <= m.p.global_max_connections);
+        for (k, c) in &m.clients {
+            if let Some(until) = c.block {
+                assert!(g.is_blocked(ip(*k)), "client {k} blocked in the model only");
+                // A timed block is still running, so it has not outlived its end.
+                assert!(
+                    until.is_none_or(|u| u > m.now),
+                    "client {k}: block past its end"
+                );
+            }
+        }
+        while g.poll_event().is_some() {}
+    }
+}
+
+impl Model {
+    fn eviction_candidates_excluding(&self, new_client: Option<usize>) -> Vec<usize> {
+        let mut m = Model {
+            p: self.p,
+            capacity: self.capacity,
+            now: self.now,
+            seq: self.seq,
+            clients: self.clients.clone(),
+            conns: Vec::new(),
+        };
+        if let Some(k) = new_client {
+            m.clients.remove(&k);
+        }
+        m.eviction_candidates()
+    }
+}
+
+/// The model's verdict. A new client is added to the model at once; if the
+/// table is full the caller reconciles which one the engine evicted.
+fn model_connect(
+    m: &mut Model,
+    k: usize,
+    new_client: &mut Option<usize>,
+) -> Result<(), RejectReason> {
+    if m.clients.get(&k).is_some_and(|c| c.block.is_some()) {
+        return Err(RejectReason::Blocked);
+    }
+    let live: u32 = m.clients.values().map(|c| c.live).sum();
+    if live >= m.p.global_max_connections {
+        return Err(RejectReason::GlobalConnectionLimit);
+    }
+    if !m.clients.contains_key(&k) {
+        if m.clients.len() == m.capacity && m.eviction_candidates().is_empty() {
+            return Err(RejectReason::ClientTableFull);
+        }
+        *new_client = Some(k);
+        let w = m.now / m.window();
+        m.clients.insert(
+            k,
+            Client {
+                window: w,
+                ..Client::default()
+            },
+        );
+    }
+    let mut c = m.clients[&k].clone();
+    m.roll(&mut c);
+    let reason = if c.live >= u32::from(m.p.max_connections_per_client) {
+        Some(RejectReason::TooManyConnections)
+    } else if m.est(c.opened) >= u32::from(m.p.max_new_connections_per_window) {
+        Some(RejectReason::RateLimited)
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => {
+            c.violations[1] += 1;
+            let count = m.est(c.violations);
+            m.clients.insert(k, c);
+            if m.p.ip_blocking && count >= u32::from(m.p.block_after_violations) {
+                m.auto_block(k);
+            } else {
+                m.touch(k);
+            }
+            Err(r)
+        }
+        None => {
+            c.opened[1] += 1;
+            c.live += 1;
+            c.idle = None;
+            m.clients.insert(k, c);
+            Ok(())
+        }
+    }
+}
+
+/// The policy the model is written for, from the few knobs both drivers vary.
+#[allow(clippy::too_many_arguments)]
+pub fn policy(
+    max_conn: u16,
+    max_new: u16,
+    viol: u8,
+    scan: u8,
+    slow: u8,
+    blocking: bool,
+    replay: bool,
+    global: u32,
+    hs: Option<u64>,
+) -> Policy {
+    let mut p = Policy::for_level(Level::Standard);
+    p.max_connections_per_client = max_conn;
+    p.max_new_connections_per_window = max_new;
+    p.rate_window = Duration::from_secs(10);
+    p.block_after_violations = viol;
+    p.scanner_failures = scan;
+    p.slowloris_timeouts = slow;
+    p.ip_blocking = blocking;
+    p.block_on_replay = replay;
+    p.global_max_connections = global;
+    p.global_max_new_per_second = u32::MAX;
+    p.block_duration = Duration::from_secs(30);
+    p.max_block_duration = Duration::from_secs(100);
+    p.block_jitter_permille = 0;
+    p.offence_memory = Duration::from_secs(600);
+    p.handshake_timeout = hs.map(Duration::from_millis);
+    p.attack_enter_per_second = None;
+    p
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Writes the committed seed corpora (fuzz/corpus/<target>/) from the test
+vectors and a few hand-made inputs. Rerun after changing an input layout:
+    python3 fuzz/corpus/make_seeds.py
+Needs only Python 3 and openssl (for the certificates of the DER target)."""
+import hashlib
+import ipaddress
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+VECTORS = os.path.join(ROOT, "core", "tests", "vectors")
+
+
+def target(name):
+    d = os.path.join(HERE, name)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    # The seed- prefix is what .gitignore lets into git (new inputs a run
+    # finds are not committed).
+    return lambda file, data: open(os.path.join(d, "seed-" + file), "wb").write(
+        data.encode() if isinstance(data, str) else data
+    )
+
+
+def vectors(file):
+    for line in open(os.path.join(VECTORS, file)):
+        if line.startswith("#") or not line.strip():
+            continue
+        f = line.split()
+        yield f[0], bytes.fromhex(f[-1])
+
+
+# inspector: [clock u8][cuts u8][cut u16 LE]* bytes; clock 128 = the
+# vectors' 1,800,000,000.
+put = target("inspector")
+picked = ["classic-abridged", "dd-padded", "wrong-secret", "valid-517", "valid-mlkem",
+          "hmac-bit-flipped", "session-id-16"]
+for file in ("obfuscated2.txt", "fake_tls.txt"):
+    for name, data in vectors(file):
+        if name in picked:
+            put(name, bytes([128, 0]) + data)
+            put(name + "-split", bytes([128, 3]) + struct.pack("<3H", 5, 6, 60) + data)
+put("http-probe", bytes([128, 0]) + b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+
+# der: real certificates of three key types, and a truncated one.
+put = target("der")
+with tempfile.TemporaryDirectory() as tmp:
+    for name, args in [
+        ("p256", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        ("ed25519", ["-newkey", "ed25519"]),
+        ("rsa1024", ["-newkey", "rsa:1024"]),
+    ]:
+        out = os.path.join(tmp, name + ".der")
+        subprocess.run(
+            ["openssl", "req", "-x509", *args, "-nodes", "-subj", "/CN=fuzz.example",
+             "-days", "1", "-keyout", os.path.join(tmp, "key"), "-outform", "DER", "-out", out],
+            check=True, capture_output=True)
+        cert = open(out, "rb").read()
+        put(name, cert)
+        if name == "p256":
+            put("p256-truncated", cert[: len(cert) // 2])
+
+# pin_text: pins and pins-file lines.
+put = target("pin_text")
+put("spki", "sha256/80ver3wBLDVJzSNx2JoyWYG61dYYBGRXkgzjYRkQFGc=")
+put("cert", "cert-sha256/" + "ab" * 32)
+put("line-expires", "sha256/80ver3wBLDVJzSNx2JoyWYG61dYYBGRXkgzjYRkQFGc= expires=2027-01-01 # backup key")
+put("comment", "# only a comment")
+put("bad-base64", "sha256/80ver3wBLDVJzSNx2JoyWYG61dYYBGRXkgzjYRkQFG=")
+
+# snapshot: format version 1 (README "Snapshots").
+put = target("snapshot")
+
+
+def mapped(v4):
+    return int(ipaddress.IPv6Address("::ffff:" + v4)).to_bytes(16, "little")
+
+
+def snapshot(clients=(), allow=(), deny=(), pins=()):
+    body = b""
+    for tag, records in ((1, clients), (2, allow), (3, deny), (4, pins)):
+        body += bytes([tag]) + struct.pack("<I", len(records)) + b"".join(records)
+    header = b"MTGS" + struct.pack("<HHII", 1, 0, len(body), 0)
+    return header + body + hashlib.sha256(header + body).digest()
+
+
+blocked = mapped("192.0.2.7") + bytes([0b1, 1]) + struct.pack("<Q", 300_000)
+forever = mapped("192.0.2.8") + bytes([0b11 | (4 << 2), 0]) + struct.pack("<Q", 0)
+net = mapped("198.51.100.0") + bytes([120])
+pin = bytes([0]) + bytes(range(32)) + struct.pack("<Q", 0) + bytes([6]) + b"backup"
+put("empty", snapshot())
+put("blocks", snapshot(clients=[blocked, forever]))
+put("lists", snapshot(allow=[net], deny=[net]))
+put("pin", snapshot(pins=[pin]))
+put("bad-checksum", snapshot(clients=[blocked])[:-1] + b"\0")
+
+# config: the example config and small valid and invalid ones.
+put = target("config")
+put("example", open(os.path.join(ROOT, "runtime-std", "dist", "mtguard.example.toml")).read())
+put("limits", 'level = 2\n[limits]\nmax_connections_per_ip = 5\nrate_window = "10s"\nhandshake_timeout = "off"\n')
+put("lists", '[lists]\nallow = ["10.0.0.0/8", "2001:db8::/32"]\ndeny = ["192.0.2.7"]\n')
+put("mtproto", '[mtproto]\nsecrets = ["ee0123456789abcdef0123456789abcdef7777772e6578616d706c652e636f6d"]\non_probe = "mask"\nmask_backend = "www.example.com:443"\n')
+put("typo", "[limits]\nmax_conections_per_ip = 5\n")
+put("duration", "90s")
+
+# engine and proxy_header take `arbitrary` input: any bytes decode, so a
+# few different lengths and patterns are enough to start from.
+put = target("engine")
+put("zeros", bytes(64))
+put("ramp", bytes(range(256)))
+put("connects", bytes([1, 2, 3, 0, 0, 1, 2, 0]) + bytes([0, 1] * 40) + bytes([5, 0xff] * 10))
+put = target("proxy_header")
+put("v4-v4", bytes([0, 127, 0, 0, 1, 0x1f, 0x90, 0, 192, 0, 2, 1, 1, 187]))
+put("v6-mapped", bytes([1]) + bytes(range(16)) + bytes([0, 80, 2, 10, 0, 0, 1, 0, 25]))
+put("zeros", bytes(40))
