@@ -291,3 +291,6 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+pub mod bench;
+pub mod load;
