@@ -29,6 +29,7 @@ struct Plan {
     cps_sources: u32,
     flood_seconds: f64,
     flood_sources: u32,
+    flood_rate: u32,
     flood_concurrency: u32,
     legit: u32,
 }
@@ -41,7 +42,8 @@ const QUICK: Plan = Plan {
     cps_sources: 4000,
     flood_seconds: 8.0,
     flood_sources: 3000,
-    flood_concurrency: 64,
+    flood_rate: 2000,
+    flood_concurrency: 512,
     legit: 100,
 };
 
@@ -53,7 +55,8 @@ const FULL: Plan = Plan {
     cps_sources: 12000,
     flood_seconds: 30.0,
     flood_sources: 10000,
-    flood_concurrency: 128,
+    flood_rate: 4000,
+    flood_concurrency: 1024,
     legit: 200,
 };
 
@@ -155,6 +158,8 @@ fn measure(target: SocketAddr, guard: Option<&Proc>, plan: &Plan) -> Result<Meas
             t.clone(),
             s("--flood-sources"),
             s(plan.flood_sources),
+            s("--rate"),
+            s(plan.flood_rate),
             s("--concurrency"),
             s(plan.flood_concurrency),
             s("--legit"),
@@ -167,12 +172,14 @@ fn measure(target: SocketAddr, guard: Option<&Proc>, plan: &Plan) -> Result<Meas
     m.success = f(&v, "success");
     m.p50_ms = f(&v, "p50_ms");
     m.p99_ms = f(&v, "p99_ms");
-    m.flood_attempts = v["flood_attempts"].as_u64().unwrap_or(0);
+    m.flood_started = v["flood_started"].as_u64().unwrap_or(0);
+    m.flood_skipped = v["flood_skipped"].as_u64().unwrap_or(0);
     std::thread::sleep(Duration::from_millis(500));
     m.memory_after_kib = guard.map(Proc::memory_kib);
     eprintln!(
-        "  flood ({} connections): legitimate {:.2}% served, p50 {:.2} ms, p99 {:.2} ms; memory {:?} -> {:?} KiB",
-        m.flood_attempts,
+        "  flood ({} connections, {} skipped): legitimate {:.2}% served, p50 {:.2} ms, p99 {:.2} ms; memory {:?} -> {:?} KiB",
+        m.flood_started,
+        m.flood_skipped,
         m.success * 100.0,
         m.p50_ms,
         m.p99_ms,
@@ -307,6 +314,7 @@ fn run(o: &Options) -> Result<(), String> {
         load_after: &load_after,
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         flood_sources: plan.flood_sources,
+        flood_rate: plan.flood_rate,
         many: plan.many,
     });
     std::fs::write(&o.out, md).map_err(|e| format!("{}: {e}", o.out.display()))?;

@@ -5,7 +5,7 @@
 //! mtguard-load backend --listen 127.0.0.1:9000
 //! mtguard-load bulk  --target ADDR [--connections 1] [--seconds 3] [--octet 4]
 //! mtguard-load cps   --target ADDR [--concurrency 32] [--sources 4000] [--seconds 4] [--max 1000000] [--octet 3]
-//! mtguard-load flood --target ADDR [--flood-sources 3000] [--hot 20] [--concurrency 64]
+//! mtguard-load flood --target ADDR [--flood-sources 3000] [--hot 10] [--rate 2000] [--concurrency 256]
 //!                    [--legit 100] [--legit-interval-ms 300] [--seconds 8] [--max 2000000]
 //! ```
 
@@ -124,8 +124,9 @@ fn run(argv: &[String]) -> Result<serde_json::Value, String> {
                     octet: a.get("flood-octet", Some(1))?,
                     count: a.get("flood-sources", Some(3000))?,
                 },
-                hot: a.get("hot", Some(20))?,
-                concurrency: a.get("concurrency", Some(64))?,
+                hot: a.get("hot", Some(10))?,
+                rate: a.get("rate", Some(2000))?,
+                concurrency: a.get("concurrency", Some(256))?,
                 legit: Pool {
                     octet: a.get("legit-octet", Some(2))?,
                     count: a.get("legit", Some(100))?,
@@ -139,7 +140,7 @@ fn run(argv: &[String]) -> Result<serde_json::Value, String> {
             Ok(
                 json!({"mode": "flood", "legit_attempts": r.legit_attempts, "legit_ok": r.legit_ok,
                       "success": r.success(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
-                      "flood_attempts": r.flood_attempts}),
+                      "flood_started": r.flood_started, "flood_skipped": r.flood_skipped}),
             )
         }
         other => Err(format!(
