@@ -686,6 +686,8 @@ pub struct Report<'a> {
     pub flood_rate: u32,
     /// Connections of the "many connections" throughput run.
     pub many: u32,
+    /// Rounds of the throughput and connection runs.
+    pub rounds: u32,
 }
 
 /// `BENCHMARKS.md`.
@@ -702,9 +704,12 @@ the load generator, the backend and each other's leftovers.
 ![the four measures]({svg})
 
 {table}
-**What is measured.** All on loopback, one target at a time, each started
-fresh, with the same load generator (`mtguard-load`, tokio) and the same echo
-and sink backend:
+**What is measured.** All on loopback, with the same load generator
+(`mtguard-load`, tokio) and the same echo and sink backend. The four targets
+run side by side; the throughput and connection runs take turns target by
+target for {rounds} rounds, and each figure is the median of its rounds (so a
+burst of other work hits every target alike); then each target gets the flood
+in turn:
 
 - *direct*: the client talks to the backend itself, the physical limit here;
 - *mtguard*: `mtguard run`, default level 1 ({max} connections per client,
@@ -748,6 +753,7 @@ MTProto handshake validation, pin verification), mean time per operation:
         rate = l.new_per_window,
         window = l.window_secs,
         many = r.many,
+        rounds = r.rounds,
         flood = r.flood_sources,
         flood_rate = r.flood_rate,
         flood_conc = if r.quick { 512 } else { 1024 },

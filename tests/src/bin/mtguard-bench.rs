@@ -22,6 +22,7 @@ use mtguard_tests::free_port;
 /// Lengths and sizes of one run.
 #[derive(Clone, Copy)]
 struct Plan {
+    rounds: u32,
     bulk_seconds: f64,
     many: u32,
     cps_seconds: f64,
@@ -35,9 +36,10 @@ struct Plan {
 }
 
 const QUICK: Plan = Plan {
-    bulk_seconds: 2.0,
+    rounds: 3,
+    bulk_seconds: 1.0,
     many: 16,
-    cps_seconds: 3.0,
+    cps_seconds: 1.5,
     cps_concurrency: 32,
     cps_sources: 4000,
     flood_seconds: 8.0,
@@ -48,9 +50,10 @@ const QUICK: Plan = Plan {
 };
 
 const FULL: Plan = Plan {
-    bulk_seconds: 8.0,
+    rounds: 5,
+    bulk_seconds: 4.0,
     many: 16,
-    cps_seconds: 10.0,
+    cps_seconds: 5.0,
     cps_concurrency: 64,
     cps_sources: 12000,
     flood_seconds: 30.0,
@@ -107,34 +110,30 @@ fn s<T: ToString>(x: T) -> String {
     x.to_string()
 }
 
-fn measure(target: SocketAddr, guard: Option<&Proc>, plan: &Plan) -> Result<Measures, String> {
-    let t = s(target);
-    let mut m = Measures::default();
-    for (n, slot) in [(1, &mut m.bulk_one), (plan.many, &mut m.bulk_many)] {
-        let v = load(
-            &[
-                s("bulk"),
-                s("--target"),
-                t.clone(),
-                s("--connections"),
-                s(n),
-                s("--seconds"),
-                s(plan.bulk_seconds),
-            ],
-            plan.bulk_seconds,
-        )?;
-        *slot = f(&v, "bytes_per_second");
-        eprintln!(
-            "  bulk x{n}: {:.2} Gbit/s ({} failed)",
-            *slot * 8e-9,
-            v["errors"]
-        );
-    }
+/// One bulk run: bytes per second.
+fn bulk(target: SocketAddr, n: u32, plan: &Plan) -> Result<f64, String> {
+    let v = load(
+        &[
+            s("bulk"),
+            s("--target"),
+            s(target),
+            s("--connections"),
+            s(n),
+            s("--seconds"),
+            s(plan.bulk_seconds),
+        ],
+        plan.bulk_seconds,
+    )?;
+    Ok(f(&v, "bytes_per_second"))
+}
+
+/// One connections-per-second run: (rate, failed share).
+fn cps(target: SocketAddr, plan: &Plan) -> Result<(f64, f64), String> {
     let v = load(
         &[
             s("cps"),
             s("--target"),
-            t.clone(),
+            s(target),
             s("--concurrency"),
             s(plan.cps_concurrency),
             s("--sources"),
@@ -144,18 +143,23 @@ fn measure(target: SocketAddr, guard: Option<&Proc>, plan: &Plan) -> Result<Meas
         ],
         plan.cps_seconds,
     )?;
-    m.cps = f(&v, "per_second");
     let (ok, err) = (f(&v, "ok"), f(&v, "errors"));
-    m.cps_errors = err / (ok + err).max(1.0);
-    eprintln!("  connections per second: {:.0} ({err} failed)", m.cps);
-    // Let the connections of the cps run close before measuring memory.
-    std::thread::sleep(Duration::from_millis(500));
+    Ok((f(&v, "per_second"), err / (ok + err).max(1.0)))
+}
+
+/// The flood run, with memory before and after, into `m`.
+fn flood(
+    target: SocketAddr,
+    guard: Option<&Proc>,
+    plan: &Plan,
+    m: &mut Measures,
+) -> Result<(), String> {
     m.memory_before_kib = guard.map(Proc::memory_kib);
     let v = load(
         &[
             s("flood"),
             s("--target"),
-            t.clone(),
+            s(target),
             s("--flood-sources"),
             s(plan.flood_sources),
             s("--rate"),
@@ -174,6 +178,7 @@ fn measure(target: SocketAddr, guard: Option<&Proc>, plan: &Plan) -> Result<Meas
     m.p99_ms = f(&v, "p99_ms");
     m.flood_started = v["flood_started"].as_u64().unwrap_or(0);
     m.flood_skipped = v["flood_skipped"].as_u64().unwrap_or(0);
+    // Let the flood's connections close before reading memory again.
     std::thread::sleep(Duration::from_millis(500));
     m.memory_after_kib = guard.map(Proc::memory_kib);
     eprintln!(
@@ -186,7 +191,16 @@ fn measure(target: SocketAddr, guard: Option<&Proc>, plan: &Plan) -> Result<Meas
         m.memory_before_kib,
         m.memory_after_kib
     );
-    Ok(m)
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 /// Starts the guard `name` in front of `backend`; `None` for direct.
@@ -268,20 +282,50 @@ fn run(o: &Options) -> Result<(), String> {
         cmd.args(["backend", "--listen", &backend.to_string()]);
         let mut echo = Proc::start("backend", cmd, &dir.join("backend.log"))?;
         echo.wait_listening(backend)?;
-        let mut all: [Measures; 4] = Default::default();
+        // Every target runs at once (an idle guard costs nothing) and the
+        // throughput and connection runs take turns, round after round:
+        // a burst of other work on the machine then hits every target
+        // alike, and the median of the rounds drops the outliers.
+        let mut running = Vec::new();
         for (i, name) in TARGETS.iter().enumerate() {
-            if !o.only.iter().any(|x| x == name) {
-                continue;
+            if o.only.iter().any(|x| x == name) {
+                let started = start(name, backend, &dir)?;
+                running.push((i, *name, started));
             }
-            eprintln!("== {name}");
-            let started = start(name, backend, &dir)?;
-            let (guard, target) = match &started {
-                Some((p, addr)) => (Some(p), *addr),
-                None => (None, backend),
-            };
-            all[i] = measure(target, guard, &plan)?;
-            drop(started);
         }
+        let target = |r: &Option<(Proc, SocketAddr)>| r.as_ref().map_or(backend, |(_, a)| *a);
+        let mut samples: Vec<[Vec<f64>; 3]> = (0..4).map(|_| Default::default()).collect();
+        let mut cps_errors = [0f64; 4];
+        for round in 1..=plan.rounds {
+            eprintln!("== round {round} of {}", plan.rounds);
+            for (i, name, r) in &running {
+                let one = bulk(target(r), 1, &plan)?;
+                let many = bulk(target(r), plan.many, &plan)?;
+                let (rate, err) = cps(target(r), &plan)?;
+                eprintln!(
+                    "  {name:8} bulk x1 {:6.2} Gbit/s, x{} {:6.2} Gbit/s, {rate:7.0} connections/s ({:.1}% failed)",
+                    one * 8e-9,
+                    plan.many,
+                    many * 8e-9,
+                    err * 100.0
+                );
+                samples[*i][0].push(one);
+                samples[*i][1].push(many);
+                samples[*i][2].push(rate);
+                cps_errors[*i] = cps_errors[*i].max(err);
+            }
+        }
+        let mut all: [Measures; 4] = Default::default();
+        for (i, name, r) in &running {
+            let m = &mut all[*i];
+            m.bulk_one = median(std::mem::take(&mut samples[*i][0]));
+            m.bulk_many = median(std::mem::take(&mut samples[*i][1]));
+            m.cps = median(std::mem::take(&mut samples[*i][2]));
+            m.cps_errors = cps_errors[*i];
+            eprintln!("== flood: {name}");
+            flood(target(r), r.as_ref().map(|(p, _)| p), &plan, m)?;
+        }
+        drop(running);
         drop(echo);
         Ok::<_, String>(all)
     })();
@@ -316,6 +360,7 @@ fn run(o: &Options) -> Result<(), String> {
         flood_sources: plan.flood_sources,
         flood_rate: plan.flood_rate,
         many: plan.many,
+        rounds: plan.rounds,
     });
     std::fs::write(&o.out, md).map_err(|e| format!("{}: {e}", o.out.display()))?;
     eprintln!("wrote {} and {}", o.out.display(), o.svg.display());
