@@ -2,7 +2,7 @@
 # mtguard, HAProxy and nginx side by side on loopback, plus the core's
 # criterion benchmarks; writes BENCHMARKS.md and benchmarks.svg.
 #
-#   ./bench.sh           the full form (about 8 minutes after the build)
+#   ./bench.sh           the full form (about 10 minutes after the build)
 #   ./bench.sh --quick   about two minutes after the build
 #
 # Installs haproxy and nginx (with its stream module) from Debian when they
