@@ -368,6 +368,8 @@ pub const TARGETS: [&str; 4] = ["direct", "mtguard", "haproxy", "nginx"];
 /// What was measured on one target.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Measures {
+    /// Whether this target was measured at all (`--only`).
+    pub ran: bool,
     /// Bulk throughput of one connection, bytes per second.
     pub bulk_one: f64,
     /// ... of many connections together.
@@ -402,9 +404,11 @@ struct Row {
 }
 
 fn rows(m: &[Measures; 4], many: u32) -> Vec<Row> {
-    let all = |f: &dyn Fn(&Measures) -> f64| m.iter().map(|x| Some(f(x))).collect();
+    let all = |f: &dyn Fn(&Measures) -> f64| m.iter().map(|x| x.ran.then(|| f(x))).collect();
     let mem = |f: &dyn Fn(&Measures) -> Option<u64>| {
-        m.iter().map(|x| f(x).map(|k| k as f64 / 1024.0)).collect()
+        m.iter()
+            .map(|x| f(x).filter(|_| x.ran).map(|k| k as f64 / 1024.0))
+            .collect()
     };
     vec![
         Row {
@@ -788,6 +792,7 @@ mod tests {
     fn ratios_divide_mtguard_by_the_peer() {
         let mut m: [Measures; 4] = Default::default();
         for (i, x) in m.iter_mut().enumerate() {
+            x.ran = true;
             x.cps = 1000.0 * (i as f64 + 1.0);
         }
         let t = ratio_table(&m, 16);
@@ -798,5 +803,16 @@ mod tests {
         // mtguard 2,000; direct 1,000; HAProxy 3,000; nginx 4,000.
         assert!(row.ends_with("| 2.00 | 0.67 | 0.50 |"), "{row}");
         assert!(row.contains("| 1,000 | 2,000 | 3,000 | 4,000 |"), "{row}");
+        // A target left out with --only shows no figure and no ratio.
+        m[2].ran = false;
+        let t = ratio_table(&m, 16);
+        let row = t
+            .lines()
+            .find(|l| l.starts_with("| connections per second"))
+            .unwrap();
+        assert!(
+            row.contains("| 2,000 | — | 4,000 | 2.00 | — | 0.50 |"),
+            "{row}"
+        );
     }
 }

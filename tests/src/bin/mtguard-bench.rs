@@ -87,7 +87,15 @@ fn parse() -> Result<Options, String> {
             "--out" => o.out = value()?.into(),
             "--svg" => o.svg = value()?.into(),
             "--criterion" => o.criterion = Some(value()?.into()),
-            "--only" => o.only = value()?.split(',').map(str::to_owned).collect(),
+            "--only" => {
+                o.only = value()?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = o.only.iter().find(|t| !TARGETS.contains(&t.as_str())) {
+                    return Err(format!(
+                        "--only: unknown target {bad:?}; known: {}",
+                        TARGETS.join(", ")
+                    ));
+                }
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -318,6 +326,7 @@ fn run(o: &Options) -> Result<(), String> {
         let mut all: [Measures; 4] = Default::default();
         for (i, name, r) in &running {
             let m = &mut all[*i];
+            m.ran = true;
             m.bulk_one = median(std::mem::take(&mut samples[*i][0]));
             m.bulk_many = median(std::mem::take(&mut samples[*i][1]));
             m.cps = median(std::mem::take(&mut samples[*i][2]));
