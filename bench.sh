@@ -48,7 +48,8 @@ echo "== criterion: cargo bench -p mtguard-core" >&2
 rm -rf "$CARGO_TARGET_DIR/criterion"
 # Named benches only: the library's libtest harness would refuse criterion's
 # options.
-timeout -k 10 "$limit" cargo bench -q -p mtguard-core \
+# --foreground: Ctrl-C reaches the benches (each one ends on its own).
+timeout --foreground -k 10 "$limit" cargo bench -q -p mtguard-core \
     --bench admission --bench handshake --bench pins -- "${criterion_args[@]}" >&2
 
 # Thousands of connections in flight: the flood, the guard and the backend
@@ -59,9 +60,11 @@ echo "== load tests" >&2
 # timeout makes itself the leader of a new process group and, at the limit,
 # signals that whole group: the driver, the guards, nginx's workers, the
 # backend and the load generator.
+work=$(mktemp -d /tmp/mtguard-bench.XXXXXX)
 timeout -k 10 "$limit" "$CARGO_TARGET_DIR/release/mtguard-bench" "${quick[@]}" \
-    --criterion "$CARGO_TARGET_DIR/criterion" --out BENCHMARKS.md --svg benchmarks.svg &
+    --criterion "$CARGO_TARGET_DIR/criterion" --out BENCHMARKS.md --svg benchmarks.svg \
+    --work-dir "$work" &
 pid=$!
-trap 'kill -TERM -- -"$pid" 2>/dev/null || true; sleep 1; kill -KILL -- -"$pid" 2>/dev/null || true' EXIT
+trap 'kill -TERM -- -"$pid" 2>/dev/null || true; sleep 1; kill -KILL -- -"$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 wait "$pid"

@@ -5,6 +5,7 @@
 //! ```text
 //! mtguard-bench [--quick] [--out BENCHMARKS.md] [--svg benchmarks.svg]
 //!               [--criterion target/criterion] [--only mtguard,haproxy]
+//!               [--work-dir DIR]
 //! ```
 //!
 //! Every process it starts is stopped when it is done with it, and when it
@@ -69,6 +70,7 @@ struct Options {
     svg: PathBuf,
     criterion: Option<PathBuf>,
     only: Vec<String>,
+    work_dir: Option<PathBuf>,
 }
 
 fn parse() -> Result<Options, String> {
@@ -78,6 +80,7 @@ fn parse() -> Result<Options, String> {
         svg: "benchmarks.svg".into(),
         criterion: None,
         only: TARGETS.iter().map(|s| s.to_string()).collect(),
+        work_dir: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -87,6 +90,7 @@ fn parse() -> Result<Options, String> {
             "--out" => o.out = value()?.into(),
             "--svg" => o.svg = value()?.into(),
             "--criterion" => o.criterion = Some(value()?.into()),
+            "--work-dir" => o.work_dir = Some(value()?.into()),
             "--only" => {
                 o.only = value()?.split(',').map(str::to_owned).collect();
                 if let Some(bad) = o.only.iter().find(|t| !TARGETS.contains(&t.as_str())) {
@@ -281,7 +285,11 @@ fn load_now() -> String {
 
 fn run(o: &Options) -> Result<(), String> {
     let plan = if o.quick { QUICK } else { FULL };
-    let dir = std::env::temp_dir().join(format!("mtguard-bench-{}", std::process::id()));
+    // Configs, logs and mtguard's state; removed at the end (./bench.sh
+    // passes its own and also removes it if this process is killed).
+    let dir = o.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("mtguard-bench-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let load_before = load_now();
     let result = (|| {
