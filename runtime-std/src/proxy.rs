@@ -444,7 +444,9 @@ impl Connection {
     ) -> End {
         let guard = &self.registration.guard;
         let id = self.registration.id;
-        let mut buf = vec![0u8; COPY_BUFFER];
+        // Capacity, not zeroed length: reads go into the spare capacity
+        // (`read_buf`), so no connection pays for zeroing its buffers.
+        let mut buf = Vec::with_capacity(COPY_BUFFER);
 
         let mut inspector = self
             .mtproto
@@ -541,7 +543,7 @@ impl Connection {
         &self,
         client: &mut TcpStream,
         reason: Invalid,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
         len: usize,
     ) -> End {
         let mask_backend = match self.mtproto.as_deref() {
@@ -573,7 +575,7 @@ impl Connection {
         client: &mut TcpStream,
         mut backend: B,
         header: Option<Vec<u8>>,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
         first: usize,
     ) -> Result<(u64, u64), End> {
         let activity = Activity::new();
@@ -584,7 +586,7 @@ impl Connection {
             // The first bytes go on their own write, as the client sent them.
             backend.write_all(&buf[..first]).await?;
             activity.touch();
-            let mut down = vec![0u8; COPY_BUFFER];
+            let mut down = Vec::with_capacity(COPY_BUFFER);
             let (mut client_read, mut client_write) = client.split();
             // tokio's generic split (a TLS stream has no borrowed halves):
             // both halves are polled from this one task, so its lock is
@@ -623,19 +625,18 @@ async fn read_handshake(
     buf: &mut Vec<u8>,
     mut inspection: Option<(&Arc<Mtproto>, &mut Option<Box<Inspector>>)>,
 ) -> Result<usize, End> {
-    let mut len = 0;
     loop {
-        if len == buf.len() {
+        if buf.len() == buf.capacity() {
             if buf.len() >= HANDSHAKE_MAX {
                 return Err(End::Refused(HandshakeOutcome::Invalid));
             }
-            buf.resize(HANDSHAKE_MAX, 0);
+            buf.reserve_exact(HANDSHAKE_MAX - buf.len());
         }
-        let n = client.read(&mut buf[len..]).await.map_err(End::Io)?;
+        let n = client.read_buf(buf).await.map_err(End::Io)?;
         if n == 0 {
             return Err(End::ClientGone);
         }
-        len += n;
+        let len = buf.len();
         if let Some((mtproto, inspector)) = inspection.as_mut() {
             match crate::mtproto::feed(mtproto, inspector, &buf[len - n..len]).await {
                 Verdict::NeedMore => continue,
@@ -736,7 +737,7 @@ impl Activity {
 async fn pump<R, W>(
     reader: &mut R,
     writer: &mut W,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
     activity: &Activity,
 ) -> io::Result<u64>
 where
@@ -745,7 +746,10 @@ where
 {
     let mut total = 0u64;
     loop {
-        let n = reader.read(buf).await?;
+        // What was already forwarded (the first bytes, the last read) is
+        // dropped; the read fills the capacity and never grows it.
+        buf.clear();
+        let n = reader.read_buf(buf).await?;
         if n == 0 {
             writer.shutdown().await?;
             return Ok(total);

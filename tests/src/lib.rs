@@ -304,6 +304,9 @@ impl Drop for Server {
     }
 }
 
+pub mod bench;
+pub mod load;
+
 // ----- helpers of the adversarial tests -----
 
 /// One blocking HTTP/1.1 request on its own connection: `(status, body)`.
