@@ -5,8 +5,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod crowdsec;
 pub mod demo;
 pub mod engine;
+pub mod kernel;
 pub mod mtproto;
 pub mod proxy;
 pub mod server;
