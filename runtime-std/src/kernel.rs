@@ -372,13 +372,16 @@ async fn run(guard: Arc<Guard>, mirror: Mirror, mut events: mpsc::Receiver<Event
         let Err(e) = result.unwrap_or_else(|j| Err(j.to_string())) else {
             continue;
         };
-        status().error(&e);
         if full {
+            status().error(&e);
             tracing::warn!(error = %e, "nftables reconciliation failed; retrying later");
             continue;
         }
-        // An element the kernel already expired, or one a dropped event
-        // left out: the sets are repaired from the engine.
+        // Most often an element the kernel expired a moment before the
+        // engine (deleting it fails the transaction), or one a dropped
+        // event left out: not an error if the sets can be repaired from
+        // the engine.
+        tracing::debug!(error = %e, "nftables update failed; reconciling");
         let want = wanted(&guard);
         present = want.keys().map(|k| (*k, ())).collect();
         let m = mirror.clone();

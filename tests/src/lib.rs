@@ -215,7 +215,21 @@ impl Server {
     /// Starts `mtguard run` with `args`, and waits until `ready` appears in
     /// its log (or it exits, or 30 s pass).
     pub fn start(args: &[&str], ready: &str) -> Result<Server, String> {
-        let mut child = Command::new(mtguard_bin())
+        Server::start_in(&[], args, ready)
+    }
+
+    /// [`Server::start`] under a command that execs the rest, such as
+    /// `ip netns exec NAME` (the child's pid is then the guard's).
+    pub fn start_in(prefix: &[&str], args: &[&str], ready: &str) -> Result<Server, String> {
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(mtguard_bin());
+                c
+            }
+            None => Command::new(mtguard_bin()),
+        };
+        let mut child = command
             .arg("run")
             .args(args)
             .stdin(Stdio::null())
