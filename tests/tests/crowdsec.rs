@@ -417,3 +417,86 @@ fn a_fleet_shares_blocks_through_a_real_local_api() {
     assert!(served_from(ip(4), b.listen));
     assert!(a.server.child.id() > 0 && b.server.child.id() > 0);
 }
+
+#[test]
+fn crowdsec_and_kernel_keys_parse_and_mistakes_name_key_and_line() {
+    use mtguard::config::Config;
+    let ok = Config::parse(
+        "[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\napi_key_file = \"/k\"\n\
+         machine_id = \"n1\"\npassword_file = \"/p\"\n[kernel]\nnft_set = \"ip filter drop_me\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let c = ok.crowdsec.unwrap();
+    assert_eq!(c.lapi_url, "http://127.0.0.1:8080/");
+    assert_eq!(c.poll_interval, Duration::from_secs(10));
+    assert_eq!(c.machine_id.as_deref(), Some("n1"));
+    let set = ok.kernel.nft_set.unwrap();
+    assert_eq!(
+        (&*set.family, &*set.table, &*set.set),
+        ("ip", "filter", "drop_me")
+    );
+    assert_eq!(Config::parse("", "t.toml").unwrap().crowdsec, None);
+
+    for (text, line, key, says) in [
+        (
+            "[crowdsec]\napi_key_file = \"/k\"\n",
+            1,
+            "[crowdsec]",
+            "lapi_url is required",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"127.0.0.1:8080\"\napi_key_file = \"/k\"\n",
+            2,
+            "[crowdsec] lapi_url",
+            "invalid URL",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://h:1\"\n",
+            1,
+            "[crowdsec]",
+            "set api_key_file",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://h:1\"\nmachine_id = \"m\"\n",
+            3,
+            "[crowdsec] machine_id",
+            "password_file",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://h:1\"\napi_key_file = \"/k\"\npoll_interval = \"5\"\n",
+            4,
+            "[crowdsec] poll_interval",
+            "invalid duration",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://h:1\"\napi_key = \"x\"\n",
+            3,
+            "[crowdsec]",
+            "unknown key",
+        ),
+        (
+            "[kernel]\nnft_set = \"inet mtguard\"\n",
+            2,
+            "[kernel] nft_set",
+            "FAMILY TABLE SET",
+        ),
+        (
+            "[kernel]\nnft_set = \"arp t s\"\n",
+            2,
+            "[kernel] nft_set",
+            "family",
+        ),
+        (
+            "[kernel]\nnft_set = \"inet t s;x\"\n",
+            2,
+            "[kernel] nft_set",
+            "not an nftables name",
+        ),
+    ] {
+        let err = Config::parse(text, "t.toml").expect_err(text);
+        assert_eq!(err.line(), Some(line), "{err}");
+        assert_eq!(err.key(), Some(key), "{err}");
+        assert!(err.message().contains(says), "{err}");
+    }
+}
