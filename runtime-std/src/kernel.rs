@@ -311,21 +311,30 @@ fn wanted(guard: &Guard) -> Want {
 pub fn start(guard: &Arc<Guard>, set: NftSet) -> anyhow::Result<()> {
     let prefix = guard.with(|e, _| e.policy().ipv6_prefix);
     let mirror = Mirror::new(set.clone(), prefix);
+    // Subscribed first: a block decided during the reconciliation waits
+    // in the queue instead of being missed.
     let events = guard.subscribe(QUEUE);
+    let want = wanted(guard);
     mirror
-        .reconcile(&wanted(guard))
+        .reconcile(&want)
         .map_err(|e| anyhow::anyhow!("[kernel] nft_set = \"{set}\": {e}"))?;
     status().enabled.store(true, Ordering::Relaxed);
     tracing::info!(nft_set = %set, "mirroring blocks into nftables");
-    tokio::spawn(run(guard.clone(), mirror, events));
+    let present = want.keys().map(|k| (*k, ())).collect();
+    tokio::spawn(run(guard.clone(), mirror, events, present));
     Ok(())
 }
 
-async fn run(guard: Arc<Guard>, mirror: Mirror, mut events: mpsc::Receiver<Event>) {
+/// `present`: the elements the sets hold, as far as the mirror knows.
+async fn run(
+    guard: Arc<Guard>,
+    mirror: Mirror,
+    mut events: mpsc::Receiver<Event>,
+    mut present: HashMap<ClientKey, ()>,
+) {
     let mirror = Arc::new(mirror);
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
     tick.tick().await;
-    let mut present: HashMap<ClientKey, ()> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         batch.clear();
