@@ -772,6 +772,68 @@ mod tests {
     }
 
     #[test]
+    fn own_blocks_are_reported_once_and_shared_ones_never() {
+        use mtguard_core::{Level, Policy};
+        let guard = Guard::new(
+            Policy::for_level(Level::Standard),
+            crate::engine::Capacity {
+                clients: 64,
+                connections: 64,
+                prefixes: 4,
+            },
+            Box::new(crate::engine::LogEvents { ipv6_prefix: 64 }),
+        )
+        .unwrap();
+        let watcher = Watcher {
+            guard: guard.clone(),
+            client: http_client().unwrap(),
+            url: "http://127.0.0.1:1/".into(),
+            machine: "m".into(),
+            password: "p".into(),
+            token: None,
+        };
+        let key = |d: u8| ClientKey::new(IpAddr::from([192, 0, 2, d]), 64);
+        let until = Some(guard.now().saturating_add(Duration::from_secs(300)));
+        let blocked = |d: u8, cause| Event::Blocked {
+            client: key(d),
+            cause,
+            until,
+            offences: 1,
+        };
+        let batch = [
+            Event::ScannerDetected { client: key(1) },
+            blocked(1, BlockCause::Scanner),
+            blocked(2, BlockCause::External),
+            blocked(3, BlockCause::Manual),
+            blocked(4, BlockCause::Violations),
+            Event::ReplayDetected { client: key(5) },
+        ];
+        let reports = watcher.reports(&batch);
+        let got: Vec<(u8, &str, bool)> = reports
+            .iter()
+            .map(|r| match r.client.to_ip() {
+                IpAddr::V4(a) => (a.octets()[3], r.scenario, r.ban.is_some()),
+                IpAddr::V6(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "mtguard/scanner", true),
+                (4, "mtguard/flood", true),
+                (5, "mtguard/replay", false),
+            ]
+        );
+        let ban = reports[0].ban.unwrap().as_secs();
+        assert!((299..=300).contains(&ban), "{ban}");
+        let alert = watcher.alert(&reports[0]);
+        assert_eq!(alert["source"]["value"], "192.0.2.1");
+        assert_eq!(alert["decisions"][0]["type"], "ban");
+        assert_eq!(alert["decisions"][0]["scope"], "Ip");
+        assert!(watcher.alert(&reports[2]).get("decisions").is_none());
+    }
+
+    #[test]
     fn only_bans_on_addresses_and_ranges_are_applied() {
         let d = |kind: &str, scope: &str, value: &str| Decision {
             id: 1,

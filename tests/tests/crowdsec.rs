@@ -415,7 +415,60 @@ fn a_fleet_shares_blocks_through_a_real_local_api() {
     assert!(text.contains("mtguard_crowdsec_lapi_up 0"), "{text}");
     // Still serving everyone else.
     assert!(served_from(ip(4), b.listen));
-    assert!(a.server.child.id() > 0 && b.server.child.id() > 0);
+
+    // Back up (same database): both resume after their backoff and follow
+    // the stream again.
+    lapi.start();
+    for node in [&a, &b] {
+        wait_until(
+            "the guard to reach the Local API again",
+            Duration::from_secs(60),
+            || admin_get(node.admin, "/v1/status")["crowdsec"]["lapi_up"] == true,
+        );
+    }
+    lapi.cscli(&["decisions", "delete", "--ip", &kept.to_string()]);
+    wait_until(
+        "both to lift the ban deleted after the outage",
+        DEADLINE,
+        || block_cause(&a, kept).is_none() && block_cause(&b, kept).is_none(),
+    );
+    assert!(served_from(kept, b.listen));
+    assert!(a.server.logged("CrowdSec Local API reachable again"));
+}
+
+/// The fan-out to CrowdSec and nftables is bounded: a consumer that does
+/// not keep up loses events (counted), and admission goes on.
+#[test]
+fn observers_get_blocks_and_detections_and_a_full_queue_drops_them() {
+    use mtguard_core::{BlockCause, Event, Level, Policy};
+    let guard = mtguard_tests::test_guard(Policy::for_level(Level::Standard));
+    let mut rx = guard.subscribe(2);
+    for d in 1..=5 {
+        guard
+            .with(|e, now| {
+                e.block(
+                    now,
+                    ip(d),
+                    Some(Duration::from_secs(60)),
+                    BlockCause::Manual,
+                )
+            })
+            .unwrap();
+    }
+    assert_eq!(guard.observer_drops(), 3);
+    for d in 1..=2 {
+        match rx.try_recv().unwrap() {
+            Event::Blocked { client, cause, .. } => {
+                assert_eq!(client.to_ip(), ip(d));
+                assert_eq!(cause, BlockCause::Manual);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(rx.try_recv().is_err());
+    assert!(guard.with(|e, _| e.is_blocked(ip(5))), "blocks went on");
+    guard.with(|e, now| e.unblock(now, ip(1)));
+    assert!(matches!(rx.try_recv().unwrap(), Event::Unblocked { .. }));
 }
 
 #[test]
@@ -444,6 +497,12 @@ fn crowdsec_and_kernel_keys_parse_and_mistakes_name_key_and_line() {
             1,
             "[crowdsec]",
             "lapi_url is required",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"https://h:1\"\napi_key_file = \"/k\"\n",
+            2,
+            "[crowdsec] lapi_url",
+            "https is not supported",
         ),
         (
             "[crowdsec]\nlapi_url = \"127.0.0.1:8080\"\napi_key_file = \"/k\"\n",
