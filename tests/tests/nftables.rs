@@ -63,7 +63,27 @@ impl Netns {
                 &host,
             ]);
         }
+        // IPv6 without duplicate address detection, so the addresses work
+        // at once.
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/64", ns.ip6(1)),
+            "dev",
+            &host,
+            "nodad",
+        ]);
         run(&["ip", "link", "set", &host, "up"]);
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/64", ns.ip6(2)),
+            "dev",
+            &inner,
+            "nodad",
+        ]);
         ns.exec(&[
             "ip",
             "addr",
@@ -79,6 +99,36 @@ impl Netns {
 
     fn ip(&self, last: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(10, 211, self.net, last))
+    }
+
+    fn ip6(&self, last: u16) -> IpAddr {
+        IpAddr::V6(std::net::Ipv6Addr::new(
+            0xfd11,
+            self.net.into(),
+            0,
+            0,
+            0,
+            0,
+            0,
+            last,
+        ))
+    }
+
+    /// Elements of the IPv6 set: network address and prefix length.
+    fn elements6(&self) -> Vec<(IpAddr, u64)> {
+        let text = self.exec(&["nft", "-j", "list", "set", "inet", "mtguard", "blocked6"]);
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let mut out = Vec::new();
+        for item in doc["nftables"].as_array().unwrap() {
+            for e in item["set"]["elem"].as_array().into_iter().flatten() {
+                let prefix = &e["elem"]["val"]["prefix"];
+                out.push((
+                    prefix["addr"].as_str().unwrap().parse().unwrap(),
+                    prefix["len"].as_u64().unwrap(),
+                ));
+            }
+        }
+        out
     }
 
     fn exec(&self, cmd: &[&str]) -> String {
@@ -241,12 +291,13 @@ fn start_guard(ns: &Netns, dir: &Path, backend: SocketAddr, kernel: bool) -> Gua
         "off"
     };
     let config = format!(
-        "[server]\nlisten = [\"{listen}\"]\nbackend = \"{backend}\"\n\
+        "[server]\nlisten = [\"{listen}\", \"[{}]:4443\"]\nbackend = \"{backend}\"\n\
          [limits]\nblock_jitter_permille = 0\nattack_enter_per_second = 0\n\
          max_new_connections_per_window = 10000\nglobal_max_new_per_second = 100000\n\
          [admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\
          [state]\ndir = \"{}\"\n\
          [kernel]\nnft_set = \"{nft_set}\"\n",
+        ns.ip6(2),
         token.display(),
         dir.join("state").display(),
     );
@@ -281,7 +332,12 @@ fn served_from(from: IpAddr, to: SocketAddr) -> bool {
 /// Connects with a 1.5 s deadline: the error kind tells a dropped SYN
 /// (timed out) from a refusal (reset or refused).
 fn connect_error(from: IpAddr, to: SocketAddr) -> Option<std::io::ErrorKind> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
     s.bind(&SocketAddr::new(from, 0).into()).unwrap();
     s.connect_timeout(&to.into(), Duration::from_millis(1500))
         .err()
@@ -373,6 +429,37 @@ fn blocked_clients_are_dropped_by_the_kernel_before_the_handshake() {
         !ns.elements().iter().any(|(ip, _)| *ip == blocked)
     });
     assert!(served_from(blocked, g.listen));
+
+    // An IPv6 client is its /64, in the IPv6 set.
+    let v6 = ns.ip6(1);
+    let listen6 = SocketAddr::new(ns.ip6(2), 4443);
+    assert!(served_from(v6, listen6));
+    block(g.admin, v6, "10m");
+    wait_until("the IPv6 block to reach the set", || {
+        !ns.elements6().is_empty()
+    });
+    let net6 = IpAddr::V6(std::net::Ipv6Addr::new(
+        0xfd11,
+        ns.net.into(),
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ));
+    assert_eq!(ns.elements6(), [(net6, 64)]);
+    assert_eq!(
+        connect_error(v6, listen6),
+        Some(std::io::ErrorKind::TimedOut),
+        "IPv6 SYNs dropped too"
+    );
+    let (code, text) = http(g.admin, "DELETE", &format!("/v1/blocks/{v6}"), "");
+    assert!(code == 204 || code == 200, "{text}");
+    wait_until("the IPv6 element to leave the set", || {
+        ns.elements6().is_empty()
+    });
+    assert!(served_from(v6, listen6));
 
     // A short block leaves the set when it expires in the engine.
     block(g.admin, ns.ip(5), "2s");
