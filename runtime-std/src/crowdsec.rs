@@ -39,6 +39,9 @@ pub const MAX_DECISIONS: usize = 65_536;
 /// shared with the config's lists).
 pub const MAX_RANGES: usize = 1_024;
 
+/// The largest decision-stream answer read (about 200,000 decisions).
+pub const MAX_STREAM_BYTES: usize = 64 << 20;
+
 /// Alerts sent in one `POST /v1/alerts` at most.
 pub const ALERT_BATCH: usize = 100;
 
@@ -271,7 +274,7 @@ impl Bouncer {
             "{}v1/decisions/stream?startup={startup}&scopes=ip,range",
             self.url
         );
-        let response = self
+        let mut response = self
             .client
             .get(&url)
             .header("X-Api-Key", &self.key)
@@ -282,10 +285,23 @@ impl Bouncer {
         if !code.is_success() {
             return Err(format!("GET {url}: HTTP {code}"));
         }
-        response
-            .json::<Stream>()
+        // Read in pieces up to a bound: a first pull of a Local API fed
+        // with large blocklists is megabytes, and memory stays a number.
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| format!("GET {url}: bad answer: {e}"))
+            .map_err(|e| format!("GET {url}: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX_STREAM_BYTES {
+                return Err(format!(
+                    "GET {url}: answer larger than {} MiB",
+                    MAX_STREAM_BYTES >> 20
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: bad answer: {e}"))
     }
 
     fn apply(&mut self, stream: Stream, startup: bool) {
