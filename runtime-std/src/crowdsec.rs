@@ -414,12 +414,44 @@ impl Bouncer {
                 }
             }
         }
+        if startup {
+            self.lift_uncovered(prefix);
+        }
         if ranges_changed {
             self.apply_ranges();
         }
         status
             .decisions
             .store(self.decisions.len() as u64, Ordering::Relaxed);
+    }
+
+    /// After a full list: lifts the engine's `external` blocks no decision
+    /// covers any more, such as those restored from the state of a run
+    /// whose decisions were deleted while the guard was down.
+    fn lift_uncovered(&self, prefix: u8) {
+        let covered: HashSet<ClientKey> = self
+            .decisions
+            .values()
+            .filter_map(|h| match h.target {
+                Target::Client(k) => Some(k),
+                Target::Range(_) => None,
+            })
+            .collect();
+        let lifted = self.guard.with(|e, now| {
+            let stale: Vec<ClientKey> = e
+                .blocks()
+                .filter(|b| b.cause == BlockCause::External && !covered.contains(&b.client))
+                .map(|b| b.client)
+                .collect();
+            for key in &stale {
+                e.unblock_key(now, *key);
+            }
+            stale
+        });
+        for key in lifted {
+            status().removed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client = %key.display(prefix), "no CrowdSec decision covers this block any more: unblocked");
+        }
     }
 
     /// Forgets decisions past their end (the engine ends the blocks on its

@@ -186,6 +186,7 @@ struct Node {
     listen: SocketAddr,
     admin: SocketAddr,
     server: Server,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -224,6 +225,7 @@ fn node(name: &str, lapi: &Lapi, backend: SocketAddr, inspect: bool) -> Node {
         listen,
         admin,
         server,
+        config: path,
         _dir: dir,
     }
 }
@@ -434,6 +436,36 @@ fn a_fleet_shares_blocks_through_a_real_local_api() {
     );
     assert!(served_from(kept, b.listen));
     assert!(a.server.logged("CrowdSec Local API reachable again"));
+
+    // A ban deleted while B was down: B restores it from its state, and
+    // its first full pull lifts it.
+    let missed = ip(5);
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &missed.to_string(),
+        "--duration",
+        "1h",
+    ]);
+    wait_until("B to apply the third ban", DEADLINE, || {
+        block_cause(&b, missed).is_some()
+    });
+    let server = b.server;
+    assert_eq!(server.stop().code(), Some(0));
+    lapi.cscli(&["decisions", "delete", "--ip", &missed.to_string()]);
+    let b = Node {
+        server: Server::start(&["--config", b.config.to_str().unwrap()], "guarding").unwrap(),
+        ..b
+    };
+    wait_until(
+        "B to lift the ban deleted while it was down",
+        DEADLINE,
+        || block_cause(&b, missed).is_none(),
+    );
+    assert!(served_from(missed, b.listen));
+    // The shared scanner block survived the restart and is still covered.
+    assert_eq!(block_cause(&b, scanner).as_deref(), Some("external"));
 }
 
 /// The fan-out to CrowdSec and nftables is bounded: a consumer that does
