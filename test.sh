@@ -12,6 +12,10 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # shipped ruleset with nft (nftables).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+# The HSM tests (tests/tests/hsm.rs): SoftHSM2 as the token, OpenSC's
+# pkcs11-tool as the independent look at what is stored in it.
+[ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
 if ((${#need_apt[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

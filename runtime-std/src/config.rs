@@ -50,6 +50,9 @@ pub struct Config {
     pub crowdsec: Option<CrowdsecConfig>,
     /// `[kernel]`: the nftables mirror of blocks.
     pub kernel: KernelConfig,
+    /// `[hsm]`: the PKCS#11 token holding `hsm:` secrets and the key that
+    /// seals the state file; `None` without the table.
+    pub hsm: Option<HsmConfig>,
     /// The name errors and [`Config::describe`] use for the file.
     source_name: String,
     /// The file it was loaded from, if any.
@@ -134,8 +137,12 @@ pub struct AdminConfig {
 /// `[mtproto]`: MTProto handshake inspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MtprotoConfig {
-    /// The proxy's secrets (classic, `dd` or `ee`), in the order written.
+    /// The proxy's secrets (classic, `dd` or `ee`) written inline, in the
+    /// order written.
     pub secrets: Vec<Secret>,
+    /// Labels of the secrets written `hsm:<label>`, in the order written:
+    /// keys in the `[hsm]` token. Their indices follow the inline ones.
+    pub hsm_secrets: Vec<String>,
     /// `inspect` as written; absent, inspection is on when there are
     /// secrets (see [`MtprotoConfig::inspecting`]).
     pub inspect: Option<bool>,
@@ -157,6 +164,7 @@ impl Default for MtprotoConfig {
     fn default() -> Self {
         MtprotoConfig {
             secrets: Vec::new(),
+            hsm_secrets: Vec::new(),
             inspect: None,
             on_probe: OnProbe::Close,
             mask_backend: None,
@@ -171,7 +179,12 @@ impl MtprotoConfig {
     /// Whether handshakes are inspected: `inspect` if written, else whether
     /// there are secrets.
     pub fn inspecting(&self) -> bool {
-        self.inspect.unwrap_or(!self.secrets.is_empty())
+        self.inspect.unwrap_or(self.secret_count() > 0)
+    }
+
+    /// Inline and `hsm:` secrets together.
+    pub fn secret_count(&self) -> usize {
+        self.secrets.len() + self.hsm_secrets.len()
     }
 
     /// The fake-TLS timestamp window.
@@ -268,6 +281,52 @@ impl fmt::Display for NftSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} {}", self.family, self.table, self.set)
     }
+}
+
+/// `[hsm]`: a PKCS#11 token. The PIN itself is never part of the config:
+/// it is read from `pin_file` or the environment variable `pin_env` when
+/// the token is opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HsmConfig {
+    /// The PKCS#11 module (shared library) of the token's vendor.
+    pub module: PathBuf,
+    /// The token's label (never its slot number, which can change when
+    /// tokens come and go).
+    pub token: String,
+    /// Where the user PIN comes from.
+    pub pin: PinSource,
+    /// Label of the token key that seals the state file.
+    pub integrity_key: String,
+}
+
+/// Where the user PIN of the token is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinSource {
+    /// A file holding the PIN (surrounding whitespace ignored).
+    File(PathBuf),
+    /// An environment variable holding the PIN.
+    Env(String),
+}
+
+/// Default `[hsm] integrity_key`.
+pub const DEFAULT_INTEGRITY_KEY: &str = "mtguard-integrity";
+
+/// Longest label accepted for a token or a key: PKCS#11 token labels are
+/// 32 bytes; key labels have no limit, but a short one fits every tool.
+pub const LABEL_MAX: usize = 32;
+
+/// Whether `label` can name a token or a key: printable ASCII without
+/// leading or trailing spaces, 1 to [`LABEL_MAX`] bytes.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.is_empty() || label.len() > LABEL_MAX {
+        return Err(format!("label {label:?} must be 1 to {LABEL_MAX} bytes"));
+    }
+    if !label.bytes().all(|b| (0x20..0x7f).contains(&b)) || label.trim() != label {
+        return Err(format!(
+            "label {label:?} must be printable ASCII without surrounding spaces"
+        ));
+    }
+    Ok(())
 }
 
 /// `[state]`.
@@ -590,6 +649,7 @@ struct RawConfig {
     mtproto: Option<RawMtproto>,
     crowdsec: Option<Spanned<RawCrowdsec>>,
     kernel: Option<RawKernel>,
+    hsm: Option<RawHsm>,
 }
 
 #[derive(Deserialize, Default)]
@@ -606,6 +666,16 @@ struct RawCrowdsec {
 #[serde(deny_unknown_fields)]
 struct RawKernel {
     nft_set: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHsm {
+    module: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    pin_file: Option<Spanned<String>>,
+    pin_env: Option<Spanned<String>>,
+    integrity_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -662,6 +732,8 @@ struct Parse<'a> {
     source: &'a str,
     base: Option<&'a Path>,
     lines: BTreeMap<String, usize>,
+    /// Whether the file has an `[hsm]` table (for `hsm:` secrets).
+    has_hsm: bool,
 }
 
 impl Parse<'_> {
@@ -711,6 +783,71 @@ impl Parse<'_> {
         Ok(Some(d))
     }
 
+    /// `[hsm]`, checked as a whole.
+    fn hsm(&mut self, raw: RawHsm, span: &Range<usize>) -> Result<HsmConfig, ConfigError> {
+        let module = match &raw.module {
+            Some(m) => {
+                self.note("[hsm] module", &m.span());
+                self.path(m, "[hsm] module")?
+            }
+            None => {
+                let m = "missing: the path of the token's PKCS#11 module \
+                         (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)";
+                return Err(self.error(span, "[hsm] module", m));
+            }
+        };
+        let token = match &raw.token {
+            Some(t) => {
+                self.note("[hsm] token", &t.span());
+                check_label(t.get_ref()).map_err(|m| self.error(&t.span(), "[hsm] token", m))?;
+                t.get_ref().clone()
+            }
+            None => {
+                let m = "missing: the label of the token";
+                return Err(self.error(span, "[hsm] token", m));
+            }
+        };
+        let pin = match (&raw.pin_file, &raw.pin_env) {
+            (Some(f), None) => {
+                self.note("[hsm] pin_file", &f.span());
+                PinSource::File(self.path(f, "[hsm] pin_file")?)
+            }
+            (None, Some(e)) => {
+                self.note("[hsm] pin_env", &e.span());
+                let name = e.get_ref();
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    let m = format!("{name:?} is not an environment variable name");
+                    return Err(self.error(&e.span(), "[hsm] pin_env", m));
+                }
+                PinSource::Env(name.clone())
+            }
+            (Some(_), Some(e)) => {
+                let m = "give pin_file or pin_env, not both";
+                return Err(self.error(&e.span(), "[hsm] pin_env", m));
+            }
+            (None, None) => {
+                let m = "missing: the file (pin_file) or environment variable (pin_env) \
+                         holding the user PIN; the PIN is never written in the config";
+                return Err(self.error(span, "[hsm] pin_file", m));
+            }
+        };
+        let integrity_key = match &raw.integrity_key {
+            Some(k) => {
+                self.note("[hsm] integrity_key", &k.span());
+                check_label(k.get_ref())
+                    .map_err(|m| self.error(&k.span(), "[hsm] integrity_key", m))?;
+                k.get_ref().clone()
+            }
+            None => DEFAULT_INTEGRITY_KEY.to_owned(),
+        };
+        Ok(HsmConfig {
+            module,
+            token,
+            pin,
+            integrity_key,
+        })
+    }
+
     /// `[mtproto]`, checked as a whole.
     fn mtproto(&mut self, raw: RawMtproto) -> Result<MtprotoConfig, ConfigError> {
         let mut out = MtprotoConfig::default();
@@ -724,10 +861,27 @@ impl Parse<'_> {
                     let m = format!("at most {MAX_SECRETS} secrets");
                     return Err(self.error(&value.span(), &key, m));
                 }
+                if let Some(label) = value.get_ref().strip_prefix("hsm:") {
+                    check_label(label).map_err(|m| self.error(&value.span(), &key, m))?;
+                    if !self.has_hsm {
+                        let m = format!(
+                            "{:?} needs an [hsm] table (the token that holds it)",
+                            value.get_ref()
+                        );
+                        return Err(self.error(&value.span(), &key, m));
+                    }
+                    if out.hsm_secrets.iter().any(|l| l == label) {
+                        let m = format!("hsm:{label} is listed twice");
+                        return Err(self.error(&value.span(), &key, m));
+                    }
+                    out.hsm_secrets.push(label.to_owned());
+                    continue;
+                }
                 let secret = Secret::parse(value.get_ref()).map_err(|e| {
                     let m = format!(
                         "invalid secret: {e} (expected 32 hex digits, dd + 32 hex digits, \
-                         ee + 32 hex digits + the hex of the domain, or the same bytes in base64url)"
+                         ee + 32 hex digits + the hex of the domain, the same bytes in base64url, \
+                         or hsm:<label>)"
                     );
                     self.error(&value.span(), &key, m)
                 })?;
@@ -737,7 +891,7 @@ impl Parse<'_> {
         if let Some(inspect) = &raw.inspect {
             let key = "[mtproto] inspect";
             self.note(key, &inspect.span());
-            if *inspect.get_ref() && out.secrets.is_empty() {
+            if *inspect.get_ref() && out.secret_count() == 0 {
                 let m = "inspection needs at least one secret in [mtproto] secrets";
                 return Err(self.error(&inspect.span(), key, m));
             }
@@ -1067,6 +1221,18 @@ fn toml_error(error: &toml::de::Error, text: &str, source: &str) -> ConfigError 
     }
 }
 
+/// Where the `[hsm]` table starts, for errors about keys missing from it.
+fn hsm_table_span(text: &str) -> Range<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_start().starts_with("[hsm]") {
+            return offset..offset + line.len();
+        }
+        offset += line.len();
+    }
+    0..0
+}
+
 fn check_backend(backend: &str) -> Result<(), String> {
     let bad = |why: &str| {
         Err(format!(
@@ -1142,6 +1308,7 @@ impl Config {
             mtproto: MtprotoConfig::default(),
             crowdsec: None,
             kernel: KernelConfig::default(),
+            hsm: None,
             source_name: "embedded default".into(),
             path: None,
             lines: BTreeMap::new(),
@@ -1177,6 +1344,7 @@ impl Config {
             source: source_name,
             base,
             lines: BTreeMap::new(),
+            has_hsm: raw.hsm.is_some(),
         };
         let mut config = Config::embedded_default();
         config.source_name = source_name.to_owned();
@@ -1268,6 +1436,10 @@ impl Config {
             config.state.dir = cx.path(&dir, key)?;
         }
 
+        if let Some(hsm) = raw.hsm {
+            let span = hsm_table_span(text);
+            config.hsm = Some(cx.hsm(hsm, &span)?);
+        }
         config.mtproto = cx.mtproto(raw.mtproto.unwrap_or_default())?;
 
         if let Some(crowdsec) = raw.crowdsec {
@@ -1528,7 +1700,15 @@ impl Config {
         row("[mtproto]", String::new(), "");
         row(
             "secrets",
-            m.secrets.len().to_string(),
+            if m.hsm_secrets.is_empty() {
+                m.secrets.len().to_string()
+            } else {
+                format!(
+                    "{} ({} in the token)",
+                    m.secret_count(),
+                    m.hsm_secrets.len()
+                )
+            },
             origin("[mtproto] secrets"),
         );
         row(
@@ -1592,6 +1772,21 @@ impl Config {
                 .map_or("off".into(), |s| s.to_string()),
             origin("[kernel] nft_set"),
         );
+        if let Some(h) = &self.hsm {
+            row("[hsm]", String::new(), "");
+            row("module", h.module.display().to_string(), "file");
+            row("token", h.token.clone(), "file");
+            let pin = match &h.pin {
+                PinSource::File(p) => format!("file {}", p.display()),
+                PinSource::Env(v) => format!("environment variable {v}"),
+            };
+            row("pin", pin, "file");
+            row(
+                "integrity_key",
+                h.integrity_key.clone(),
+                origin("[hsm] integrity_key"),
+            );
+        }
         row("[limits]", String::new(), "");
         let preset = format!("level {level} preset");
         for (key, value, from_file) in self.limits.rows(policy) {

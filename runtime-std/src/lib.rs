@@ -8,6 +8,8 @@ pub mod config;
 pub mod crowdsec;
 pub mod demo;
 pub mod engine;
+pub mod hsm;
+pub mod integrity;
 pub mod kernel;
 pub mod mtproto;
 pub mod proxy;

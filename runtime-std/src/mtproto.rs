@@ -3,17 +3,22 @@
 //! per-reason failure counters the metrics show.
 //!
 //! The decisions are the core's ([`mtguard_core::mtproto`]); this module
-//! only supplies the clock (`SystemTime`), the lock around the replay cache
-//! and the random hash key.
+//! only supplies the clock (`SystemTime`), the lock around the replay cache,
+//! the random hash key, and the key operations ([`Keys`]: software, or a
+//! PKCS#11 token for `hsm:` secrets, whose operations run on blocking
+//! threads, see [`feed`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mtguard_core::mtproto::replay::{Entry, SERVER_CAPACITY};
+use mtguard_core::mtproto::replay::{Entry, Fingerprint, ReplayRefusal, SERVER_CAPACITY};
 use mtguard_core::mtproto::{
-    Inspector, Invalid, ReplayCache, Secret, SecretError, SecretSet, TimeWindow, Verdict,
+    Inspector, Invalid, ReplayCache, ReplayStore, Secret, SecretError, SecretSet, TimeWindow,
+    Verdict,
 };
+
+use crate::hsm::Keys;
 
 /// What happens to a connection whose first bytes are not a valid handshake.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +47,8 @@ pub type Replay = ReplayCache<Box<[Entry]>>;
 /// The MTProto state shared by every connection of the guard.
 pub struct Mtproto {
     secrets: SecretSet,
+    keys: Keys,
+    window: TimeWindow,
     on_probe: OnProbe,
     mask_backend: Option<String>,
     /// Shared with the state that replaces this one on a reload, as long as
@@ -75,16 +82,46 @@ impl Mtproto {
         for secret in secrets {
             set.push(secret.clone())?;
         }
+        let keys = Keys::software(set.clone());
+        Ok(Mtproto::with_keys(
+            set,
+            keys,
+            window,
+            on_probe,
+            mask_backend,
+            previous,
+        ))
+    }
+
+    /// Inspection with the secrets of `set` (kinds and domains) whose key
+    /// operations `keys` does (see [`Keys::with_token`]); otherwise as
+    /// [`Mtproto::new`].
+    pub fn with_keys(
+        set: SecretSet,
+        keys: Keys,
+        window: TimeWindow,
+        on_probe: OnProbe,
+        mask_backend: Option<String>,
+        previous: Option<&Mtproto>,
+    ) -> Mtproto {
         let replay = match previous {
             Some(p) if p.window() == window => p.replay.clone(),
             _ => Arc::new(Mutex::new(new_replay_cache(window))),
         };
-        Ok(Mtproto {
+        Mtproto {
             secrets: set,
+            keys,
+            window,
             on_probe,
             mask_backend,
             replay,
-        })
+        }
+    }
+
+    /// Whether some key operation goes to a PKCS#11 token, so that feeding
+    /// must happen on a blocking thread ([`feed`] sees to it).
+    pub fn uses_token(&self) -> bool {
+        self.keys.uses_token()
     }
 
     /// The secrets, by index.
@@ -104,7 +141,7 @@ impl Mtproto {
 
     /// The fake-TLS timestamp window.
     pub fn window(&self) -> TimeWindow {
-        self.lock().window()
+        self.window
     }
 
     /// Replays refused so far by the replay cache.
@@ -117,19 +154,78 @@ impl Mtproto {
     }
 
     /// Feeds the next bytes of a connection to its inspector, at the current
-    /// wall-clock time; counts a refusal by reason.
+    /// wall-clock time; counts a refusal by reason. With token keys
+    /// ([`Mtproto::uses_token`]) this blocks: call it on a blocking thread,
+    /// or through [`feed`].
     pub fn feed(&self, inspector: &mut Inspector, bytes: &[u8]) -> Verdict {
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let verdict = {
-            let mut replay = self.lock();
-            inspector.feed(bytes, now_unix, &self.secrets, &self.secrets, &mut replay)
+        // The lock is taken for the replay record only, not across a key
+        // operation that may wait for a token.
+        let mut replay = Locked {
+            cache: &self.replay,
+            window: self.window,
         };
+        let verdict = inspector.feed(bytes, now_unix, &self.secrets, &self.keys, &mut replay);
         if let Verdict::Invalid(reason) = verdict {
             FAILURES[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
         }
         verdict
+    }
+}
+
+/// The shared replay cache as the inspector's [`ReplayStore`], locked for
+/// each record only.
+struct Locked<'a> {
+    cache: &'a Mutex<Replay>,
+    window: TimeWindow,
+}
+
+impl ReplayStore for Locked<'_> {
+    fn window(&self) -> TimeWindow {
+        self.window
+    }
+
+    fn record(&mut self, fingerprint: Fingerprint<'_>, now_unix: u64) -> Result<(), ReplayRefusal> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(fingerprint, now_unix)
+    }
+}
+
+/// Feeds `bytes` to the connection's inspector from async code. Software
+/// keys answer at once, inline; token keys block, so the inspector (moved,
+/// not copied: it is boxed) and the bytes go to a blocking thread and come
+/// back. `inspector` is `None` only if a previous call was cancelled
+/// midway; the handshake is then refused.
+pub async fn feed(
+    mtproto: &Arc<Mtproto>,
+    inspector: &mut Option<Box<Inspector>>,
+    bytes: &[u8],
+) -> Verdict {
+    if !mtproto.uses_token() {
+        return match inspector.as_deref_mut() {
+            Some(inspector) => mtproto.feed(inspector, bytes),
+            None => Verdict::Invalid(Invalid::KeyUnavailable),
+        };
+    }
+    let Some(mut owned) = inspector.take() else {
+        return Verdict::Invalid(Invalid::KeyUnavailable);
+    };
+    let (m, bytes) = (mtproto.clone(), bytes.to_vec());
+    match tokio::task::spawn_blocking(move || {
+        let verdict = m.feed(&mut owned, &bytes);
+        (owned, verdict)
+    })
+    .await
+    {
+        Ok((owned, verdict)) => {
+            *inspector = Some(owned);
+            verdict
+        }
+        Err(_) => Verdict::Invalid(Invalid::KeyUnavailable),
     }
 }
 

@@ -428,7 +428,7 @@ impl Connection {
             .mtproto
             .as_ref()
             .map(|_| crate::mtproto::new_inspector());
-        let inspection = self.mtproto.as_deref().zip(inspector.as_deref_mut());
+        let inspection = self.mtproto.as_ref().map(|m| (m, &mut inspector));
         let first = tokio::select! {
             read = read_handshake(client, &mut buf, inspection) => read,
             _ = deadline(timed_out) => Err(End::HandshakeTimeout),
@@ -440,6 +440,19 @@ impl Connection {
             Err(End::Refused(outcome)) => {
                 guard.handshake(id, outcome);
                 return End::Refused(outcome);
+            }
+            Err(End::Probe {
+                reason: Invalid::KeyUnavailable,
+                len,
+            }) => {
+                // The token holding a key did not answer: the client may
+                // well be a legitimate one, so its address is not charged
+                // with an invalid handshake; the connection is closed
+                // (fail closed), not masked.
+                return End::Probe {
+                    reason: Invalid::KeyUnavailable,
+                    len,
+                };
             }
             Err(End::Probe { reason, len }) => {
                 guard.handshake(id, reason.outcome());
@@ -554,7 +567,7 @@ impl Connection {
 async fn read_handshake(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
-    mut inspection: Option<(&Mtproto, &mut Inspector)>,
+    mut inspection: Option<(&Arc<Mtproto>, &mut Option<Box<Inspector>>)>,
 ) -> Result<usize, End> {
     let mut len = 0;
     loop {
@@ -570,7 +583,7 @@ async fn read_handshake(
         }
         len += n;
         if let Some((mtproto, inspector)) = inspection.as_mut() {
-            match mtproto.feed(inspector, &buf[len - n..len]) {
+            match crate::mtproto::feed(mtproto, inspector, &buf[len - n..len]).await {
                 Verdict::NeedMore => continue,
                 Verdict::Valid(_) => return Ok(len),
                 Verdict::Invalid(reason) => return Err(End::Probe { reason, len }),

@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminSettings};
 use crate::config::Config;
 use crate::engine::{Capacity, Guard, LogEvents};
+use crate::hsm::{Keys, Token};
+use crate::integrity::{self, Sealer};
 use crate::mtproto::Mtproto;
 use crate::proxy::{self, ProxySettings};
 use crate::state;
@@ -51,27 +53,54 @@ fn proxy_settings(config: &Config) -> Arc<ProxySettings> {
 /// cache it keeps when the time window is unchanged.
 fn mtproto_state(
     config: &Config,
+    token: Option<&Arc<Token>>,
     previous: Option<&Arc<Mtproto>>,
 ) -> anyhow::Result<Option<Arc<Mtproto>>> {
     let m = &config.mtproto;
     if !m.inspecting() {
         return Ok(None);
     }
-    let state = Mtproto::new(
-        &m.secrets,
+    let (set, keys) = Keys::with_token(&m.secrets, &m.hsm_secrets, token.cloned())?;
+    let state = Mtproto::with_keys(
+        set,
+        keys,
         m.window(),
         m.on_probe,
         m.mask_backend.clone(),
         previous.map(|p| &**p),
-    )
-    .map_err(|e| anyhow::anyhow!("[mtproto] secrets: {e}"))?;
+    );
     Ok(Some(Arc::new(state)))
+}
+
+/// How often the token is probed, so that its loss and its return are
+/// noticed (and logged) without waiting for a handshake.
+const HSM_PROBE: Duration = Duration::from_secs(1);
+
+/// Opens the `[hsm]` token, if any, and makes its integrity key the seal
+/// of the state file. A token that cannot be opened stops the start.
+fn open_token(config: &Config) -> anyhow::Result<Option<Arc<Token>>> {
+    let Some(hsm) = &config.hsm else {
+        integrity::install(None);
+        return Ok(None);
+    };
+    let token = Token::open(hsm)?;
+    tracing::info!(
+        module = %hsm.module.display(),
+        token = %hsm.token,
+        integrity_key = %hsm.integrity_key,
+        "HSM token open; the state file is sealed with its integrity key"
+    );
+    integrity::install(Some(Sealer::Token(token.clone())));
+    token.spawn_monitor(HSM_PROBE);
+    Ok(Some(token))
 }
 
 /// Everything the listeners read per connection, sent on a reload.
 struct Senders {
     settings: watch::Sender<Arc<ProxySettings>>,
     mtproto: watch::Sender<Option<Arc<Mtproto>>>,
+    /// The `[hsm]` token opened at start; `[hsm]` changes need a restart.
+    token: Option<Arc<Token>>,
 }
 
 /// Runs the guard until SIGTERM or SIGINT.
@@ -100,6 +129,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let state_dir = config.state.dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let token = open_token(&config)?;
     state::restore(&guard, &state_dir, opts.reset_state)?;
     guard.set_config_lists(&lists.allow, &lists.deny)?;
     tokio::spawn(guard.clone().drive());
@@ -115,10 +145,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (settings_tx, settings) = watch::channel(proxy_settings(&config));
-    let inspection = mtproto_state(&config, None)?;
+    let inspection = mtproto_state(&config, token.as_ref(), None)?;
     if let Some(m) = &inspection {
         tracing::info!(
             secrets = m.secrets().as_slice().len(),
+            in_token = config.mtproto.hsm_secrets.len(),
             on_probe = m.on_probe().as_str(),
             "inspecting MTProto handshakes"
         );
@@ -127,6 +158,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let senders = Senders {
         settings: settings_tx,
         mtproto: mtproto_tx,
+        token,
     };
     let mut servers = Vec::new();
     for addr in &config.server.listen {
@@ -231,7 +263,15 @@ fn reload(
     let policy = new.effective_policy(opts.level)?;
     let lists = new.load_lists()?;
     let previous = senders.mtproto.borrow().clone();
-    let inspection = mtproto_state(&new, previous.as_ref())?;
+    if new.hsm != current.hsm {
+        anyhow::bail!("[hsm] changes only on restart");
+    }
+    // `hsm:` labels are looked up in the token: blocking calls, so this
+    // worker hands its other tasks to another thread first (the server
+    // runs on the multi-threaded runtime).
+    let inspection = tokio::task::block_in_place(|| {
+        mtproto_state(&new, senders.token.as_ref(), previous.as_ref())
+    })?;
     guard
         .with(|e, _| e.set_policy(policy))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

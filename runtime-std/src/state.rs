@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::engine::Guard;
+use crate::integrity::{self, Purpose};
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.bin";
@@ -57,6 +58,20 @@ pub fn restore(guard: &Guard, dir: &Path, reset: bool) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let checked = integrity::open_file(Purpose::State, &bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "state file {} is refused: {e}. Start with --reset-state to move it aside and start clean",
+            path.display()
+        )
+    });
+    let bytes = match checked {
+        Ok(payload) => payload,
+        Err(e) if reset => {
+            move_aside(&path, &e)?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     match guard.with(|engine, now| engine.restore(now, &bytes)) {
         Ok(r) => {
             tracing::info!(
@@ -68,29 +83,31 @@ pub fn restore(guard: &Guard, dir: &Path, reset: bool) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Err(e) if reset => {
-            let aside = path.with_extension(format!(
-                "corrupt-{}",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0)
-            ));
-            fs::rename(&path, &aside)
-                .with_context(|| format!("moving {} aside", path.display()))?;
-            tracing::warn!(
-                file = %path.display(),
-                moved_to = %aside.display(),
-                error = %e,
-                "corrupt state file moved aside; starting clean"
-            );
-            Ok(())
-        }
+        Err(e) if reset => move_aside(&path, &e),
         Err(e) => anyhow::bail!(
             "state file {} is unusable: {e}. Start with --reset-state to move it aside and start clean",
             path.display()
         ),
     }
+}
+
+/// Moves an unusable state file aside (never deletes it).
+fn move_aside(path: &Path, error: &dyn std::fmt::Display) -> anyhow::Result<()> {
+    let aside = path.with_extension(format!(
+        "corrupt-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    ));
+    fs::rename(path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
+    tracing::warn!(
+        file = %path.display(),
+        moved_to = %aside.display(),
+        error = %error,
+        "corrupt state file moved aside; starting clean"
+    );
+    Ok(())
 }
 
 /// Saves from the persistence loop, the admin API and shutdown can race;
@@ -110,6 +127,7 @@ pub fn save(guard: &Guard, dir: &Path) -> anyhow::Result<u64> {
         (buf, engine.state_generation())
     });
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = integrity::seal_file(Purpose::State, &bytes)?;
     write_atomic(&state_path(dir), &bytes)
         .with_context(|| format!("writing {}", state_path(dir).display()))?;
     Ok(generation)

@@ -215,12 +215,31 @@ impl Server {
     /// Starts `mtguard run` with `args`, and waits until `ready` appears in
     /// its log (or it exits, or 30 s pass).
     pub fn start(args: &[&str], ready: &str) -> Result<Server, String> {
-        Server::start_in(&[], args, ready)
+        Server::start_with_env(args, &[], ready)
     }
 
     /// [`Server::start`] under a command that execs the rest, such as
     /// `ip netns exec NAME` (the child's pid is then the guard's).
     pub fn start_in(prefix: &[&str], args: &[&str], ready: &str) -> Result<Server, String> {
+        Server::spawn(prefix, args, &[], ready)
+    }
+
+    /// [`Server::start`] with extra environment variables (such as
+    /// `SOFTHSM2_CONF`, which must differ between tests running at once).
+    pub fn start_with_env(
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        ready: &str,
+    ) -> Result<Server, String> {
+        Server::spawn(&[], args, env, ready)
+    }
+
+    fn spawn(
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        ready: &str,
+    ) -> Result<Server, String> {
         let mut command = match prefix.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -232,6 +251,7 @@ impl Server {
         let mut child = command
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -7,7 +7,7 @@ use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use subtle::ConstantTimeEq;
 
 use super::keys::KeyOps;
-use super::replay::{Entry, Fingerprint, ReplayCache, ReplayRefusal};
+use super::replay::{Fingerprint, ReplayRefusal, ReplayStore};
 use super::secret::{SecretKind, SecretSet};
 use super::{Accepted, Handshake, Invalid, Transport, Verdict};
 
@@ -89,19 +89,21 @@ impl<const N: usize> Inspector<N> {
 
     /// Feeds the next bytes the client sent. `secrets` says which kinds and
     /// domains the listener has; `keys` does the key operations for the same
-    /// indices (the `SecretSet` itself, in software); `replay` is shared by
-    /// every connection of the listener and sets the timestamp window.
-    pub fn feed<K, S>(
+    /// indices (the `SecretSet` itself, in software); `replay` (a
+    /// [`ReplayCache`](super::ReplayCache) or a handle to one, see
+    /// [`ReplayStore`]) is shared by every connection of the listener and
+    /// sets the timestamp window. It is used after the key operations only.
+    pub fn feed<K, R>(
         &mut self,
         input: &[u8],
         now_unix: u64,
         secrets: &SecretSet,
         keys: &K,
-        replay: &mut ReplayCache<S>,
+        replay: &mut R,
     ) -> Verdict
     where
         K: KeyOps + ?Sized,
-        S: AsRef<[Entry]> + AsMut<[Entry]>,
+        R: ReplayStore + ?Sized,
     {
         if let Some(verdict) = self.verdict {
             return verdict;
@@ -119,16 +121,10 @@ impl<const N: usize> Inspector<N> {
         verdict
     }
 
-    fn judge<K, S>(
-        &self,
-        now_unix: u64,
-        secrets: &SecretSet,
-        keys: &K,
-        replay: &mut ReplayCache<S>,
-    ) -> Verdict
+    fn judge<K, R>(&self, now_unix: u64, secrets: &SecretSet, keys: &K, replay: &mut R) -> Verdict
     where
         K: KeyOps + ?Sized,
-        S: AsRef<[Entry]> + AsMut<[Entry]>,
+        R: ReplayStore + ?Sized,
     {
         let seen = &self.buf[..self.len];
         let prefix = seen.len().min(TLS_START.len());
@@ -150,16 +146,16 @@ impl<const N: usize> Inspector<N> {
         }
     }
 
-    fn judge_fake_tls<K, S>(
+    fn judge_fake_tls<K, R>(
         &self,
         now_unix: u64,
         secrets: &SecretSet,
         keys: &K,
-        replay: &mut ReplayCache<S>,
+        replay: &mut R,
     ) -> Verdict
     where
         K: KeyOps + ?Sized,
-        S: AsRef<[Entry]> + AsMut<[Entry]>,
+        R: ReplayStore + ?Sized,
     {
         let seen = &self.buf[..self.len];
         let Some(header) = seen.first_chunk::<RECORD_HEADER>() else {
@@ -251,16 +247,16 @@ fn is_other_protocol(seen: &[u8]) -> bool {
 ///
 /// Only the last AES block is decrypted: CTR mode lets the keystream start at
 /// byte 48, and bytes 56..62 (tag and DC) are all that is checked.
-fn judge_obfuscated2<K, S>(
+fn judge_obfuscated2<K, R>(
     header: &[u8; HEADER_LEN],
     now_unix: u64,
     secrets: &SecretSet,
     keys: &K,
-    replay: &mut ReplayCache<S>,
+    replay: &mut R,
 ) -> Verdict
 where
     K: KeyOps + ?Sized,
-    S: AsRef<[Entry]> + AsMut<[Entry]>,
+    R: ReplayStore + ?Sized,
 {
     let mut key_part = [0u8; 32];
     key_part.copy_from_slice(&header[8..40]);
@@ -316,8 +312,8 @@ where
 }
 
 /// Records an otherwise valid handshake; `Some` refusal if it cannot be.
-fn remember<S: AsRef<[Entry]> + AsMut<[Entry]>>(
-    replay: &mut ReplayCache<S>,
+fn remember<R: ReplayStore + ?Sized>(
+    replay: &mut R,
     fingerprint: Fingerprint<'_>,
     now_unix: u64,
 ) -> Option<Verdict> {

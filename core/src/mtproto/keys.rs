@@ -1,10 +1,15 @@
 //! The only operations that touch secret keys.
 //!
 //! The inspector never reads a key: it asks a [`KeyOps`] for the two values
-//! a handshake needs. [`SecretSet`] answers in software; an implementation
-//! over a PKCS#11 token can answer with keys that never leave it (SHA-256
-//! over data then a key object gives the obfuscated2 key, a zero-padded
-//! 32-byte HMAC key gives the fake-TLS digest).
+//! a handshake needs. [`SecretSet`] answers in software; the server's
+//! `mtguard::hsm::Keys` answers from a PKCS#11 token with keys that never
+//! leave it (`C_DigestUpdate` over the header part then `C_DigestKey` on a
+//! 16-byte key object gives the obfuscated2 key; a 32-byte HMAC key
+//! `secret || 16 zero bytes` gives the same fake-TLS digest as the 16-byte
+//! secret, since HMAC zero-pads short keys). A token's answer can take
+//! milliseconds: the inspector asks for keys before it touches the
+//! [`ReplayStore`](super::ReplayStore), so a runtime can leave the replay
+//! cache unlocked meanwhile.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};

@@ -46,7 +46,7 @@ pub mod secret;
 
 pub use inspect::{Inspector, DC_MAX, RECORD_MAX};
 pub use keys::{KeyOps, KeyUnavailable};
-pub use replay::ReplayCache;
+pub use replay::{ReplayCache, ReplayStore};
 pub use secret::{Secret, SecretError, SecretKind, SecretSet, MAX_SECRETS};
 
 use crate::HandshakeOutcome;

@@ -62,6 +62,29 @@ pub enum ReplayRefusal {
     Full,
 }
 
+/// Where an inspector records accepted handshakes: a [`ReplayCache`], or a
+/// runtime's handle to one behind a lock. The inspector asks for it only
+/// after the key operations, so a runtime whose keys live in a slow token
+/// can take its lock for the record alone, not across the token's answer.
+pub trait ReplayStore {
+    /// The fake-TLS timestamp window the store remembers handshakes for.
+    fn window(&self) -> TimeWindow;
+
+    /// Remembers `fingerprint` at `now_unix` unless it is a replay or the
+    /// store is full of live entries (see [`ReplayCache::record`]).
+    fn record(&mut self, fingerprint: Fingerprint<'_>, now_unix: u64) -> Result<(), ReplayRefusal>;
+}
+
+impl<S: AsRef<[Entry]> + AsMut<[Entry]>> ReplayStore for ReplayCache<S> {
+    fn window(&self) -> TimeWindow {
+        ReplayCache::window(self)
+    }
+
+    fn record(&mut self, fingerprint: Fingerprint<'_>, now_unix: u64) -> Result<(), ReplayRefusal> {
+        ReplayCache::record(self, fingerprint, now_unix)
+    }
+}
+
 /// The cache's storage cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
