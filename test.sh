@@ -8,6 +8,10 @@ need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The server tests signal the guard process with /usr/bin/kill (procps).
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || need_apt+=(procps)
+# The nftables test builds a network namespace (iproute2) and loads the
+# shipped ruleset with nft (nftables).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 # The HSM tests (tests/tests/hsm.rs): SoftHSM2 as the token, OpenSC's
 # pkcs11-tool as the independent look at what is stored in it.
 [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
@@ -17,7 +21,19 @@ command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
 if ((${#need_apt[@]})); then
-    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The CrowdSec test runs a real Local API from Debian's crowdsec package.
+# Installing it would run its post-install script, which registers with the
+# central API and fails offline; the package is extracted instead and the
+# test starts its binaries with a config of its own.
+crowdsec_dir="${MTGUARD_CROWDSEC_DIR:-/var/tmp/mtguard-crowdsec}"
+if [ ! -x "$crowdsec_dir/root/usr/bin/crowdsec" ]; then
+    mkdir -p "$crowdsec_dir"
+    (cd "$crowdsec_dir" && { apt-get download crowdsec 2>/dev/null ||
+        { apt-get update -qq && apt-get download crowdsec; }; } &&
+        dpkg -x crowdsec_*.deb root)
 fi
 
 cargo test --workspace

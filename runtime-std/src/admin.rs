@@ -231,6 +231,7 @@ pub fn render_metrics(guard: &Guard) -> String {
         connection_capacity: e.connection_capacity(),
         pins: e.pins().len(),
         level: e.policy().level,
+        observer_drops: guard.observer_drops(),
     });
     let mut registry = Registry::with_prefix("mtguard");
     registry.register_collector(Box::new(snapshot));
@@ -252,6 +253,7 @@ struct Snapshot {
     connection_capacity: usize,
     pins: usize,
     level: Level,
+    observer_drops: u64,
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
@@ -400,6 +402,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             self.connection_capacity as u64,
         )?;
         gauge(e, "pins", "Certificate pins configured.", self.pins as u64)?;
+        fleet_metrics(e, self.observer_drops)?;
         gauge(
             e,
             "security_level",
@@ -407,6 +410,83 @@ impl prometheus_client::collector::Collector for Snapshot {
             self.level.number().into(),
         )
     }
+}
+
+/// CrowdSec and nftables, when they run.
+fn fleet_metrics(e: &mut DescriptorEncoder, observer_drops: u64) -> std::fmt::Result {
+    use std::sync::atomic::Ordering::Relaxed;
+    counter(
+        e,
+        "observer_events_dropped",
+        "Blocks and detections CrowdSec or nftables missed because their queue was full.",
+        observer_drops,
+    )?;
+    let c = crate::crowdsec::status();
+    if c.json().is_some() {
+        gauge(
+            e,
+            "crowdsec_lapi_up",
+            "1 if the last pull of the CrowdSec decision stream succeeded, else 0.",
+            c.lapi_up.load(Relaxed).into(),
+        )?;
+        gauge(
+            e,
+            "crowdsec_decisions",
+            "CrowdSec decisions held now.",
+            c.decisions.load(Relaxed),
+        )?;
+        labelled_counters(
+            e,
+            "crowdsec_pulls",
+            "Pulls of the CrowdSec decision stream, by result.",
+            "result",
+            [
+                ("ok", c.pulls.load(Relaxed)),
+                ("failed", c.pull_failures.load(Relaxed)),
+            ],
+        )?;
+        labelled_counters(
+            e,
+            "crowdsec_decisions_seen",
+            "CrowdSec decisions, by what was done with them.",
+            "action",
+            [
+                ("applied", c.applied.load(Relaxed)),
+                ("removed", c.removed.load(Relaxed)),
+                ("ignored", c.ignored.load(Relaxed)),
+            ],
+        )?;
+        labelled_counters(
+            e,
+            "crowdsec_alerts",
+            "Alerts reported to the CrowdSec Local API, by result.",
+            "result",
+            [
+                ("sent", c.alerts_sent.load(Relaxed)),
+                ("failed", c.alerts_failed.load(Relaxed)),
+            ],
+        )?;
+    }
+    let k = crate::kernel::status();
+    if k.json().is_some() {
+        gauge(
+            e,
+            "nft_elements",
+            "Elements in the nftables sets mirroring the blocks.",
+            k.elements.load(Relaxed),
+        )?;
+        labelled_counters(
+            e,
+            "nft_updates",
+            "Runs of nft changing the sets, by result.",
+            "result",
+            [
+                ("ok", k.updates.load(Relaxed)),
+                ("failed", k.errors.load(Relaxed)),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -652,6 +732,9 @@ async fn status(_: Authorized, State(s): State<AppState>) -> Json<Value> {
             "pins": e.pins().len(),
             "pin_capacity": e.pins().capacity(),
             "stats": stats_json(e.stats()),
+            "crowdsec": crate::crowdsec::status().json(),
+            "kernel": crate::kernel::status().json(),
+            "observer_events_dropped": s.guard.observer_drops(),
         })
     }))
 }

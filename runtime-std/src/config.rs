@@ -50,6 +50,10 @@ pub struct Config {
     pub state: StateConfig,
     /// `[mtproto]`: handshake inspection.
     pub mtproto: MtprotoConfig,
+    /// `[crowdsec]`: shared decisions; `None` without the table.
+    pub crowdsec: Option<CrowdsecConfig>,
+    /// `[kernel]`: the nftables mirror of blocks.
+    pub kernel: KernelConfig,
     /// `[hsm]`: the PKCS#11 token holding `hsm:` secrets and the key that
     /// seals the state file; `None` without the table.
     pub hsm: Option<HsmConfig>,
@@ -288,6 +292,81 @@ pub use crate::mtproto::OnProbe;
 enum RawOnProbe {
     Close,
     Mask,
+}
+
+/// `[crowdsec]`: the CrowdSec Local API as a bouncer (decisions in) and as
+/// a machine (alerts out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrowdsecConfig {
+    /// Base URL of the Local API, such as `http://127.0.0.1:8080/`.
+    pub lapi_url: String,
+    /// File holding the bouncer key (`cscli bouncers add NAME -o raw`);
+    /// without it no decisions are pulled.
+    pub api_key_file: Option<PathBuf>,
+    /// How often the decision stream is polled.
+    pub poll_interval: Duration,
+    /// The machine detections are reported as (`cscli machines add`);
+    /// without it nothing is reported.
+    pub machine_id: Option<String>,
+    /// File holding that machine's password.
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[kernel]`: blocks mirrored into nftables sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Family, table and set; `None` when the mirror is off.
+    pub nft_set: Option<NftSet>,
+}
+
+/// `nft_set = "inet mtguard blocked"`: IPv4 clients go into the set of that
+/// name, IPv6 clients (prefixes) into the same name with a `6` appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NftSet {
+    /// `ip`, `ip6` or `inet`.
+    pub family: String,
+    /// The table.
+    pub table: String,
+    /// The IPv4 set; the IPv6 set is this name plus `6`.
+    pub set: String,
+}
+
+impl NftSet {
+    /// Parses `"FAMILY TABLE SET"`.
+    pub fn parse(text: &str) -> Result<NftSet, String> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let [family, table, set] = words[..] else {
+            return Err(format!(
+                "{text:?}: expected \"FAMILY TABLE SET\" such as \"inet mtguard blocked\""
+            ));
+        };
+        if !matches!(family, "ip" | "ip6" | "inet") {
+            return Err(format!("family {family:?}: expected ip, ip6 or inet"));
+        }
+        for name in [table, set] {
+            let ok = name.len() <= 60
+                && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(format!(
+                    "{name:?} is not an nftables name (a letter, then letters, digits, _ or -)"
+                ));
+            }
+        }
+        Ok(NftSet {
+            family: family.into(),
+            table: table.into(),
+            set: set.into(),
+        })
+    }
+}
+
+impl fmt::Display for NftSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.family, self.table, self.set)
+    }
 }
 
 /// `[hsm]`: a PKCS#11 token. The PIN itself is never part of the config:
@@ -654,8 +733,26 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     state: Option<RawState>,
     mtproto: Option<RawMtproto>,
+    crowdsec: Option<Spanned<RawCrowdsec>>,
+    kernel: Option<RawKernel>,
     hsm: Option<RawHsm>,
     refresh: Option<RawRefresh>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCrowdsec {
+    lapi_url: Option<Spanned<String>>,
+    api_key_file: Option<Spanned<String>>,
+    poll_interval: Option<Spanned<DurationText>>,
+    machine_id: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKernel {
+    nft_set: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1058,6 +1155,73 @@ impl Parse<'_> {
                 let m = "trust = \"pins-only\" has no WebPKI validation to fall back on: use \"fail-closed\"";
                 return Err(self.error(&on_expired.span(), &key, m));
             }
+        }
+        Ok(out)
+    }
+
+    /// `[crowdsec]`, checked as a whole.
+    fn crowdsec(&mut self, raw: Spanned<RawCrowdsec>) -> Result<CrowdsecConfig, ConfigError> {
+        let table_span = raw.span();
+        let raw = raw.into_inner();
+        let Some(url) = raw.lapi_url else {
+            let m = "lapi_url is required, such as \"http://127.0.0.1:8080/\"";
+            return Err(self.error(&table_span, "[crowdsec]", m));
+        };
+        let key = "[crowdsec] lapi_url";
+        self.note(key, &url.span());
+        let text = url.get_ref().trim_end_matches('/');
+        if text.starts_with("https://") {
+            // The HTTP client carries no root certificates (no CA file key
+            // yet), so TLS to the Local API could never verify.
+            let m = "https is not supported yet: use http:// on loopback or a private network";
+            return Err(self.error(&url.span(), key, m));
+        }
+        match text.strip_prefix("http://") {
+            Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) => {}
+            _ => {
+                let m = format!("invalid URL {:?}: expected http://HOST:PORT", url.get_ref());
+                return Err(self.error(&url.span(), key, m));
+            }
+        }
+        let mut out = CrowdsecConfig {
+            lapi_url: format!("{text}/"),
+            api_key_file: None,
+            poll_interval: Duration::from_secs(10),
+            machine_id: None,
+            password_file: None,
+        };
+        if let Some(file) = &raw.api_key_file {
+            let key = "[crowdsec] api_key_file";
+            self.note(key, &file.span());
+            out.api_key_file = Some(self.path(file, key)?);
+        }
+        if let Some(d) = self.duration(raw.poll_interval, "[crowdsec] poll_interval")? {
+            out.poll_interval = d;
+        }
+        if let Some(file) = &raw.password_file {
+            let key = "[crowdsec] password_file";
+            self.note(key, &file.span());
+            out.password_file = Some(self.path(file, key)?);
+        }
+        if let Some(id) = &raw.machine_id {
+            let key = "[crowdsec] machine_id";
+            self.note(key, &id.span());
+            if id.get_ref().trim().is_empty() {
+                return Err(self.error(&id.span(), key, "empty machine id"));
+            }
+            if out.password_file.is_none() {
+                let m = "a machine needs [crowdsec] password_file too";
+                return Err(self.error(&id.span(), key, m));
+            }
+            out.machine_id = Some(id.get_ref().clone());
+        } else if let Some(file) = &raw.password_file {
+            let m = "a password needs [crowdsec] machine_id too";
+            return Err(self.error(&file.span(), "[crowdsec] password_file", m));
+        }
+        if out.api_key_file.is_none() && out.machine_id.is_none() {
+            let m = "set api_key_file (to pull decisions), machine_id and password_file \
+                     (to report detections), or both";
+            return Err(self.error(&table_span, "[crowdsec]", m));
         }
         Ok(out)
     }
@@ -1485,6 +1649,8 @@ impl Config {
                 dir: default_state_dir(),
             },
             mtproto: MtprotoConfig::default(),
+            crowdsec: None,
+            kernel: KernelConfig::default(),
             hsm: None,
             refresh: None,
             source_name: "embedded default".into(),
@@ -1624,6 +1790,21 @@ impl Config {
         config.mtproto = cx.mtproto(raw.mtproto.unwrap_or_default())?;
         if let Some(refresh) = raw.refresh {
             config.refresh = Some(cx.refresh(refresh)?);
+        }
+
+        if let Some(crowdsec) = raw.crowdsec {
+            config.crowdsec = Some(cx.crowdsec(crowdsec)?);
+        }
+        if let Some(set) = raw.kernel.unwrap_or_default().nft_set {
+            let key = "[kernel] nft_set";
+            cx.note(key, &set.span());
+            config.kernel.nft_set = match set.get_ref().trim() {
+                "off" => None,
+                text => Some(
+                    NftSet::parse(text)
+                        .map_err(|m| cx.error(&set.span(), key, format!("{m}, or \"off\"")))?,
+                ),
+            };
         }
 
         config.lines = cx.lines;
@@ -1904,6 +2085,42 @@ impl Config {
             "time_skew_ahead",
             format_duration(m.time_skew_ahead),
             origin("[mtproto] time_skew_ahead"),
+        );
+        row("[crowdsec]", String::new(), "");
+        match &self.crowdsec {
+            None => row("lapi_url", "(off)".into(), "default"),
+            Some(c) => {
+                row("lapi_url", c.lapi_url.clone(), "file");
+                row(
+                    "api_key_file",
+                    path_or_none(&c.api_key_file),
+                    origin("[crowdsec] api_key_file"),
+                );
+                row(
+                    "poll_interval",
+                    format_duration(c.poll_interval),
+                    origin("[crowdsec] poll_interval"),
+                );
+                row(
+                    "machine_id",
+                    c.machine_id.clone().unwrap_or_else(|| "(none)".into()),
+                    origin("[crowdsec] machine_id"),
+                );
+                row(
+                    "password_file",
+                    path_or_none(&c.password_file),
+                    origin("[crowdsec] password_file"),
+                );
+            }
+        }
+        row("[kernel]", String::new(), "");
+        row(
+            "nft_set",
+            self.kernel
+                .nft_set
+                .as_ref()
+                .map_or("off".into(), |s| s.to_string()),
+            origin("[kernel] nft_set"),
         );
         if let Some(h) = &self.hsm {
             row("[hsm]", String::new(), "");

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use mtguard_core::{
     ConnectionId, Event, HandshakeOutcome, Instant, Policy, SecurityManager, Seed, Storage, Tables,
     Verdict,
 };
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Tables on the heap: boxed slices are built element by element, so even
 /// the server preset's megabytes never pass through a stack.
@@ -147,6 +147,22 @@ pub struct Guard {
     /// `HandshakeTimeout`.
     pending: Mutex<HashMap<ConnectionId, oneshot::Sender<()>>>,
     sink: Box<dyn EventSink>,
+    /// Consumers of blocks, unblocks and detections (CrowdSec, nftables):
+    /// bounded channels fed with `try_send`, so a slow consumer loses
+    /// events (counted) instead of slowing admission.
+    observers: Mutex<Vec<mpsc::Sender<Event>>>,
+    has_observers: AtomicBool,
+    observer_drops: AtomicU64,
+    /// The lists of the config and the ranges shared decisions deny; both
+    /// go into the engine's lists as config entries (not persisted).
+    lists: Mutex<ListSources>,
+}
+
+#[derive(Default)]
+struct ListSources {
+    allow: Vec<Cidr>,
+    deny: Vec<Cidr>,
+    external_deny: Vec<Cidr>,
 }
 
 /// Cryptographically random seed for the engine's hash key and jitter.
@@ -179,6 +195,10 @@ impl Guard {
             driver_wakes_at: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             sink,
+            observers: Mutex::new(Vec::new()),
+            has_observers: AtomicBool::new(false),
+            observer_drops: AtomicU64::new(0),
+            lists: Mutex::new(ListSources::default()),
         }))
     }
 
@@ -226,7 +246,46 @@ impl Guard {
                 }
             }
             self.sink.event(event);
+            if self.has_observers.load(Ordering::Relaxed)
+                && matches!(
+                    event,
+                    Event::Blocked { .. }
+                        | Event::Unblocked { .. }
+                        | Event::ScannerDetected { .. }
+                        | Event::ReplayDetected { .. }
+                        | Event::SlowlorisDetected { .. }
+                )
+            {
+                for tx in self
+                    .observers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                {
+                    if tx.try_send(*event).is_err() {
+                        self.observer_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
         }
+    }
+
+    /// A bounded stream of the engine's blocks, unblocks and detections,
+    /// from now on. When the receiver lags by `capacity` events, further
+    /// ones are dropped and counted ([`Guard::observer_drops`]).
+    pub fn subscribe(&self, capacity: usize) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.observers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        self.has_observers.store(true, Ordering::Relaxed);
+        rx
+    }
+
+    /// Events dropped because an observer's channel was full.
+    pub fn observer_drops(&self) -> u64 {
+        self.observer_drops.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Engine> {
@@ -273,6 +332,31 @@ impl Guard {
     /// Replaces the config lists (a start or a reload); manual entries stay.
     /// Both lists are checked for room before either changes.
     pub fn set_config_lists(&self, allow: &[Cidr], deny: &[Cidr]) -> anyhow::Result<()> {
+        let mut sources = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all_deny = deny.to_vec();
+        all_deny.extend_from_slice(&sources.external_deny);
+        all_deny.sort_unstable();
+        all_deny.dedup();
+        self.apply_lists(allow, &all_deny)?;
+        sources.allow = allow.to_vec();
+        sources.deny = deny.to_vec();
+        Ok(())
+    }
+
+    /// Replaces the ranges shared decisions deny (CrowdSec `Range`
+    /// decisions); they sit in the denylist beside the config's entries.
+    pub fn set_external_deny(&self, ranges: &[Cidr]) -> anyhow::Result<()> {
+        let mut sources = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all_deny = sources.deny.clone();
+        all_deny.extend_from_slice(ranges);
+        all_deny.sort_unstable();
+        all_deny.dedup();
+        self.apply_lists(&sources.allow.clone(), &all_deny)?;
+        sources.external_deny = ranges.to_vec();
+        Ok(())
+    }
+
+    fn apply_lists(&self, allow: &[Cidr], deny: &[Cidr]) -> anyhow::Result<()> {
         fn room(set: &CidrSet<Box<[CidrEntry]>>) -> usize {
             let manual = set.iter().filter(|e| e.origin() == Origin::Manual).count();
             set.capacity() - manual

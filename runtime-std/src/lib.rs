@@ -5,11 +5,13 @@
 
 pub mod admin;
 pub mod config;
+pub mod crowdsec;
 pub mod demo;
 pub mod engine;
 pub mod fetch;
 pub mod hsm;
 pub mod integrity;
+pub mod kernel;
 pub mod mtproto;
 pub mod pinfile;
 pub mod proxy;

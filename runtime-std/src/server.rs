@@ -260,6 +260,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     merge_backend_pins(&config, &guard, level)?;
     let refresh = refresh_pins(&config, level)?;
     tokio::spawn(guard.clone().drive());
+    // After the restore, so the kernel's sets start equal to the engine's
+    // blocks; both read their secrets and check their sets now, so a
+    // mistake stops the start instead of surfacing under attack.
+    if let Some(set) = &config.kernel.nft_set {
+        crate::kernel::start(&guard, set.clone())?;
+    }
+    if let Some(crowdsec) = &config.crowdsec {
+        crate::crowdsec::start(crowdsec, &guard)?;
+    }
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (settings_tx, settings) = watch::channel(proxy_settings(&config, &guard, level)?);
@@ -411,6 +420,9 @@ fn reload(
         .with(|e, _| e.set_policy(policy))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     guard.set_config_lists(&lists.allow, &lists.deny)?;
+    if new.crowdsec != current.crowdsec || new.kernel != current.kernel {
+        tracing::warn!("[crowdsec] and [kernel] change only on restart");
+    }
     if new.server.listen != current.server.listen || new.admin.listen != current.admin.listen {
         tracing::warn!("listen addresses change only on restart");
     }

@@ -219,6 +219,12 @@ impl Server {
         Server::start_with_env(args, &[], ready)
     }
 
+    /// [`Server::start`] under a command that execs the rest, such as
+    /// `ip netns exec NAME` (the child's pid is then the guard's).
+    pub fn start_in(prefix: &[&str], args: &[&str], ready: &str) -> Result<Server, String> {
+        Server::spawn(prefix, args, &[], ready)
+    }
+
     /// [`Server::start`] with extra environment variables (such as
     /// `SOFTHSM2_CONF`, which must differ between tests running at once).
     pub fn start_with_env(
@@ -226,7 +232,24 @@ impl Server {
         env: &[(&str, &std::ffi::OsStr)],
         ready: &str,
     ) -> Result<Server, String> {
-        let mut child = Command::new(mtguard_bin())
+        Server::spawn(&[], args, env, ready)
+    }
+
+    fn spawn(
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        ready: &str,
+    ) -> Result<Server, String> {
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(mtguard_bin());
+                c
+            }
+            None => Command::new(mtguard_bin()),
+        };
+        let mut child = command
             .arg("run")
             .args(args)
             .envs(env.iter().copied())

@@ -1,0 +1,593 @@
+//! Two `mtguard run` processes and one real CrowdSec Local API (Debian's
+//! `crowdsec` 1.4.6 package, extracted without its post-install script:
+//! see the README): what one guard blocks, the other refuses; an
+//! operator's `cscli decisions add` reaches both and `cscli decisions
+//! delete` lifts it on both; with the Local API gone, the blocks stay.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mtguard_tests::{connect_from, free_port, served_from, EchoBackend, Server};
+use serde_json::Value;
+
+const POLL: Duration = Duration::from_secs(1);
+const TOKEN: &str = "crowdsec-test-admin-token";
+const CLASSIC: &str = "0123456789abcdef0123456789abcdef";
+
+/// Where test.sh extracts the package (`apt-get download crowdsec`,
+/// `dpkg -x`); extracted here too when missing.
+fn crowdsec_root() -> PathBuf {
+    let dir = PathBuf::from(
+        std::env::var_os("MTGUARD_CROWDSEC_DIR").unwrap_or("/var/tmp/mtguard-crowdsec".into()),
+    );
+    let root = dir.join("root");
+    if !root.join("usr/bin/crowdsec").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg("apt-get download crowdsec && dpkg -x crowdsec_*.deb root")
+            .current_dir(&dir)
+            .status()
+            .expect("running apt-get download crowdsec");
+        assert!(
+            status.success(),
+            "could not fetch Debian's crowdsec package"
+        );
+    }
+    root
+}
+
+/// A Local API on a free loopback port, with its own config and SQLite
+/// database in a temporary directory, no Central API, no agent.
+struct Lapi {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    url: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Lapi {
+    fn new() -> Lapi {
+        let root = crowdsec_root();
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display().to_string();
+        let etc = root.join("etc/crowdsec").display().to_string();
+        for sub in ["data", "hub", "notifications", "plugins"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let config = format!(
+            "common:\n  daemonize: false\n  log_media: stdout\n  log_level: info\n  working_dir: {d}\n\
+             config_paths:\n  config_dir: {d}/\n  data_dir: {d}/data/\n  simulation_path: {etc}/simulation.yaml\n\
+             \x20 hub_dir: {d}/hub/\n  index_path: {d}/hub/.index.json\n  notification_dir: {d}/notifications/\n\
+             \x20 plugin_dir: {d}/plugins/\n\
+             cscli:\n  output: human\n\
+             db_config:\n  log_level: info\n  type: sqlite\n  db_path: {d}/data/crowdsec.db\n  use_wal: true\n\
+             api:\n  client:\n    credentials_path: {d}/local_api_credentials.yaml\n\
+             \x20 server:\n    log_level: info\n    listen_uri: 127.0.0.1:{port}\n    profiles_path: {etc}/profiles.yaml\n\
+             \x20   trusted_ips:\n      - 127.0.0.1\n\
+             prometheus:\n  enabled: false\n"
+        );
+        std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+        let lapi = Lapi {
+            dir,
+            root,
+            url: format!("http://127.0.0.1:{port}/"),
+            port,
+            child: None,
+        };
+        // The machine cscli itself uses for `decisions add` and `alerts`.
+        let creds = format!("{d}/local_api_credentials.yaml");
+        lapi.cscli(&[
+            "machines",
+            "add",
+            "operator",
+            "--password",
+            "operator-password-1",
+            "-f",
+            &creds,
+        ]);
+        lapi
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
+    fn cscli(&self, args: &[&str]) -> String {
+        let out = Command::new(self.root.join("usr/bin/cscli"))
+            .arg("-c")
+            .arg(self.config())
+            .args(args)
+            .output()
+            .expect("running cscli");
+        assert!(
+            out.status.success(),
+            "cscli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("lapi.log")).unwrap();
+        let child = Command::new(self.root.join("usr/bin/crowdsec"))
+            .arg("-c")
+            .arg(self.config())
+            .arg("-no-cs")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting crowdsec");
+        self.child = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the Local API did not listen: {}",
+                std::fs::read_to_string(self.dir.path().join("lapi.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A bouncer key written to a file mtguard can read.
+    fn bouncer(&self, name: &str) -> PathBuf {
+        let key = self.cscli(&["bouncers", "add", name, "-o", "raw"]);
+        let path = self.dir.path().join(format!("{name}.key"));
+        write_private(&path, key.trim());
+        path
+    }
+
+    /// A machine and its password file.
+    fn machine(&self, name: &str) -> PathBuf {
+        let password = format!("{name}-password-0123456789");
+        self.cscli(&[
+            "machines",
+            "add",
+            name,
+            "--password",
+            &password,
+            "-f",
+            "/dev/null",
+        ]);
+        let path = self.dir.path().join(format!("{name}.password"));
+        write_private(&path, &password);
+        path
+    }
+}
+
+impl Drop for Lapi {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// One guard: its listener, admin address and process.
+struct Node {
+    listen: SocketAddr,
+    admin: SocketAddr,
+    server: Server,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn node(name: &str, lapi: &Lapi, backend: SocketAddr, inspect: bool) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let token = dir.path().join("admin.token");
+    write_private(&token, TOKEN);
+    let key = lapi.bouncer(&format!("{name}-bouncer"));
+    let password = lapi.machine(name);
+    let mtproto = if inspect {
+        format!("[mtproto]\nsecrets = [\"{CLASSIC}\"]\n")
+    } else {
+        String::new()
+    };
+    let config = format!(
+        "[server]\nlisten = [\"{listen}\"]\nbackend = \"{backend}\"\n\
+         [limits]\nscanner_failures = 3\nblock_jitter_permille = 0\nattack_enter_per_second = 0\n\
+         [admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\
+         [state]\ndir = \"{}\"\n{mtproto}\
+         [crowdsec]\nlapi_url = \"{}\"\napi_key_file = \"{}\"\npoll_interval = \"{}ms\"\n\
+         machine_id = \"{name}\"\npassword_file = \"{}\"\n",
+        token.display(),
+        dir.path().join("state").display(),
+        lapi.url,
+        key.display(),
+        POLL.as_millis(),
+        password.display(),
+    );
+    let path = dir.path().join("mtguard.toml");
+    std::fs::write(&path, config).unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap()], "guarding")
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    Node {
+        listen,
+        admin,
+        server,
+        config: path,
+        _dir: dir,
+    }
+}
+
+/// `GET path` on the admin API, as JSON.
+fn admin_get(addr: SocketAddr, path: &str) -> Value {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    if head.to_ascii_lowercase().contains("chunked") {
+        // Small bodies: one chunk.
+        let (_, rest) = body.split_once("\r\n").unwrap();
+        let end = rest.rfind("\r\n0\r\n").unwrap_or(rest.len());
+        return serde_json::from_str(&rest[..end]).unwrap();
+    }
+    serde_json::from_str(body).unwrap()
+}
+
+fn metrics(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The cause of `ip`'s block on that node, if blocked.
+fn block_cause(node: &Node, ip: IpAddr) -> Option<String> {
+    let blocks = admin_get(node.admin, "/v1/blocks");
+    blocks.as_array().unwrap().iter().find_map(|b| {
+        (b["client"] == ip.to_string()).then(|| b["cause"].as_str().unwrap().to_owned())
+    })
+}
+
+fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+/// Whether a connection from `from` is admitted and left open (the guard
+/// waits for its handshake) rather than reset at once.
+fn admitted(from: IpAddr, to: SocketAddr) -> bool {
+    let Ok(mut s) = connect_from(from, to) else {
+        return false;
+    };
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 8];
+    match s.read(&mut buf) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+fn ip(d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 10, 0, d))
+}
+
+/// A bounded wait for what should take one poll interval (plus the alert
+/// batch's second): generous so a loaded machine does not fail the test.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+#[test]
+fn a_fleet_shares_blocks_through_a_real_local_api() {
+    let mut lapi = Lapi::new();
+    lapi.start();
+    let backend = EchoBackend::start();
+    let a = node("guard-a", &lapi, backend.addr, true);
+    let b = node("guard-b", &lapi, backend.addr, false);
+
+    // A scanner probes A until A blocks it; A reports it, B pulls it.
+    let scanner = ip(1);
+    for _ in 0..3 {
+        if let Ok(mut s) = connect_from(scanner, a.listen) {
+            let _ = s.write_all(&[0x42; 64]);
+            let _ = s.read(&mut [0u8; 8]);
+        }
+    }
+    wait_until("A to block the scanner", DEADLINE, || {
+        block_cause(&a, scanner).as_deref() == Some("scanner")
+    });
+    let took = wait_until("B to block the scanner", DEADLINE, || {
+        block_cause(&b, scanner).as_deref() == Some("external")
+    });
+    println!("scanner blocked by A was refused by B after {took:?} (poll interval {POLL:?})");
+    assert!(!served_from(scanner, b.listen), "B refuses the scanner");
+
+    // No loop: B does not report a shared block, and A keeps its own
+    // cause when its report comes back.
+    std::thread::sleep(POLL * 3);
+    let alerts: Value =
+        serde_json::from_str(&lapi.cscli(&["alerts", "list", "-o", "json"])).unwrap();
+    let mtguard_alerts: Vec<&Value> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scenario"].as_str().unwrap_or("").starts_with("mtguard/"))
+        .collect();
+    assert_eq!(mtguard_alerts.len(), 1, "one alert, from A: {alerts:#}");
+    assert_eq!(mtguard_alerts[0]["scenario"], "mtguard/scanner");
+    assert_eq!(block_cause(&a, scanner).as_deref(), Some("scanner"));
+
+    // An operator's decision reaches both; deleting it lifts it on both.
+    let banned = ip(2);
+    assert!(served_from(banned, b.listen) && admitted(banned, a.listen));
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &banned.to_string(),
+        "--duration",
+        "10m",
+    ]);
+    wait_until("both to apply the operator's ban", DEADLINE, || {
+        block_cause(&a, banned).is_some() && block_cause(&b, banned).is_some()
+    });
+    assert_eq!(block_cause(&b, banned).as_deref(), Some("external"));
+    assert!(!served_from(banned, b.listen));
+    assert!(!admitted(banned, a.listen));
+    let blocks = admin_get(b.admin, "/v1/blocks");
+    let entry = blocks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["client"] == banned.to_string())
+        .unwrap();
+    let left = entry["remaining_seconds"].as_u64().unwrap();
+    assert!(
+        (570..=600).contains(&left),
+        "the decision's duration: {left}"
+    );
+
+    lapi.cscli(&["decisions", "delete", "--ip", &banned.to_string()]);
+    wait_until("both to lift the deleted ban", DEADLINE, || {
+        block_cause(&a, banned).is_none() && block_cause(&b, banned).is_none()
+    });
+    assert!(served_from(banned, b.listen));
+    assert!(admitted(banned, a.listen));
+
+    // With the Local API gone, existing blocks stay and the guards say so.
+    let kept = ip(3);
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &kept.to_string(),
+        "--duration",
+        "1h",
+    ]);
+    wait_until("both to apply the second ban", DEADLINE, || {
+        block_cause(&a, kept).is_some() && block_cause(&b, kept).is_some()
+    });
+    lapi.stop();
+    for node in [&a, &b] {
+        wait_until("the guard to notice the outage", DEADLINE, || {
+            admin_get(node.admin, "/v1/status")["crowdsec"]["lapi_up"] == false
+        });
+        assert!(block_cause(node, kept).is_some(), "a held ban stays");
+    }
+    assert_eq!(block_cause(&b, scanner).as_deref(), Some("external"));
+    assert!(!served_from(kept, b.listen) && !served_from(scanner, b.listen));
+    assert!(!admitted(kept, a.listen));
+    let status = admin_get(b.admin, "/v1/status");
+    assert!(
+        status["crowdsec"]["decisions"].as_u64().unwrap() >= 2,
+        "{status:#}"
+    );
+    assert!(status["crowdsec"]["last_error"].is_string(), "{status:#}");
+    let text = metrics(b.admin);
+    assert!(text.contains("mtguard_crowdsec_lapi_up 0"), "{text}");
+    // Still serving everyone else.
+    assert!(served_from(ip(4), b.listen));
+
+    // Back up (same database): both resume after their backoff and follow
+    // the stream again.
+    lapi.start();
+    for node in [&a, &b] {
+        wait_until(
+            "the guard to reach the Local API again",
+            Duration::from_secs(60),
+            || admin_get(node.admin, "/v1/status")["crowdsec"]["lapi_up"] == true,
+        );
+    }
+    lapi.cscli(&["decisions", "delete", "--ip", &kept.to_string()]);
+    wait_until(
+        "both to lift the ban deleted after the outage",
+        DEADLINE,
+        || block_cause(&a, kept).is_none() && block_cause(&b, kept).is_none(),
+    );
+    assert!(served_from(kept, b.listen));
+    assert!(a.server.logged("CrowdSec Local API reachable again"));
+
+    // A ban deleted while B was down: B restores it from its state, and
+    // its first full pull lifts it.
+    let missed = ip(5);
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &missed.to_string(),
+        "--duration",
+        "1h",
+    ]);
+    wait_until("B to apply the third ban", DEADLINE, || {
+        block_cause(&b, missed).is_some()
+    });
+    let server = b.server;
+    assert_eq!(server.stop().code(), Some(0));
+    lapi.cscli(&["decisions", "delete", "--ip", &missed.to_string()]);
+    let b = Node {
+        server: Server::start(&["--config", b.config.to_str().unwrap()], "guarding").unwrap(),
+        ..b
+    };
+    wait_until(
+        "B to lift the ban deleted while it was down",
+        DEADLINE,
+        || block_cause(&b, missed).is_none(),
+    );
+    assert!(served_from(missed, b.listen));
+    // The shared scanner block survived the restart and is still covered.
+    assert_eq!(block_cause(&b, scanner).as_deref(), Some("external"));
+}
+
+/// The fan-out to CrowdSec and nftables is bounded: a consumer that does
+/// not keep up loses events (counted), and admission goes on.
+#[test]
+fn observers_get_blocks_and_detections_and_a_full_queue_drops_them() {
+    use mtguard_core::{BlockCause, Event, Level, Policy};
+    let guard = mtguard_tests::test_guard(Policy::for_level(Level::Standard));
+    let mut rx = guard.subscribe(2);
+    for d in 1..=5 {
+        guard
+            .with(|e, now| {
+                e.block(
+                    now,
+                    ip(d),
+                    Some(Duration::from_secs(60)),
+                    BlockCause::Manual,
+                )
+            })
+            .unwrap();
+    }
+    assert_eq!(guard.observer_drops(), 3);
+    for d in 1..=2 {
+        match rx.try_recv().unwrap() {
+            Event::Blocked { client, cause, .. } => {
+                assert_eq!(client.to_ip(), ip(d));
+                assert_eq!(cause, BlockCause::Manual);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(rx.try_recv().is_err());
+    assert!(guard.with(|e, _| e.is_blocked(ip(5))), "blocks went on");
+    guard.with(|e, now| e.unblock(now, ip(1)));
+    assert!(matches!(rx.try_recv().unwrap(), Event::Unblocked { .. }));
+}
+
+#[test]
+fn crowdsec_and_kernel_keys_parse_and_mistakes_name_key_and_line() {
+    use mtguard::config::Config;
+    let ok = Config::parse(
+        "[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\napi_key_file = \"/k\"\n\
+         machine_id = \"n1\"\npassword_file = \"/p\"\n[kernel]\nnft_set = \"ip filter drop_me\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let c = ok.crowdsec.unwrap();
+    assert_eq!(c.lapi_url, "http://127.0.0.1:8080/");
+    assert_eq!(c.poll_interval, Duration::from_secs(10));
+    assert_eq!(c.machine_id.as_deref(), Some("n1"));
+    let set = ok.kernel.nft_set.unwrap();
+    assert_eq!(
+        (&*set.family, &*set.table, &*set.set),
+        ("ip", "filter", "drop_me")
+    );
+    assert_eq!(Config::parse("", "t.toml").unwrap().crowdsec, None);
+
+    for (text, line, key, says) in [
+        (
+            "[crowdsec]\napi_key_file = \"/k\"\n",
+            1,
+            "[crowdsec]",
+            "lapi_url is required",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"https://h:1\"\napi_key_file = \"/k\"\n",
+            2,
+            "[crowdsec] lapi_url",
+            "https is not supported",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"127.0.0.1:8080\"\napi_key_file = \"/k\"\n",
+            2,
+            "[crowdsec] lapi_url",
+            "invalid URL",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://h:1\"\n",
+            1,
+            "[crowdsec]",
+            "set api_key_file",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://h:1\"\nmachine_id = \"m\"\n",
+            3,
+            "[crowdsec] machine_id",
+            "password_file",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://h:1\"\napi_key_file = \"/k\"\npoll_interval = \"5\"\n",
+            4,
+            "[crowdsec] poll_interval",
+            "invalid duration",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://h:1\"\napi_key = \"x\"\n",
+            3,
+            "[crowdsec]",
+            "unknown key",
+        ),
+        (
+            "[kernel]\nnft_set = \"inet mtguard\"\n",
+            2,
+            "[kernel] nft_set",
+            "FAMILY TABLE SET",
+        ),
+        (
+            "[kernel]\nnft_set = \"arp t s\"\n",
+            2,
+            "[kernel] nft_set",
+            "family",
+        ),
+        (
+            "[kernel]\nnft_set = \"inet t s;x\"\n",
+            2,
+            "[kernel] nft_set",
+            "not an nftables name",
+        ),
+    ] {
+        let err = Config::parse(text, "t.toml").expect_err(text);
+        assert_eq!(err.line(), Some(line), "{err}");
+        assert_eq!(err.key(), Some(key), "{err}");
+        assert!(err.message().contains(says), "{err}");
+    }
+}
