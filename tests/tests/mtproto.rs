@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mtguard::config::{Config, OnProbe};
 use mtguard::mtproto::Mtproto;
-use mtguard_core::mtproto::{KeyOps, Secret, SecretSet, TimeWindow};
+use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{Level, Policy};
 use mtguard_tests::{connect_from, free_port, mtguard_bin, test_guard, Relay, Server};
 
@@ -50,44 +50,9 @@ fn now_unix() -> u64 {
 /// random = HMAC-SHA256(key, record with a zeroed random), its last four
 /// bytes XOR the little-endian timestamp.
 fn client_hello(secret: &str, domain: &str, ts: u64) -> Vec<u8> {
-    let mut sni = Vec::new();
-    let name = domain.as_bytes();
-    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
-    sni.push(0);
-    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    sni.extend_from_slice(name);
-    let mut extensions = vec![0, 0];
-    extensions.extend_from_slice(&(sni.len() as u16).to_be_bytes());
-    extensions.extend_from_slice(&sni);
-    // A padding extension, as real clients add one.
-    extensions.extend_from_slice(&[0x00, 0x15, 0x00, 0x40]);
-    extensions.extend_from_slice(&[0; 0x40]);
-
-    let mut body = vec![0x03, 0x03];
-    body.extend_from_slice(&[0; 32]); // random, filled below
-    body.push(32);
-    body.extend_from_slice(&[0x5a; 32]); // session id
-    body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
-    body.extend_from_slice(&[1, 0]); // null compression
-    body.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
-    body.extend_from_slice(&extensions);
-
-    let mut handshake = vec![1];
-    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-    handshake.extend_from_slice(&body);
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-    record.extend_from_slice(&handshake);
-
-    let mut set = SecretSet::new();
-    set.push(Secret::parse(secret).unwrap()).unwrap();
-    let digest = set.fake_tls_hmac(0, &[&record]).unwrap();
-    let stamp = (ts as u32).to_le_bytes();
-    record[11..39].copy_from_slice(&digest[..28]);
-    for i in 0..4 {
-        record[39 + i] = digest[28 + i] ^ stamp[i];
-    }
-    record
+    // A fixed salt: the same arguments give the same bytes, which the
+    // replay checks rely on.
+    mtguard_tests::fake_tls_hello(secret, domain, ts, [0x5a; 4])
 }
 
 /// `(first read, all bytes)` of one backend connection.
