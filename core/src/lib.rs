@@ -38,9 +38,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(test)]
-extern crate std;
-
 pub mod addr;
 pub mod cidr;
 pub mod der;

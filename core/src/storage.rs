@@ -75,7 +75,7 @@ impl<const CLIENTS: usize, const CONNECTIONS: usize, const PREFIXES: usize>
 
 /// The server preset: 65,536 clients, 65,536 concurrent connections, 8,192
 /// prefixes per list (FireHOL level1 is about 4,500). Too large for a stack:
-/// the std runtime allocates the same capacities on the heap.
+/// the server runtime allocates the same capacities on the heap.
 pub type ServerPreset = Inline<65_536, 65_536, 8_192>;
 
 /// The appliance preset: 1,024 clients, 256 concurrent connections, 256
