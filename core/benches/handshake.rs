@@ -15,25 +15,9 @@ use mtguard_core::mtproto::{Inspector, ReplayCache, Secret, SecretSet, TimeWindo
 const OBFS2: &str = include_str!("../tests/vectors/obfuscated2.txt");
 const FAKE_TLS: &str = include_str!("../tests/vectors/fake_tls.txt");
 
-/// (listener secret, now, bytes) of the named vector.
-fn vector(file: &str, name: &str) -> (String, u64, Vec<u8>) {
-    let line = file
-        .lines()
-        .find(|l| l.split(' ').next() == Some(name))
-        .expect("vector");
-    let f: Vec<&str> = line.split(' ').collect();
-    let now = if f.len() == 5 {
-        f[2].parse().unwrap()
-    } else {
-        0
-    };
-    let hex = f[f.len() - 1];
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
-    (f[1].to_string(), now, bytes)
-}
+#[path = "common/vectors.rs"]
+mod vectors;
+use vectors::vector;
 
 /// `count` secrets of the same kind as `matching`, which comes last.
 fn secrets(matching: &str, count: u8) -> SecretSet {

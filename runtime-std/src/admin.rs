@@ -15,6 +15,7 @@
 //! without progress, so nothing reaching the admin port can pin down
 //! file descriptors the proxy needs.
 
+use crate::unix_now;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
@@ -914,12 +915,6 @@ struct PinRequest {
 }
 
 const PIN_EXAMPLE: &str = r#"{"pin": "sha256/<44 base64 characters>", "label": "backup key", "expires": "2027-01-01"} (label and expires optional)"#;
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn pin_entry(p: &Pin, now_unix: u64) -> PinEntry {
     let expires = p.expires().and_then(|_| {

@@ -16,6 +16,7 @@
 //! watcher retries a batch a few times, then drops it (counted). Both say
 //! how they are doing in `/v1/status` and the metrics.
 
+use crate::unix_now;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -562,12 +563,6 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
         return Some(Duration::ZERO);
     }
     (nanos.is_finite() && nanos < 1e19).then(|| Duration::from_nanos(nanos as u64))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 // ----- watcher -----

@@ -158,7 +158,7 @@ pub struct Guard {
     lists: Mutex<ListSources>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct ListSources {
     allow: Vec<Cidr>,
     deny: Vec<Cidr>,
@@ -332,27 +332,30 @@ impl Guard {
     /// Replaces the config lists (a start or a reload); manual entries stay.
     /// Both lists are checked for room before either changes.
     pub fn set_config_lists(&self, allow: &[Cidr], deny: &[Cidr]) -> anyhow::Result<()> {
-        let mut sources = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all_deny = deny.to_vec();
-        all_deny.extend_from_slice(&sources.external_deny);
-        all_deny.sort_unstable();
-        all_deny.dedup();
-        self.apply_lists(allow, &all_deny)?;
-        sources.allow = allow.to_vec();
-        sources.deny = deny.to_vec();
-        Ok(())
+        self.update_lists(|sources| {
+            sources.allow = allow.to_vec();
+            sources.deny = deny.to_vec();
+        })
     }
 
     /// Replaces the ranges shared decisions deny (CrowdSec `Range`
     /// decisions); they sit in the denylist beside the config's entries.
     pub fn set_external_deny(&self, ranges: &[Cidr]) -> anyhow::Result<()> {
+        self.update_lists(|sources| sources.external_deny = ranges.to_vec())
+    }
+
+    /// Changes the list sources and the engine's lists together: when the
+    /// engine has no room, neither changes.
+    fn update_lists(&self, change: impl FnOnce(&mut ListSources)) -> anyhow::Result<()> {
         let mut sources = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all_deny = sources.deny.clone();
-        all_deny.extend_from_slice(ranges);
-        all_deny.sort_unstable();
-        all_deny.dedup();
-        self.apply_lists(&sources.allow.clone(), &all_deny)?;
-        sources.external_deny = ranges.to_vec();
+        let mut next = sources.clone();
+        change(&mut next);
+        let mut deny = next.deny.clone();
+        deny.extend_from_slice(&next.external_deny);
+        deny.sort_unstable();
+        deny.dedup();
+        self.apply_lists(&next.allow, &deny)?;
+        *sources = next;
         Ok(())
     }
 

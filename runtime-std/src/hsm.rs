@@ -657,14 +657,7 @@ impl Token {
             let key = handles
                 .find(session, label)?
                 .ok_or(Unavailable::NoSuchKey)?;
-            session
-                .sign_init(&Mechanism::Sha256Hmac, key)
-                .map_err(Unavailable::Token)?;
-            for part in parts {
-                session.sign_update(part).map_err(Unavailable::Token)?;
-            }
-            let mac = session.sign_final().map_err(Unavailable::Token)?;
-            mac.try_into().map_err(|_| Unavailable::NoSuchKey)
+            hmac_sha256(session, key, parts)
         })
     }
 
@@ -712,17 +705,26 @@ impl Token {
                     key
                 }
             };
-            session
-                .sign_init(&Mechanism::Sha256Hmac, key)
-                .map_err(Unavailable::Token)?;
-            for part in parts {
-                session.sign_update(part).map_err(Unavailable::Token)?;
-            }
-            let mac = session.sign_final().map_err(Unavailable::Token)?;
-            mac.try_into().map_err(|_| Unavailable::NoSuchKey)
+            hmac_sha256(session, key, parts)
         })
         .map_err(|_| self.down_error())
     }
+}
+
+/// HMAC-SHA256 of the concatenation of `parts` under `key`, in the token.
+fn hmac_sha256(
+    session: &Session,
+    key: ObjectHandle,
+    parts: &[&[u8]],
+) -> Result<[u8; 32], Unavailable> {
+    session
+        .sign_init(&Mechanism::Sha256Hmac, key)
+        .map_err(Unavailable::Token)?;
+    for part in parts {
+        session.sign_update(part).map_err(Unavailable::Token)?;
+    }
+    let mac = session.sign_final().map_err(Unavailable::Token)?;
+    mac.try_into().map_err(|_| Unavailable::NoSuchKey)
 }
 
 /// Why an operation inside [`Token::with_session`] failed: the token

@@ -18,3 +18,11 @@ pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod tls;
+
+/// Seconds since the Unix epoch (0 if the clock is before it): the clock of
+/// pin expiries, fake-TLS timestamps and CrowdSec alerts.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -10,7 +10,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use mtguard_core::mtproto::replay::{Entry, Fingerprint, ReplayRefusal, SERVER_CAPACITY};
 use mtguard_core::mtproto::{
@@ -158,9 +157,7 @@ impl Mtproto {
     /// ([`Mtproto::uses_token`]) this blocks: call it on a blocking thread,
     /// or through [`feed`].
     pub fn feed(&self, inspector: &mut Inspector, bytes: &[u8]) -> Verdict {
-        let now_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now_unix = crate::unix_now();
         // The lock is taken for the replay record only, not across a key
         // operation that may wait for a token.
         let mut replay = Locked {

@@ -509,24 +509,22 @@ impl Connection {
                 // connection's task: a slow or hostile backend delays only
                 // this client.
                 let handshake = tls.connector.connect(tls.server_name.clone(), backend);
-                let backend =
-                    match tokio::time::timeout(self.settings.connect_timeout, handshake).await {
-                        Ok(Ok(backend)) => backend,
-                        Ok(Err(e)) => {
-                            self.shared
-                                .backend_failed(&self.settings.backend, self.peer, &e);
-                            return End::Backend(e);
-                        }
-                        Err(_) => {
-                            let e = io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "TLS handshake with the backend timed out",
-                            );
-                            self.shared
-                                .backend_failed(&self.settings.backend, self.peer, &e);
-                            return End::Backend(e);
-                        }
-                    };
+                let handshake = tokio::time::timeout(self.settings.connect_timeout, handshake)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "TLS handshake with the backend timed out",
+                        ))
+                    });
+                let backend = match handshake {
+                    Ok(backend) => backend,
+                    Err(e) => {
+                        self.shared
+                            .backend_failed(&self.settings.backend, self.peer, &e);
+                        return End::Backend(e);
+                    }
+                };
                 self.pipe(client, backend, header, &mut buf, first).await
             }
         };

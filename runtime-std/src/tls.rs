@@ -20,6 +20,7 @@
 //! Validation runs inside the rustls handshake, so in the task that makes the
 //! connection; nothing here blocks other connections.
 
+use crate::unix_now;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -37,13 +38,6 @@ use crate::engine::Guard;
 
 /// Most pins one pinned host can have: the core's pin-set capacity.
 pub const MAX_PINS: usize = mtguard_core::pins::DEFAULT_CAPACITY;
-
-/// Seconds since the Unix epoch, the clock pin expiries are read on.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// The level policy on pin counts: from level 2 on, every pinned host needs
 /// at least two unexpired pins, so that a key change has a backup to land

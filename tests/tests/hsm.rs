@@ -2,13 +2,14 @@
 //! fresh token per test in a temporary directory, found by label, and
 //! checked by an independent tool (`pkcs11-tool` from Debian `opensc`).
 
+use mtguard_tests::unix_now as now_unix;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mtguard::config::{HsmConfig, PinSource};
 use mtguard::hsm::{Keys, Token};
@@ -140,13 +141,6 @@ fn hex(text: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
         .collect()
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// A fake-TLS ClientHello for `domain` under `secret` stamped `ts`, built

@@ -4,12 +4,13 @@
 //! detected and blocked by the engine), probes are masked on request; the
 //! `[mtproto]` config keys and `mtguard link`.
 
+use mtguard_tests::unix_now as now_unix;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mtguard::config::{Config, OnProbe};
 use mtguard::mtproto::Mtproto;
@@ -37,13 +38,6 @@ fn obfs2_vector(name: &str) -> (String, Vec<u8>) {
         .unwrap();
     let fields: Vec<&str> = line.split(' ').collect();
     (fields[1].to_owned(), hex(fields[3]))
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// A fake-TLS ClientHello for `domain` under `secret`, stamped `ts`:
