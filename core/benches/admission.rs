@@ -1,7 +1,7 @@
 //! Admission cost on a full server-sized table, side by side with governor's
 //! keyed rate limiter fed the same address stream.
 //!
-//! Run: `cargo bench -p mtguard-core --bench admission`. The README reports
+//! Run: `cargo bench -p mtguard-core --bench admission`. docs/core.md reports
 //! the figures as ns/op and as the ratio mtguard / governor.
 
 use std::hint::black_box;

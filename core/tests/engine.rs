@@ -677,7 +677,7 @@ fn construction_rejects_unusable_tables_and_policies() {
 }
 
 /// The memory an attack can make the engine use, for both presets: the
-/// README quotes these numbers.
+/// docs/core.md quotes these numbers.
 #[test]
 fn memory_is_a_number_we_can_state() {
     use core::mem::size_of;

@@ -1,6 +1,6 @@
 //! Two `mtguard run` processes and one real CrowdSec Local API (Debian's
 //! `crowdsec` 1.4.6 package, extracted without its post-install script:
-//! see the README): what one guard blocks, the other refuses; an
+//! see docs/fleets.md): what one guard blocks, the other refuses; an
 //! operator's `cscli decisions add` reaches both and `cscli decisions
 //! delete` lifts it on both; with the Local API gone, the blocks stay.
 
