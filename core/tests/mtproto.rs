@@ -182,6 +182,48 @@ fn replays_are_refused_inside_the_window() {
 }
 
 #[test]
+fn an_obfuscated2_header_replayed_ten_minutes_later_is_refused() {
+    // It carries no timestamp, so time alone never makes its replay safe.
+    let v = vector(OBFS2, false, "classic-padded");
+    let secrets = set(&[&v.secret]);
+    let mut replay = cache();
+    let mut first: Inspector = Inspector::new();
+    let ok = first.feed(&v.bytes, NOW, &secrets, &secrets, &mut replay);
+    assert!(matches!(ok, Verdict::Valid(_)), "{ok:?}");
+    for later in [600, 86_400, 365 * 86_400] {
+        let mut again: Inspector = Inspector::new();
+        assert_eq!(
+            again.feed(&v.bytes, NOW + later, &secrets, &secrets, &mut replay),
+            Verdict::Invalid(Invalid::Replay),
+            "{later} s later"
+        );
+    }
+}
+
+#[test]
+fn obfuscated2_handshakes_make_room_by_forgetting_the_oldest() {
+    let a = vector(OBFS2, false, "classic-abridged");
+    let b = vector(OBFS2, false, "classic-intermediate");
+    let c = vector(OBFS2, false, "classic-padded");
+    let secrets = set(&[&a.secret]);
+    let mut replay = ReplayCache::new([Entry::EMPTY; 2], [1; 16], TimeWindow::default()).unwrap();
+    let mut feed = |v: &Vector, now| {
+        let mut i: Inspector = Inspector::new();
+        i.feed(&v.bytes, now, &secrets, &secrets, &mut replay)
+    };
+    assert!(matches!(feed(&a, NOW), Verdict::Valid(_)));
+    assert!(matches!(feed(&b, NOW), Verdict::Valid(_)));
+    // The ring is full of entries no clock ends: the oldest makes room.
+    assert!(matches!(feed(&c, NOW + 1), Verdict::Valid(_)));
+    assert_eq!(feed(&b, NOW + 2), Verdict::Invalid(Invalid::Replay));
+    assert_eq!(feed(&c, NOW + 2), Verdict::Invalid(Invalid::Replay));
+    // `a` was the one forgotten: a replay of it passes, and is remembered
+    // again in place of `b`.
+    assert!(matches!(feed(&a, NOW + 3), Verdict::Valid(_)));
+    assert_eq!(replay.refused_full(), 0);
+}
+
+#[test]
 fn a_full_cache_of_live_handshakes_refuses_new_ones() {
     let a = vector(FAKE_TLS, true, "valid-517");
     let b = vector(FAKE_TLS, true, "valid-1800");
