@@ -11,7 +11,9 @@ use mtguard_core::HandshakeOutcome;
 
 const OBFS2: &str = include_str!("vectors/obfuscated2.txt");
 const FAKE_TLS: &str = include_str!("vectors/fake_tls.txt");
+const TLS_PREFIX: &str = include_str!("vectors/tls_prefix.txt");
 const NOW: u64 = 1_800_000_000;
+const CLASSIC: &str = "0123456789abcdef0123456789abcdef";
 
 struct Vector {
     name: String,
@@ -119,7 +121,8 @@ fn random_cuts(len: usize, seed: &mut u64) -> Vec<usize> {
 }
 
 fn check_all_splits(v: &Vector) {
-    let secrets = set(&[&v.secret]);
+    // A listener of one secret, or several, comma-separated.
+    let secrets = set(&v.secret.split(',').collect::<Vec<_>>());
     let whole = judge(&secrets, &v.bytes, v.now);
     assert_eq!(show(whole), v.expected, "{}", v.name);
     for cut in 0..=v.bytes.len() {
@@ -152,6 +155,38 @@ fn fake_tls_vectors() {
         .iter()
         .any(|v| v.bytes.len() > 767 && v.expected == "valid"));
     vs.iter().for_each(check_all_splits);
+}
+
+#[test]
+fn obfuscated2_headers_that_start_like_tls_are_judged_as_obfuscated2() {
+    // Telethon's headers whose random part starts 16 03 01 xx, on listeners
+    // with an ee secret beside the obfuscated2 one: accepted as soon as
+    // their 64 bytes are in, at every split; 16 03 01 02 stays TLS.
+    let vs = vectors(TLS_PREFIX, false);
+    for prefix in ["16030100", "1603013f", "160301ff"] {
+        assert!(
+            vs.iter().any(|v| v.bytes.starts_with(&hex(prefix))
+                && v.expected.contains('/')
+                && v.secret.contains(',')),
+            "a valid {prefix} vector on a listener with both kinds"
+        );
+    }
+    vs.iter().for_each(check_all_splits);
+}
+
+#[test]
+fn a_listener_with_both_kinds_still_judges_every_hello_the_same() {
+    // The obfuscated2 secret beside the ee one changes nothing for a
+    // ClientHello, whichever length its record header claims.
+    for mut v in vectors(FAKE_TLS, true) {
+        for secrets in [
+            format!("{},{}", v.secret, CLASSIC),
+            format!("{},{}", CLASSIC, v.secret),
+        ] {
+            v.secret = secrets;
+            check_all_splits(&v);
+        }
+    }
 }
 
 fn vector(file: &str, with_time: bool, name: &str) -> Vector {
