@@ -1,6 +1,8 @@
 //! Cost of judging one handshake, with 1 and 16 secrets configured (the
 //! matching one last, so 16 secrets is the worst case), for obfuscated2 and
-//! fake-TLS, replay-cache insertion included.
+//! fake-TLS, replay-cache insertion included; and on listeners with both
+//! kinds, where a start of `16 03 01 xx` (xx not 02) is first tried as an
+//! obfuscated2 header, then as a ClientHello.
 //!
 //! Run: `cargo bench -p mtguard-core --bench handshake`. Each iteration
 //! judges a whole first packet in one piece with a fresh inspector and
@@ -14,6 +16,7 @@ use mtguard_core::mtproto::{Inspector, ReplayCache, Secret, SecretSet, TimeWindo
 
 const OBFS2: &str = include_str!("../tests/vectors/obfuscated2.txt");
 const FAKE_TLS: &str = include_str!("../tests/vectors/fake_tls.txt");
+const TLS_PREFIX: &str = include_str!("../tests/vectors/tls_prefix.txt");
 
 #[path = "common/vectors.rs"]
 mod vectors;
@@ -35,8 +38,31 @@ fn secrets(matching: &str, count: u8) -> SecretSet {
     set
 }
 
+/// The matching `ee` secret and `count - 1` classic ones before it: the
+/// most obfuscated2 keys a ClientHello starting `16 03 01 xx` is tried
+/// under before its own.
+fn mixed(matching_ee: &str, count: u8) -> SecretSet {
+    let mut set = SecretSet::new();
+    for i in 1..count {
+        let key = format!("{i:02x}").repeat(16);
+        set.push(Secret::parse(&key).unwrap()).unwrap();
+    }
+    set.push(Secret::parse(matching_ee).unwrap()).unwrap();
+    set
+}
+
+/// The listener's secrets as the tls_prefix vectors list them.
+fn listed(secrets: &str) -> SecretSet {
+    let mut set = SecretSet::new();
+    for s in secrets.split(',') {
+        set.push(Secret::parse(s).unwrap()).unwrap();
+    }
+    set
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("handshake");
+    let mut cases = Vec::new();
     for (kind, file, name) in [
         ("obfuscated2", OBFS2, "dd-padded"),
         ("fake_tls_517", FAKE_TLS, "valid-517"),
@@ -44,27 +70,55 @@ fn bench(c: &mut Criterion) {
     ] {
         let (secret, now, bytes) = vector(file, name);
         for count in [1u8, 16] {
-            let set = secrets(&secret, count);
-            group.bench_function(format!("{kind}/{count}_secrets"), |b| {
-                b.iter_batched(
-                    || {
-                        let replay = ReplayCache::new(
-                            vec![Entry::EMPTY; 16],
-                            [3; 16],
-                            TimeWindow::default(),
-                        )
-                        .unwrap();
-                        (Box::<Inspector>::default(), replay)
-                    },
-                    |(mut inspector, mut replay)| {
-                        let v = inspector.feed(black_box(&bytes), now, &set, &set, &mut replay);
-                        assert!(matches!(v, Verdict::Valid(_)));
-                        v
-                    },
-                    BatchSize::SmallInput,
-                )
-            });
+            cases.push((
+                format!("{kind}/{count}_secrets"),
+                secrets(&secret, count),
+                now,
+                bytes.clone(),
+            ));
         }
+    }
+    // valid-1800 starts 16 03 01 07: on a mixed listener its first 64 bytes
+    // are judged as obfuscated2 under every classic secret first.
+    let (ee, now, hello) = vector(FAKE_TLS, "valid-1800");
+    cases.push((
+        "fake_tls_1800/1_secret".into(),
+        mixed(&ee, 1),
+        now,
+        hello.clone(),
+    ));
+    for count in [2u8, 16] {
+        cases.push((
+            format!("fake_tls_1800/mixed_{count}_secrets"),
+            mixed(&ee, count),
+            now,
+            hello.clone(),
+        ));
+    }
+    let (both, _, header) = vector(TLS_PREFIX, "tls-16030107-abridged");
+    cases.push((
+        "obfuscated2_tls_start/mixed_2_secrets".into(),
+        listed(&both),
+        0,
+        header,
+    ));
+    for (label, set, now, bytes) in cases {
+        group.bench_function(label, |b| {
+            b.iter_batched(
+                || {
+                    let replay =
+                        ReplayCache::new(vec![Entry::EMPTY; 16], [3; 16], TimeWindow::default())
+                            .unwrap();
+                    (Box::<Inspector>::default(), replay)
+                },
+                |(mut inspector, mut replay)| {
+                    let v = inspector.feed(black_box(&bytes), now, &set, &set, &mut replay);
+                    assert!(matches!(v, Verdict::Valid(_)));
+                    v
+                },
+                BatchSize::SmallInput,
+            )
+        });
     }
     group.finish();
 }

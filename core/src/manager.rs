@@ -521,7 +521,7 @@ impl<S: Storage> SecurityManager<S> {
         }
         self.conn_timers.cancel(self.connections.as_mut(), c);
         self.connections.as_mut()[c as usize].state = ConnState::Established;
-        self.judge(now, slot.client, outcome);
+        self.judge(now, slot, outcome);
         Ok(())
     }
 
@@ -1073,9 +1073,14 @@ impl<S: Storage> SecurityManager<S> {
             return self.reject(RejectReason::ConnectionTableFull);
         }
         let deadline = self.policy.handshake_timeout.map(|t| now.saturating_add(t));
+        let epoch = match self.clients.as_ref().get(client as usize) {
+            Some(s) => s.epoch,
+            None => 0,
+        };
         let slot = &mut self.connections.as_mut()[c as usize];
         self.conn_free = slot.client;
         slot.client = client;
+        slot.epoch = epoch;
         slot.generation = slot.generation.wrapping_add(1);
         slot.state = ConnState::Handshaking;
         let id = ConnectionId::new(c, slot.generation);
@@ -1138,22 +1143,41 @@ impl<S: Storage> SecurityManager<S> {
         self.reject(reason)
     }
 
-    fn judge(&mut self, now: Instant, client: u32, outcome: HandshakeOutcome) {
+    /// Counts the outcome of `conn`'s handshake against its client.
+    ///
+    /// A connection admitted before its client's latest block (see
+    /// [`ClientSlot::epoch`]) is still counted in the statistics and its
+    /// replay still reported, but it adds nothing to the client's failures
+    /// and earns no offence: its burst has been punished already, and a
+    /// blocked client admits no new connection, so every connection judged
+    /// during a block is one of these. Without this rule one burst of 30
+    /// failures (one office behind NAT, one broken app) counted 21 offences
+    /// and a block of a day.
+    fn judge(&mut self, now: Instant, conn: ConnSlot, outcome: HandshakeOutcome) {
         self.stats.handshakes[outcome as usize] += 1;
+        let client = conn.client;
         if client == NIL || outcome == HandshakeOutcome::Valid {
             return;
         }
         let window = self.window_index(now);
         let window_ms = self.window_ms();
         let into = self.offset_in_window(now);
-        let key = ClientKey::from_bits(self.clients.as_ref()[client as usize].key);
+        let owner = self.clients.as_ref()[client as usize];
+        let key = ClientKey::from_bits(owner.key);
+        let spent = owner.blocked() || owner.epoch != conn.epoch;
         if outcome == HandshakeOutcome::Replay {
             self.stats.replays += 1;
             self.emit(Event::ReplayDetected { client: key });
-            if self.policy.block_on_replay && self.policy.ip_blocking {
-                self.auto_block(now, client, BlockCause::Replay);
-                return;
-            }
+        }
+        if spent {
+            return;
+        }
+        if outcome == HandshakeOutcome::Replay
+            && self.policy.block_on_replay
+            && self.policy.ip_blocking
+        {
+            self.auto_block(now, client, BlockCause::Replay);
+            return;
         }
         let slot = &mut self.clients.as_mut()[client as usize];
         slot.roll(window);
@@ -1200,20 +1224,21 @@ impl<S: Storage> SecurityManager<S> {
         }
     }
 
-    /// Blocks a client for its next offence. A block it already has is only
-    /// ever lengthened: an automatic block never shortens the operator's.
+    /// Blocks a client for its next offence. Its callers see only clients
+    /// that are not blocked (a blocked client is refused before any limit
+    /// is counted, and [`Self::judge`] skips connections from before a
+    /// block); a block, the operator's above all, is left as it is rather
+    /// than replaced, so an offence can never shorten one.
     fn auto_block(&mut self, now: Instant, i: u32, cause: BlockCause) {
+        if self.clients.as_ref()[i as usize].blocked() {
+            return;
+        }
         let offences = {
             let slot = &mut self.clients.as_mut()[i as usize];
             slot.offences = slot.offences.saturating_add(1);
             slot.offences
         };
         let until = now.saturating_add(self.escalated(offences));
-        let slot = &self.clients.as_ref()[i as usize];
-        if slot.blocked() && (slot.permanent() || slot.timer.deadline() >= Some(until)) {
-            self.generation += 1;
-            return;
-        }
         self.start_block(i, Some(until), cause);
     }
 
@@ -1300,7 +1325,7 @@ impl<S: Storage> SecurityManager<S> {
         self.emit(Event::HandshakeTimeout {
             connection: ConnectionId::new(c, slot.generation),
         });
-        self.judge(now, slot.client, HandshakeOutcome::Timeout);
+        self.judge(now, slot, HandshakeOutcome::Timeout);
     }
 
     fn check_attack(&mut self, now: Instant) {

@@ -39,6 +39,11 @@ pub struct ClientSlot {
     pub(crate) timeouts: [u8; 2],
     pub(crate) offences: u8,
     flags: u8,
+    /// Blocks started for this client, wrapping. A connection remembers the
+    /// value at its admission: one admitted before the latest block earns
+    /// no offence, so a burst that was already punished is not punished
+    /// again (fail2ban's rule).
+    pub(crate) epoch: u16,
 }
 
 impl ClientSlot {
@@ -57,6 +62,7 @@ impl ClientSlot {
         timeouts: [0; 2],
         offences: 0,
         flags: 0,
+        epoch: 0,
     };
 
     pub(crate) fn occupied(&self) -> bool {
@@ -71,7 +77,13 @@ impl ClientSlot {
     pub(crate) fn cause_bits(&self) -> u8 {
         self.flags >> CAUSE_SHIFT
     }
+    /// Marks the client blocked. The failures and violations that led here
+    /// are spent: the next offence needs its own, counted after the block.
     pub(crate) fn set_block(&mut self, permanent: bool, cause: u8) {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.violations = [0; 2];
+        self.failures = [0; 2];
+        self.timeouts = [0; 2];
         self.flags &= OCCUPIED | ON_LRU | OFFENDER_LRU;
         self.flags |= BLOCKED | (cause << CAUSE_SHIFT);
         if permanent {
@@ -120,6 +132,8 @@ pub struct ConnSlot {
     /// while free.
     pub(crate) client: u32,
     pub(crate) generation: u32,
+    /// The owning client's [`ClientSlot::epoch`] at admission.
+    pub(crate) epoch: u16,
     pub(crate) state: ConnState,
 }
 
@@ -137,6 +151,7 @@ impl ConnSlot {
         timer: TimerLink::UNSCHEDULED,
         client: NIL,
         generation: 0,
+        epoch: 0,
         state: ConnState::Free,
     };
 }

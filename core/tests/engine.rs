@@ -713,3 +713,226 @@ fn memory_is_a_number_we_can_state() {
     assert!(fixed < 32 * 1024, "{fixed}");
     assert!(size_of::<SecurityManager<AppliancePreset>>() < appliance + 32 * 1024);
 }
+
+// ----- one burst is one offence (issue 14, item 3) -----
+
+/// Level 1 as shipped (jitter on), without under-attack mode so that the
+/// burst meets the per-client rules only.
+fn level1() -> Policy {
+    let mut p = Policy::for_level(Level::Standard);
+    p.attack_enter_per_second = None;
+    p
+}
+
+/// The one block of `ip`: `(until - started, offences, cause)`.
+fn the_block<S: mtguard_core::Storage>(
+    g: &SecurityManager<S>,
+    ip: IpAddr,
+    started: Instant,
+) -> (Option<u64>, u8, BlockCause) {
+    let key = g.client_key(ip);
+    let b = g.blocks().find(|b| b.client == key).expect("a block");
+    (
+        b.until.map(|u| u.as_millis() - started.as_millis()),
+        b.offences,
+        b.cause,
+    )
+}
+
+fn blocked_events(evs: &[Event]) -> usize {
+    evs.iter()
+        .filter(|e| matches!(e, Event::Blocked { .. }))
+        .count()
+}
+
+#[test]
+fn thirty_garbage_connections_at_once_are_one_offence() {
+    let p = level1();
+    let mut g = guard(p);
+    let ip = v4(127, 0, 14, 3);
+    let conns: Vec<_> = (0..30).map(|i| admit(&mut g, at(i), ip)).collect();
+    for (i, c) in conns.iter().enumerate() {
+        g.handle_handshake(at(100 + i as u64), *c, HandshakeOutcome::Invalid)
+            .unwrap();
+    }
+    // The threshold was reached by the tenth failure, at 109 ms.
+    let (d, offences, cause) = the_block(&g, ip, at(109));
+    assert_eq!((offences, cause), (1, BlockCause::Scanner));
+    let d = d.unwrap();
+    assert!((300_000..=330_000).contains(&d), "block of {d} ms");
+    assert_eq!(blocked_events(&events(&mut g)), 1);
+    assert_eq!(g.stats().blocks, 1);
+    assert_eq!(g.stats().handshakes[HandshakeOutcome::Invalid as usize], 30);
+}
+
+#[test]
+fn thirty_silent_connections_timing_out_together_are_one_offence() {
+    let mut p = level1();
+    p.handshake_timeout = Some(Duration::from_secs(10));
+    let mut g = guard(p);
+    let ip = v4(127, 0, 14, 4);
+    for _ in 0..30 {
+        admit(&mut g, at(0), ip);
+    }
+    run_until(&mut g, at(10_000));
+    let evs = events(&mut g);
+    let timeouts = evs
+        .iter()
+        .filter(|e| matches!(e, Event::HandshakeTimeout { .. }))
+        .count();
+    assert_eq!(timeouts, 30, "every connection was timed out");
+    assert_eq!(blocked_events(&evs), 1);
+    let (d, offences, cause) = the_block(&g, ip, at(10_000));
+    assert_eq!((offences, cause), (1, BlockCause::Slowloris));
+    assert!((300_000..=330_000).contains(&d.unwrap()));
+}
+
+#[test]
+fn thirty_replays_at_level_2_are_one_offence() {
+    let mut p = Policy::for_level(Level::High);
+    p.attack_enter_per_second = None;
+    let mut g = guard(p);
+    let ip = v4(127, 0, 14, 5);
+    let conns: Vec<_> = (0..30).map(|i| admit(&mut g, at(i), ip)).collect();
+    for c in conns {
+        g.handle_handshake(at(50), c, HandshakeOutcome::Replay)
+            .unwrap();
+    }
+    let (d, offences, cause) = the_block(&g, ip, at(50));
+    assert_eq!((offences, cause), (1, BlockCause::Replay));
+    // Level 2: 600 s plus up to 20 % jitter.
+    assert!((600_000..=720_000).contains(&d.unwrap()));
+    let evs = events(&mut g);
+    assert_eq!(blocked_events(&evs), 1);
+    // Every replay is still detected and counted: only the offence is not.
+    let detected = evs
+        .iter()
+        .filter(|e| matches!(e, Event::ReplayDetected { .. }))
+        .count();
+    assert_eq!((detected, g.stats().replays), (30, 30));
+}
+
+#[test]
+fn an_offence_after_the_block_has_ended_still_escalates() {
+    let p = level1();
+    let mut g = guard(p);
+    let ip = v4(127, 0, 14, 6);
+    let conns: Vec<_> = (0..30).map(|i| admit(&mut g, at(i), ip)).collect();
+    for c in &conns {
+        g.handle_handshake(at(40), *c, HandshakeOutcome::Invalid)
+            .unwrap();
+        g.handle_close(at(40), *c).unwrap();
+    }
+    let (d, offences, _) = the_block(&g, ip, at(40));
+    assert_eq!(offences, 1);
+    let end = at(40 + d.unwrap());
+    run_until(&mut g, end);
+    assert!(!g.is_blocked(ip));
+    // The same burst again once the block is over: a second offence, whose
+    // block doubles.
+    let t = end.as_millis() + 1;
+    let conns: Vec<_> = (0..30).map(|_| admit(&mut g, at(t), ip)).collect();
+    for c in &conns {
+        g.handle_handshake(at(t), *c, HandshakeOutcome::Invalid)
+            .unwrap();
+    }
+    let (d, offences, cause) = the_block(&g, ip, at(t));
+    assert_eq!((offences, cause), (2, BlockCause::Scanner));
+    assert!((600_000..=660_000).contains(&d.unwrap()), "{d:?}");
+    assert_eq!(g.stats().blocks, 2);
+}
+
+#[test]
+fn connections_admitted_before_a_block_earn_nothing_after_it_is_lifted() {
+    let mut p = quiet_policy();
+    p.scanner_failures = 3;
+    let mut g = guard(p);
+    let ip = v4(127, 0, 14, 7);
+    let conns: Vec<_> = (0..9).map(|i| admit(&mut g, at(i), ip)).collect();
+    for c in &conns[..3] {
+        g.handle_handshake(at(20), *c, HandshakeOutcome::Invalid)
+            .unwrap();
+    }
+    assert!(g.is_blocked(ip));
+    // The operator lifts the block; the six connections still open from
+    // before it fail now: the block they belong to is over and forgiven.
+    assert!(g.unblock(at(30), ip));
+    for c in &conns[3..] {
+        g.handle_handshake(at(40), *c, HandshakeOutcome::Invalid)
+            .unwrap();
+    }
+    assert!(!g.is_blocked(ip));
+    assert_eq!(g.client_info(ip).unwrap().offences, 1);
+    // A connection admitted after the block counts afresh: three new
+    // failures are the next offence, one or two are not.
+    let fresh: Vec<_> = (0..3).map(|_| admit(&mut g, at(50), ip)).collect();
+    for c in &fresh[..2] {
+        g.handle_handshake(at(60), *c, HandshakeOutcome::Invalid)
+            .unwrap();
+    }
+    assert!(
+        !g.is_blocked(ip),
+        "the evidence of the first block was spent"
+    );
+    g.handle_handshake(at(60), fresh[2], HandshakeOutcome::Invalid)
+        .unwrap();
+    assert_eq!(g.client_info(ip).unwrap().offences, 2);
+}
+
+#[test]
+fn an_operators_block_is_never_shortened_nor_turned_into_an_offence() {
+    for duration in [
+        Some(Duration::from_secs(3_600)),
+        Some(Duration::from_secs(5)),
+        None,
+    ] {
+        let mut p = level1();
+        p.handshake_timeout = Some(Duration::from_secs(10));
+        let mut g = guard(p);
+        let ip = v4(127, 0, 14, 8);
+        let conns: Vec<_> = (0..30).map(|_| admit(&mut g, at(0), ip)).collect();
+        g.block(at(1), ip, duration, BlockCause::Manual).unwrap();
+        let before = g.blocks().next().unwrap();
+        for c in &conns[..15] {
+            g.handle_handshake(at(2), *c, HandshakeOutcome::Invalid)
+                .unwrap();
+        }
+        let after = g.blocks().next().unwrap();
+        assert_eq!(after, before, "{duration:?}");
+        assert_eq!(after.offences, 0);
+        // The other fifteen time out, after a five-second block has ended:
+        // still the operator's block's connections, still no offence.
+        run_until(&mut g, at(10_000));
+        let info = g.client_info(ip).unwrap();
+        assert_eq!(info.offences, 0, "{duration:?}");
+        assert_eq!(info.blocked, duration != Some(Duration::from_secs(5)));
+        if info.blocked {
+            assert_eq!(g.blocks().next().unwrap(), before);
+        }
+    }
+}
+
+#[test]
+fn a_block_spends_the_violations_that_caused_it() {
+    let mut p = quiet_policy();
+    p.max_connections_per_client = 1;
+    p.block_after_violations = 3;
+    p.block_duration = Duration::from_secs(5);
+    p.rate_window = Duration::from_secs(60);
+    let mut g = guard(p);
+    let ip = v4(127, 0, 14, 9);
+    let _held = admit(&mut g, at(0), ip);
+    for _ in 0..3 {
+        refused(&mut g, at(1), ip);
+    }
+    assert!(g.is_blocked(ip));
+    run_until(&mut g, at(5_001));
+    assert!(!g.is_blocked(ip));
+    // Same rate window: one more refusal is one violation, not the fourth.
+    assert_eq!(
+        refused(&mut g, at(5_002), ip),
+        RejectReason::TooManyConnections
+    );
+    assert!(!g.is_blocked(ip));
+    assert_eq!(g.client_info(ip).unwrap().offences, 1);
+}

@@ -11,7 +11,9 @@ use mtguard_core::HandshakeOutcome;
 
 const OBFS2: &str = include_str!("vectors/obfuscated2.txt");
 const FAKE_TLS: &str = include_str!("vectors/fake_tls.txt");
+const TLS_PREFIX: &str = include_str!("vectors/tls_prefix.txt");
 const NOW: u64 = 1_800_000_000;
+const CLASSIC: &str = "0123456789abcdef0123456789abcdef";
 
 struct Vector {
     name: String,
@@ -119,7 +121,8 @@ fn random_cuts(len: usize, seed: &mut u64) -> Vec<usize> {
 }
 
 fn check_all_splits(v: &Vector) {
-    let secrets = set(&[&v.secret]);
+    // A listener of one secret, or several, comma-separated.
+    let secrets = set(&v.secret.split(',').collect::<Vec<_>>());
     let whole = judge(&secrets, &v.bytes, v.now);
     assert_eq!(show(whole), v.expected, "{}", v.name);
     for cut in 0..=v.bytes.len() {
@@ -154,6 +157,38 @@ fn fake_tls_vectors() {
     vs.iter().for_each(check_all_splits);
 }
 
+#[test]
+fn obfuscated2_headers_that_start_like_tls_are_judged_as_obfuscated2() {
+    // Telethon's headers whose random part starts 16 03 01 xx, on listeners
+    // with an ee secret beside the obfuscated2 one: accepted as soon as
+    // their 64 bytes are in, at every split; 16 03 01 02 stays TLS.
+    let vs = vectors(TLS_PREFIX, false);
+    for prefix in ["16030100", "1603013f", "160301ff"] {
+        assert!(
+            vs.iter().any(|v| v.bytes.starts_with(&hex(prefix))
+                && v.expected.contains('/')
+                && v.secret.contains(',')),
+            "a valid {prefix} vector on a listener with both kinds"
+        );
+    }
+    vs.iter().for_each(check_all_splits);
+}
+
+#[test]
+fn a_listener_with_both_kinds_still_judges_every_hello_the_same() {
+    // The obfuscated2 secret beside the ee one changes nothing for a
+    // ClientHello, whichever length its record header claims.
+    for mut v in vectors(FAKE_TLS, true) {
+        for secrets in [
+            format!("{},{}", v.secret, CLASSIC),
+            format!("{},{}", CLASSIC, v.secret),
+        ] {
+            v.secret = secrets;
+            check_all_splits(&v);
+        }
+    }
+}
+
 fn vector(file: &str, with_time: bool, name: &str) -> Vector {
     vectors(file, with_time)
         .into_iter()
@@ -179,6 +214,48 @@ fn replays_are_refused_inside_the_window() {
         assert_eq!(replayed.outcome(), Some(HandshakeOutcome::Replay));
         assert_eq!(replay.replays(), 1);
     }
+}
+
+#[test]
+fn an_obfuscated2_header_replayed_ten_minutes_later_is_refused() {
+    // It carries no timestamp, so time alone never makes its replay safe.
+    let v = vector(OBFS2, false, "classic-padded");
+    let secrets = set(&[&v.secret]);
+    let mut replay = cache();
+    let mut first: Inspector = Inspector::new();
+    let ok = first.feed(&v.bytes, NOW, &secrets, &secrets, &mut replay);
+    assert!(matches!(ok, Verdict::Valid(_)), "{ok:?}");
+    for later in [600, 86_400, 365 * 86_400] {
+        let mut again: Inspector = Inspector::new();
+        assert_eq!(
+            again.feed(&v.bytes, NOW + later, &secrets, &secrets, &mut replay),
+            Verdict::Invalid(Invalid::Replay),
+            "{later} s later"
+        );
+    }
+}
+
+#[test]
+fn obfuscated2_handshakes_make_room_by_forgetting_the_oldest() {
+    let a = vector(OBFS2, false, "classic-abridged");
+    let b = vector(OBFS2, false, "classic-intermediate");
+    let c = vector(OBFS2, false, "classic-padded");
+    let secrets = set(&[&a.secret]);
+    let mut replay = ReplayCache::new([Entry::EMPTY; 2], [1; 16], TimeWindow::default()).unwrap();
+    let mut feed = |v: &Vector, now| {
+        let mut i: Inspector = Inspector::new();
+        i.feed(&v.bytes, now, &secrets, &secrets, &mut replay)
+    };
+    assert!(matches!(feed(&a, NOW), Verdict::Valid(_)));
+    assert!(matches!(feed(&b, NOW), Verdict::Valid(_)));
+    // The ring is full of entries no clock ends: the oldest makes room.
+    assert!(matches!(feed(&c, NOW + 1), Verdict::Valid(_)));
+    assert_eq!(feed(&b, NOW + 2), Verdict::Invalid(Invalid::Replay));
+    assert_eq!(feed(&c, NOW + 2), Verdict::Invalid(Invalid::Replay));
+    // `a` was the one forgotten: a replay of it passes, and is remembered
+    // again in place of `b`.
+    assert!(matches!(feed(&a, NOW + 3), Verdict::Valid(_)));
+    assert_eq!(replay.refused_full(), 0);
 }
 
 #[test]

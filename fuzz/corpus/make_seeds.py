@@ -39,8 +39,11 @@ def vectors(file):
 # vectors' 1,800,000,000.
 put = target("inspector")
 picked = ["classic-abridged", "dd-padded", "wrong-secret", "valid-517", "valid-mlkem",
-          "hmac-bit-flipped", "session-id-16"]
-for file in ("obfuscated2.txt", "fake_tls.txt"):
+          "hmac-bit-flipped", "session-id-16",
+          # obfuscated2 headers that start like a TLS record (16 03 01 xx)
+          "tls-16030100-abridged", "tls-16030107-abridged", "tls-16030102-abridged",
+          "tls-160301ff-wrong-secret"]
+for file in ("obfuscated2.txt", "fake_tls.txt", "tls_prefix.txt"):
     for name, data in vectors(file):
         if name in picked:
             put(name, bytes([128, 0]) + data)

@@ -26,6 +26,10 @@ const HEADER_LEN: usize = 64;
 /// A TLS handshake record offered as TLS 1.0 for compatibility, as every
 /// client does for its ClientHello.
 const TLS_START: [u8; 3] = [0x16, 0x03, 0x01];
+/// The fourth byte on which MTProxy decides "fake-TLS" for good
+/// (`net-tcp-rpc-ext-server.c`): official clients keep `16 03 01 02` out of
+/// their obfuscated2 headers, and no other start.
+const TLS_ONLY_LEN_HIGH: u8 = 0x02;
 const RECORD_HEADER: usize = 5;
 const RANDOM: core::ops::Range<usize> = 11..43;
 /// Record header, handshake header, version, random, session id length and
@@ -36,12 +40,22 @@ const HELLO_MIN: usize = RECORD_HEADER + 4 + 2 + 32 + 1 + 32;
 /// longest fake-TLS record, header included, it can judge (longer ones are
 /// refused as oversized); at least 64, for the obfuscated2 header.
 ///
-/// A client is taken to speak fake-TLS if its first bytes are `16 03 01` (a
-/// TLS handshake record) and the listener has a fake-TLS secret; otherwise
-/// its first 64 bytes are an obfuscated2 header. `ee` secrets accept
-/// fake-TLS only, as MTProxy does once it has a domain: a bare obfuscated2
-/// header under an `ee` key would let a censor's prober skip the TLS
-/// disguise.
+/// On a listener with fake-TLS secrets only, a client must start with
+/// `16 03 01` (a TLS handshake record); on one without, its first 64 bytes
+/// are an obfuscated2 header. `ee` secrets accept fake-TLS only, as MTProxy
+/// does once it has a domain: a bare obfuscated2 header under an `ee` key
+/// would let a censor's prober skip the TLS disguise.
+///
+/// A listener with both kinds cannot tell them apart by `16 03 01` alone:
+/// an obfuscated2 header's first bytes are random, and official clients
+/// avoid only `16 03 01 02`, on which MTProxy decides. So `16 03 01 02` is
+/// read as TLS only; after any other `16 03 01 xx` the inspector waits for
+/// 64 bytes and judges them as an obfuscated2 header first, and only if no
+/// obfuscated2 secret accepts them reads the bytes as a ClientHello (whose
+/// record is never shorter than 64 bytes, so no hello is decided earlier).
+/// An obfuscated2 client sends its 64 bytes and its first packet without
+/// waiting for an answer, so it is never left waiting for a TLS record
+/// length its random bytes happened to spell.
 ///
 /// Once decided, the verdict does not change: later calls return it again.
 ///
@@ -129,10 +143,13 @@ impl<const N: usize> Inspector<N> {
         let seen = &self.buf[..self.len];
         let prefix = seen.len().min(TLS_START.len());
         if secrets.has_fake_tls() && seen[..prefix] == TLS_START[..prefix] {
-            if prefix < TLS_START.len() {
-                return Verdict::NeedMore;
+            if !secrets.has_obfuscated2() {
+                if prefix < TLS_START.len() {
+                    return Verdict::NeedMore;
+                }
+                return self.judge_fake_tls(now_unix, secrets, keys, replay);
             }
-            return self.judge_fake_tls(now_unix, secrets, keys, replay);
+            return self.judge_tls_or_obfuscated2(now_unix, secrets, keys, replay);
         }
         if !secrets.has_obfuscated2() {
             return Verdict::Invalid(Invalid::BadSecretOrTag);
@@ -143,6 +160,44 @@ impl<const N: usize> Inspector<N> {
         match seen.first_chunk::<HEADER_LEN>() {
             Some(header) => judge_obfuscated2(header, now_unix, secrets, keys, replay),
             None => Verdict::NeedMore,
+        }
+    }
+
+    /// A start of `16 03 01` on a listener with both kinds of secret.
+    ///
+    /// Every answer depends on a prefix only once it is given, so that any
+    /// split of the same bytes reaches the same verdict: the obfuscated2
+    /// reading depends on the first 64 bytes, the TLS reading on the record
+    /// header and then the whole record.
+    fn judge_tls_or_obfuscated2<K, R>(
+        &self,
+        now_unix: u64,
+        secrets: &SecretSet,
+        keys: &K,
+        replay: &mut R,
+    ) -> Verdict
+    where
+        K: KeyOps + ?Sized,
+        R: ReplayStore + ?Sized,
+    {
+        let seen = &self.buf[..self.len];
+        let Some(&len_high) = seen.get(TLS_START.len()) else {
+            return Verdict::NeedMore;
+        };
+        // No client starts an obfuscated2 header so, or with a zero second
+        // word: only the TLS reading is left.
+        if len_high == TLS_ONLY_LEN_HIGH || is_other_protocol(seen) {
+            return self.judge_fake_tls(now_unix, secrets, keys, replay);
+        }
+        let Some(header) = seen.first_chunk::<HEADER_LEN>() else {
+            return Verdict::NeedMore;
+        };
+        match judge_obfuscated2(header, now_unix, secrets, keys, replay) {
+            // A client of ours, or its replay: the obfuscated2 reading stands.
+            v @ (Verdict::Valid(_)
+            | Verdict::Invalid(Invalid::Replay | Invalid::ReplayCacheFull)) => v,
+            // No secret takes it for a client: perhaps a ClientHello.
+            _ => self.judge_fake_tls(now_unix, secrets, keys, replay),
         }
     }
 

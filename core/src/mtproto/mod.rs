@@ -20,7 +20,9 @@
 //!   secret's domain. What follows the ClientHello (the obfuscated2 header
 //!   in TLS application-data records, sent only after the server's reply)
 //!   is not inspected.
-//! - neither kind of handshake was accepted before inside the window.
+//! - the handshake was not accepted before: a fake-TLS random inside its
+//!   window, an obfuscated2 header (which carries no time) for as long as
+//!   the [`ReplayCache`] has room to remember it.
 //!
 //! ```
 //! use mtguard_core::mtproto::{replay::Entry, Inspector, ReplayCache, Secret, SecretSet, TimeWindow, Verdict};
@@ -175,10 +177,12 @@ pub enum Invalid {
     Timestamp,
     /// The HMAC matches but the SNI is missing or not the secret's domain.
     WrongSni,
-    /// The handshake was accepted before, inside the window.
+    /// The handshake was accepted before (a fake-TLS random inside its
+    /// window; an obfuscated2 header at any age the cache still holds).
     Replay,
-    /// The replay cache is full of handshakes still inside the window; the
-    /// guard fails closed rather than forget one.
+    /// The replay cache is full and its oldest entry is a fake-TLS random
+    /// still inside its window; the guard fails closed rather than forget
+    /// it.
     ReplayCacheFull,
     /// A key operation failed (see [`KeyUnavailable`]).
     KeyUnavailable,

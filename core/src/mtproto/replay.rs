@@ -5,29 +5,35 @@
 //! whether the server answers like a proxy. A fake-TLS ClientHello carries a
 //! timestamp, so it can be replayed only within the acceptance window; the
 //! cache remembers each accepted random for that long and no longer. An
-//! obfuscated2 header carries no time at all: the cache refuses its replays
-//! for the same retention, which covers a prober that replays at once (what
-//! probers do), not one that waits longer.
+//! obfuscated2 header carries no time at all, so no window bounds its
+//! replays: the cache keeps it until room is needed, whatever its age, as
+//! MTProxy and mtprotoproxy keep their last N handshakes. A censor that
+//! replays minutes or days later is refused as long as the header is among
+//! the handshakes remembered.
 //!
 //! The storage is a ring of [`Entry`] in insertion order (so the oldest entry
 //! is always the next one to overwrite) with a chained hash index threaded
 //! through the same slots, keyed with SipHash-1-3 under a key handed in at
-//! boot. When the ring is full, the oldest entry is overwritten only if it
-//! has expired; otherwise the new handshake is refused and counted
-//! ([`ReplayCache::refused_full`]): forgetting a fingerprint still inside the
-//! window would let its replay through, so the cache fails closed instead.
+//! boot. When the ring is full, the oldest entry is overwritten if it is an
+//! obfuscated2 header or a fake-TLS random whose window has passed. A
+//! fake-TLS random still inside its window is never forgotten: the new
+//! handshake is refused and counted instead ([`ReplayCache::refused_full`]),
+//! because forgetting it would let its replay through while its timestamp
+//! is still accepted, so the cache fails closed.
 //!
-//! Coverage: the cache never forgets a fingerprint inside the window as long
-//! as accepted handshakes arrive at no more than `capacity /`
-//! [`TimeWindow::retention_secs`] per second on average over the window.
-//! With the default window (3 s ahead, 120 s behind, so 124 s of retention):
+//! Coverage, in handshakes: an obfuscated2 header is remembered until
+//! `capacity` more handshakes (of either kind) have been accepted after it.
+//! A fake-TLS random is remembered for its whole window as long as accepted
+//! handshakes arrive at no more than `capacity /`
+//! [`TimeWindow::retention_secs`] per second on average over the window;
+//! above that rate, new handshakes are refused while the oldest entry is a
+//! fake-TLS random inside its window. With the default window (3 s ahead,
+//! 120 s behind, so 124 s of retention):
 //!
-//! | preset | entries | memory | handshakes/s covered |
-//! | --- | --- | --- | --- |
-//! | [`APPLIANCE_CAPACITY`] | 2,048 | 48 KiB | 16 |
-//! | [`SERVER_CAPACITY`] | 262,144 | 6 MiB | 2,114 |
-//!
-//! Above that rate, new handshakes are refused until old entries expire.
+//! | preset | entries | memory | obfuscated2 replays refused | fake-TLS rate covered |
+//! | --- | --- | --- | --- | --- |
+//! | [`APPLIANCE_CAPACITY`] | 2,048 | 48 KiB | last 2,048 handshakes | 16/s |
+//! | [`SERVER_CAPACITY`] | 262,144 | 6 MiB | last 262,144 handshakes | 2,114/s |
 
 use core::hash::Hasher as _;
 
@@ -36,6 +42,10 @@ use siphasher::sip::SipHasher13;
 use super::TimeWindow;
 
 const NIL: u32 = u32::MAX;
+
+/// The `expires` of an obfuscated2 entry: no clock ends it, only eviction
+/// as the oldest entry. Fake-TLS entries expire at most one second before.
+const UNTIL_EVICTED: u64 = u64::MAX;
 
 /// Entries of the appliance preset: 48 KiB.
 pub const APPLIANCE_CAPACITY: usize = 2_048;
@@ -56,9 +66,10 @@ pub enum Fingerprint<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ReplayRefusal {
-    /// Seen inside the window.
+    /// Seen before: a fake-TLS random inside its window, an obfuscated2
+    /// header still remembered.
     Replay,
-    /// Every entry is still inside the window.
+    /// The oldest entry is a fake-TLS random still inside its window.
     Full,
 }
 
@@ -95,7 +106,8 @@ pub struct BadCapacity;
 pub struct Entry {
     /// SipHash-1-3 of the fingerprint.
     hash: u64,
-    /// Unix second from which the entry no longer counts.
+    /// Unix second from which the entry no longer counts;
+    /// [`UNTIL_EVICTED`] for an obfuscated2 header.
     expires: u64,
     /// Next entry in the same hash chain.
     chain: u32,
@@ -111,6 +123,10 @@ impl Entry {
         chain: NIL,
         head: NIL,
     };
+
+    fn counts_at(&self, now: u64) -> bool {
+        self.expires == UNTIL_EVICTED || self.expires > now
+    }
 }
 
 /// A fixed-capacity, keyed replay cache over caller-provided storage.
@@ -165,13 +181,16 @@ impl<S: AsRef<[Entry]> + AsMut<[Entry]>> ReplayCache<S> {
         self.replays
     }
 
-    /// Handshakes refused so far because every entry was inside the window.
+    /// Handshakes refused so far because the oldest entry was a fake-TLS
+    /// random still inside its window.
     pub const fn refused_full(&self) -> u64 {
         self.refused_full
     }
 
     /// Remembers `fingerprint` at `now_unix` unless it is a replay or the
-    /// cache is full of live entries.
+    /// cache is full and its oldest entry is a fake-TLS random still inside
+    /// its window. An obfuscated2 fingerprint is remembered until evicted,
+    /// a fake-TLS one until its window ends.
     pub fn record(
         &mut self,
         fingerprint: Fingerprint<'_>,
@@ -186,7 +205,7 @@ impl<S: AsRef<[Entry]> + AsMut<[Entry]>> ReplayCache<S> {
         let mut i = slots[bucket].head;
         while i != NIL {
             let e = &slots[i as usize];
-            if e.hash == hash && e.expires > now {
+            if e.hash == hash && e.counts_at(now) {
                 self.replays += 1;
                 return Err(ReplayRefusal::Replay);
             }
@@ -195,7 +214,8 @@ impl<S: AsRef<[Entry]> + AsMut<[Entry]>> ReplayCache<S> {
 
         let slot = self.next;
         if self.len as usize == slots.len() {
-            if slots[slot as usize].expires > now {
+            let oldest = slots[slot as usize];
+            if oldest.expires != UNTIL_EVICTED && oldest.counts_at(now) {
                 self.refused_full += 1;
                 return Err(ReplayRefusal::Full);
             }
@@ -204,9 +224,14 @@ impl<S: AsRef<[Entry]> + AsMut<[Entry]>> ReplayCache<S> {
             self.len += 1;
         }
         let slots = self.slots.as_mut();
-        let retention = u64::from(self.window.retention_secs());
+        let expires = match fingerprint {
+            Fingerprint::FakeTls(_) => now
+                .saturating_add(u64::from(self.window.retention_secs()))
+                .min(UNTIL_EVICTED - 1),
+            Fingerprint::Obfuscated2(_) => UNTIL_EVICTED,
+        };
         slots[slot as usize].hash = hash;
-        slots[slot as usize].expires = now.saturating_add(retention);
+        slots[slot as usize].expires = expires;
         slots[slot as usize].chain = slots[bucket].head;
         slots[bucket].head = slot;
         self.next = (slot + 1) % slots.len() as u32;
@@ -332,6 +357,47 @@ mod tests {
                 Err(ReplayRefusal::Replay)
             );
         }
+    }
+
+    #[test]
+    fn obfuscated2_entries_outlive_any_window_and_give_way_when_oldest() {
+        let header = |n: u8| [n; 48];
+        const YEARS: u64 = 10 * 365 * 86_400;
+        let mut c = ReplayCache::new([Entry::EMPTY; 2], [4; 16], W).unwrap();
+        assert_eq!(c.record(Fingerprint::Obfuscated2(&header(1)), 0), Ok(()));
+        assert_eq!(
+            c.record(Fingerprint::Obfuscated2(&header(1)), YEARS),
+            Err(ReplayRefusal::Replay)
+        );
+        // A live fake-TLS random behind it: the obfuscated2 header is the
+        // oldest and makes room, the random never does inside its window.
+        assert_eq!(
+            c.record(Fingerprint::FakeTls(&fp(1)), YEARS + 1_000),
+            Ok(())
+        );
+        assert_eq!(
+            c.record(Fingerprint::Obfuscated2(&header(2)), YEARS + 1_001),
+            Ok(())
+        );
+        assert_eq!(
+            c.record(Fingerprint::Obfuscated2(&header(3)), YEARS + 1_002),
+            Err(ReplayRefusal::Full)
+        );
+        assert_eq!(
+            c.record(Fingerprint::FakeTls(&fp(1)), YEARS + 1_002),
+            Err(ReplayRefusal::Replay)
+        );
+        // Its window over, the random goes first; the newer header stays.
+        let t = YEARS + 1_000 + u64::from(W.retention_secs());
+        assert_eq!(c.record(Fingerprint::Obfuscated2(&header(3)), t), Ok(()));
+        assert_eq!(
+            c.record(Fingerprint::Obfuscated2(&header(2)), t),
+            Err(ReplayRefusal::Replay)
+        );
+        // The first header was evicted to make room: forgotten, as the
+        // last N handshakes are all a bounded memory can hold.
+        assert_eq!(c.record(Fingerprint::Obfuscated2(&header(1)), t), Ok(()));
+        assert_eq!(c.refused_full(), 1);
     }
 
     #[test]

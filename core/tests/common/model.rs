@@ -50,6 +50,21 @@ struct Client {
     block: Option<Option<u64>>,
     /// When it became idle or was last seen idle, and in which order.
     idle: Option<(u64, u64)>,
+    /// Blocks started, wrapping as the engine's does: a connection from
+    /// before the latest one earns no offence.
+    epoch: u16,
+}
+
+impl Client {
+    /// Starts a block: a new epoch, and the evidence that led to it spent.
+    fn start_block(&mut self, until: Option<u64>) {
+        self.block = Some(until);
+        self.idle = None;
+        self.epoch = self.epoch.wrapping_add(1);
+        self.violations = [0; 2];
+        self.failures = [0; 2];
+        self.timeouts = [0; 2];
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,7 +80,8 @@ struct Model {
     now: u64,
     seq: u64,
     clients: BTreeMap<usize, Client>,
-    conns: Vec<(ConnectionId, usize, Conn)>,
+    /// Live connections: id, client, state, the client's epoch at admission.
+    conns: Vec<(ConnectionId, usize, Conn, u16)>,
 }
 
 fn sliding(c: [u32; 2], into: u64, window: u64) -> u32 {
@@ -148,25 +164,27 @@ impl Model {
         (base << (offences - 1).min(20)).min(cap)
     }
 
+    /// The next offence of a client that is not blocked (one that is
+    /// earns none, and keeps its block as it is).
     fn auto_block(&mut self, k: usize) {
         let now = self.now;
         let c = self.clients.get_mut(&k).unwrap();
+        if c.block.is_some() {
+            return;
+        }
         c.offences += 1;
         let off = c.offences;
         let until = now + self.escalated(off);
-        let c = self.clients.get_mut(&k).unwrap();
-        match c.block {
-            Some(None) => {}
-            Some(Some(t)) if t >= until => {}
-            _ => {
-                c.block = Some(Some(until));
-                c.idle = None;
-            }
-        }
+        self.clients.get_mut(&k).unwrap().start_block(Some(until));
     }
 
-    fn judge(&mut self, k: usize, outcome: HandshakeOutcome) {
+    /// A handshake of a connection admitted in the client's `epoch`.
+    fn judge(&mut self, k: usize, epoch: u16, outcome: HandshakeOutcome) {
         if outcome == HandshakeOutcome::Valid {
+            return;
+        }
+        let c = &self.clients[&k];
+        if c.block.is_some() || c.epoch != epoch {
             return;
         }
         if outcome == HandshakeOutcome::Replay && self.p.block_on_replay && self.p.ip_blocking {
@@ -211,7 +229,7 @@ impl Model {
             let conn_due = self
                 .conns
                 .iter()
-                .filter_map(|(_, _, s)| match s {
+                .filter_map(|(_, _, s, _)| match s {
                     Conn::Handshaking(d) => *d,
                     Conn::Done => None,
                 })
@@ -249,9 +267,9 @@ impl Model {
                 .collect();
             for i in expired {
                 self.conns[i].2 = Conn::Done;
-                let k = self.conns[i].1;
+                let (k, epoch) = (self.conns[i].1, self.conns[i].3);
                 if self.clients.contains_key(&k) {
-                    self.judge(k, HandshakeOutcome::Timeout);
+                    self.judge(k, epoch, HandshakeOutcome::Timeout);
                 }
             }
         }
@@ -268,6 +286,12 @@ fn check<S: Storage>(g: &SecurityManager<S>, m: &Model) {
             assert_eq!(u32::from(e.live_connections), c.live, "client {k} live");
             assert_eq!(e.blocked, c.block.is_some(), "client {k} blocked");
             assert_eq!(e.offences, c.offences, "client {k} offences");
+            if let Some(until) = c.block {
+                let key = g.client_key(ip(k));
+                let b = g.blocks().find(|b| b.client == key).unwrap();
+                let engine_until = b.until.map(|u| u.as_millis());
+                assert_eq!(engine_until, until, "client {k} block end");
+            }
         }
     }
     let live: u32 = m.clients.values().map(|c| c.live).sum();
@@ -320,7 +344,8 @@ pub fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: usize, op
                 match (verdict, expected) {
                     (Verdict::Admit(id), Ok(())) => {
                         let deadline = m.p.handshake_timeout.map(|d| m.now + d.as_millis() as u64);
-                        m.conns.push((id, k, Conn::Handshaking(deadline)));
+                        let epoch = m.clients[&k].epoch;
+                        m.conns.push((id, k, Conn::Handshaking(deadline), epoch));
                     }
                     (Verdict::Reject(r), Err(e)) => assert_eq!(r, e),
                     (v, e) => panic!("connect {k} at {}: engine {v:?}, model {e:?}", m.now),
@@ -331,19 +356,19 @@ pub fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: usize, op
                     continue;
                 }
                 let i = n % m.conns.len();
-                let (id, k, state) = m.conns[i];
+                let (id, k, state, epoch) = m.conns[i];
                 g.handle_handshake(Instant::from_millis(m.now), id, outcome)
                     .unwrap();
                 if let Conn::Handshaking(_) = state {
                     m.conns[i].2 = Conn::Done;
-                    m.judge(k, outcome);
+                    m.judge(k, epoch, outcome);
                 }
             }
             Op::Close(n) => {
                 if m.conns.is_empty() {
                     continue;
                 }
-                let (id, k, _) = m.conns.remove(n % m.conns.len());
+                let (id, k, _, _) = m.conns.remove(n % m.conns.len());
                 g.handle_close(Instant::from_millis(m.now), id).unwrap();
                 let c = m.clients.get_mut(&k).unwrap();
                 c.live -= 1;
@@ -366,9 +391,10 @@ pub fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: usize, op
                 }
                 r.unwrap();
                 let now = m.now;
-                let c = m.clients.entry(k).or_default();
-                c.block = Some(d.map(|d| now + d));
-                c.idle = None;
+                m.clients
+                    .entry(k)
+                    .or_default()
+                    .start_block(d.map(|d| now + d));
             }
             Op::Unblock(k) => {
                 let was = m.clients.get(&k).is_some_and(|c| c.block.is_some());

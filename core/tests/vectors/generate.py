@@ -17,11 +17,20 @@ that should be accepted, or refused for its HMAC, is first judged by
 mtprotoproxy's own server-side check (handle_fake_tls_handshake), with its
 clock set to the vector's time.
 
+tls_prefix.txt holds obfuscated2 headers whose random part starts like a
+TLS record (16 03 01 xx), still made by Telethon's init_header, which is fed
+a random source with that prefix: real clients send these about 255 times
+in 2^32 (they avoid only 16 03 01 02, as MTProxy decides "TLS" on those four
+bytes). Their listener has an ee secret beside the obfuscated2 one.
+
 Line format (space-separated; '#' starts a comment line):
     obfuscated2.txt: name listener-secret expected header-hex
     fake_tls.txt:    name listener-secret now-unix expected record-hex
+    tls_prefix.txt:  name listener-secrets expected header-hex
+                     (listener-secrets: comma-separated, in listener order)
 expected is `abridged/DC`, `intermediate/DC`, `padded/DC` (obfuscated2),
-`valid` (fake-TLS) or the name of a refusal reason (mtguard's Invalid).
+`valid` (fake-TLS), the name of a refusal reason (mtguard's Invalid), or
+`NeedMore` (not decided by these bytes: the handshake deadline refuses it).
 """
 
 import asyncio
@@ -108,6 +117,64 @@ def obfuscated2_lines():
     for name, client_secret, listener, codec, dc, expected in cases:
         header = telethon_header(client_secret, codec, dc)
         yield f"{name} {listener.hex()} {expected} {header.hex()}"
+
+
+prefix_rng = random.Random(14)
+
+
+def telethon_header_with_prefix(secret, codec, dc, prefix):
+    """init_header with a random source whose first bytes are `prefix`: the
+    header's first 56 bytes are that source's output, unencrypted."""
+    def source(n):
+        return prefix + bytes(prefix_rng.getrandbits(8)
+                              for _ in range(n - len(prefix)))
+    tcpmtproxy.os.urandom = source
+    try:
+        header = telethon_header(secret, codec, dc)
+    finally:
+        tcpmtproxy.os.urandom = det_urandom
+    assert header.startswith(prefix), header.hex()
+    return header
+
+
+def tls_prefix_lines():
+    abridged, inter, padded = (
+        AbridgedPacketCodec,
+        IntermediatePacketCodec,
+        RandomizedIntermediatePacketCodec,
+    )
+    dd = b"\xdd" + SECRET
+    ee = b"\xee" + SECRET + DOMAIN.encode()
+    both = f"{SECRET.hex()},{ee.hex()}"
+    tls_first = f"{ee.hex()},{SECRET.hex()}"
+    with_dd = f"{ee.hex()},{dd.hex()}"
+    p = bytes.fromhex
+    cases = [
+        # Valid headers: accepted as obfuscated2 once their 64 bytes are in,
+        # whatever record length the TLS reading of them would claim.
+        ("tls-16030100-abridged", SECRET, both, abridged, 2,
+         p("16030100"), "abridged/2"),
+        ("tls-1603013f-intermediate", SECRET, tls_first, inter, -4,
+         p("1603013f"), "intermediate/-4"),
+        ("tls-160301ff-padded-dd", dd, with_dd, padded, 1,
+         p("160301ff"), "padded/1"),
+        ("tls-16030107-abridged", SECRET, both, abridged, 3,
+         p("16030107"), "abridged/3"),
+        # 16 03 01 02 stays a TLS start, as in MTProxy: clients never send it.
+        ("tls-16030102-abridged", SECRET, both, abridged, 2,
+         p("16030102"), "NeedMore"),
+        # Wrong secret: once the 64 bytes are no obfuscated2 header, the TLS
+        # reading decides (too short a record, too long, or wait for it).
+        ("tls-16030100-wrong-secret", OTHER, both, abridged, 2,
+         p("16030100"), "MalformedHello"),
+        ("tls-160301ff-wrong-secret", OTHER, both, abridged, 2,
+         p("160301ff"), "OversizedHello"),
+        ("tls-1603013f-wrong-secret", OTHER, both, abridged, 2,
+         p("1603013f"), "NeedMore"),
+    ]
+    for name, client_secret, listener, codec, dc, prefix, expected in cases:
+        header = telethon_header_with_prefix(client_secret, codec, dc, prefix)
+        yield f"{name} {listener} {expected} {header.hex()}"
 
 
 def u16(n):
@@ -240,3 +307,9 @@ if __name__ == "__main__":
           f" handle_fake_tls_handshake, Python {py}\n"
           "# name listener-secret now-unix expected record-hex\n",
           fake_tls_lines())
+    write("tls_prefix.txt",
+          f"# obfuscated2 first packets from Telethon {version('telethon')}"
+          " (MTProxyIO.init_header) fed a random source that starts"
+          f" 16 03 01 xx, Python {py}; by generate.py\n"
+          "# name listener-secrets expected header-hex\n",
+          tls_prefix_lines())
