@@ -166,7 +166,12 @@ static SEALER: RwLock<Option<Arc<Sealer>>> = RwLock::new(None);
 /// Makes `sealer` the one [`seal_file`] and [`open_file`] use (at start,
 /// when an `[hsm]` is configured); `None` goes back to plain files.
 pub fn install(sealer: Option<Sealer>) {
-    *SEALER.write().unwrap_or_else(|e| e.into_inner()) = sealer.map(Arc::new);
+    install_shared(sealer.map(Arc::new));
+}
+
+/// [`install`] of a sealer shared with others (the plan's keyring).
+pub fn install_shared(sealer: Option<Arc<Sealer>>) {
+    *SEALER.write().unwrap_or_else(|e| e.into_inner()) = sealer;
 }
 
 fn installed() -> Option<Arc<Sealer>> {
@@ -188,7 +193,18 @@ pub fn seal_file(purpose: Purpose, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// seal with the installed sealer; without one, a plain file is its own
 /// payload and a sealed one is refused.
 pub fn open_file(purpose: Purpose, file: &[u8]) -> Result<Vec<u8>, IntegrityError> {
-    match installed() {
+    open_file_with(installed().as_deref(), purpose, file)
+}
+
+/// [`open_file`] with `sealer` instead of the installed one: how a config
+/// is checked before anything of it is put in force (`check-config`, a
+/// reload, the start before the sealer is installed).
+pub fn open_file_with(
+    sealer: Option<&Sealer>,
+    purpose: Purpose,
+    file: &[u8],
+) -> Result<Vec<u8>, IntegrityError> {
+    match sealer {
         Some(sealer) => sealer.open(purpose, file).map(<[u8]>::to_vec),
         None if is_sealed(file) => Err(IntegrityError::NoKey),
         None => Ok(file.to_vec()),

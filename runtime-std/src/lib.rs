@@ -14,6 +14,7 @@ pub mod integrity;
 pub mod kernel;
 pub mod mtproto;
 pub mod pinfile;
+pub mod plan;
 pub mod proxy;
 pub mod server;
 pub mod state;

@@ -91,6 +91,10 @@ enum Command {
         /// A pins file (one pin a line), in addition to --pin.
         #[arg(long)]
         pins_file: Option<PathBuf>,
+        /// The config whose [hsm] token sealed the pins file: its seal is
+        /// checked as `mtguard run` checks it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Trust the CAs of this file (PEM or DER) instead of the built-in
         /// Mozilla roots.
         #[arg(long, conflicts_with = "pins_only")]
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
             url,
             pins,
             pins_file,
+            config,
             ca,
             pins_only,
             on_expired,
@@ -232,7 +237,16 @@ fn main() -> ExitCode {
             out,
             timeout,
         } => fetch_options(
-            url, pins, pins_file, ca, pins_only, on_expired, kind, out, timeout,
+            url,
+            pins,
+            pins_file.as_deref(),
+            config.as_deref(),
+            ca,
+            pins_only,
+            on_expired,
+            kind,
+            out,
+            timeout,
         )
         .and_then(|opts| {
             // The error message already says what a warning would; errors
@@ -435,35 +449,30 @@ fn hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> {
 }
 
 fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {
+    use mtguard::plan::{Keyring, Plan};
     let config = mtguard::config::Config::load(file)?;
-    let policy = config.effective_policy(level)?;
-    let lists = config.load_lists()?;
-    // The level's pin policy on what the files hold; at run time the
-    // backend's count also includes pins saved in the state.
-    let level = policy.level.number();
-    if let Some(tls) = &config.server.backend_tls {
-        let pins = tls.pinning.load_pins()?;
+    // The same token opening and plan as `run`: what passes here passes
+    // there, but for what only the running node knows (the state's pins,
+    // manual list entries).
+    let keyring = Keyring::open(&config)?;
+    let plan = Plan::build(config, level, &keyring, None)?;
+    let mut unchecked = Vec::new();
+    if plan.backend_tls.is_some() {
         if let Err(e) = mtguard::tls::check_backup_pins(
-            level,
-            &format!("backend {}", config.server.backend),
-            &pins,
+            plan.policy.level.number(),
+            &format!("backend {}", plan.config.server.backend),
+            &plan.backend_pins,
         ) {
-            println!("warning: {e:#} (pins in the state directory are not counted here)");
-        }
-    }
-    if let Some(refresh) = &config.refresh {
-        let pins = refresh.pinning.load_pins()?;
-        for (url, _, _) in &refresh.files {
-            mtguard::tls::check_backup_pins(level, url, &pins)?;
+            unchecked.push(format!(
+                "warning: {e:#} (pins in the state directory are not counted here)"
+            ));
         }
     }
     println!("{}: valid", file.display());
-    println!("{}", config.describe(&policy));
-    println!(
-        "lists: {} allow prefixes, {} deny prefixes",
-        lists.allow.len(),
-        lists.deny.len()
-    );
+    for w in unchecked {
+        println!("{w}");
+    }
+    print!("{}", plan.describe());
     Ok(())
 }
 
@@ -483,7 +492,8 @@ fn print_pins(file: &std::path::Path) -> anyhow::Result<()> {
 fn fetch_options(
     url: String,
     pins: Vec<String>,
-    pins_file: Option<PathBuf>,
+    pins_file: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
     ca: Option<PathBuf>,
     pins_only: bool,
     on_expired: ExpiredArg,
@@ -500,8 +510,17 @@ fn fetch_options(
             .ok_or_else(|| anyhow::anyhow!("--pin {text:?}: empty"))?;
         all.push(pin);
     }
-    if let Some(path) = &pins_file {
-        all.extend(mtguard::pinfile::load(path)?);
+    if let Some(path) = pins_file {
+        // The seal is checked with the config's token, opened as `run`
+        // opens it; without --config only a plain file passes.
+        let keyring = match config {
+            Some(c) => mtguard::plan::Keyring::open(&mtguard::config::Config::load(c)?)?,
+            None => mtguard::plan::Keyring::default(),
+        };
+        all.extend(mtguard::plan::load_pins_file(
+            path,
+            keyring.sealer.as_deref(),
+        )?);
     }
     anyhow::ensure!(
         !all.is_empty(),

@@ -14,13 +14,12 @@ use crate::admin::{self, AdminSettings};
 use crate::config::{Config, RefreshConfig};
 use crate::engine::{Capacity, Guard, LogEvents};
 use crate::fetch::FetchOptions;
-use crate::hsm::{Keys, Token};
-use crate::integrity::{self, Sealer};
+use crate::integrity;
 use crate::mtproto::Mtproto;
-use crate::proxy::{self, BackendTls, ProxySettings};
+use crate::plan::{Keyring, Node, Plan};
+use crate::proxy::{self, ProxySettings};
 use crate::state;
-use crate::tls::{PinSource, PinnedVerifier, Trust};
-use mtguard_core::pins::{PinSet, PinSetError};
+use mtguard_core::pins::PinSet;
 
 /// Options of `mtguard run` beyond the config file.
 #[derive(Clone, Debug, Default)]
@@ -40,93 +39,6 @@ fn load(opts: &RunOptions) -> anyhow::Result<Config> {
         Some(path) => Ok(Config::load(path)?),
         None => Ok(Config::embedded_default()),
     }
-}
-
-fn proxy_settings(
-    config: &Config,
-    guard: &Arc<Guard>,
-    level: u8,
-) -> anyhow::Result<Arc<ProxySettings>> {
-    let backend_tls = match &config.server.backend_tls {
-        None => None,
-        Some(tls) => {
-            let p = &tls.pinning;
-            let roots = match p.trust {
-                Trust::WebPki => crate::tls::roots(p.ca_file.as_deref())
-                    .context("[server.backend_tls] ca_file")?,
-                Trust::PinsOnly => rustls::RootCertStore::empty(),
-            };
-            let verifier = PinnedVerifier::new(
-                config.server.backend.clone(),
-                PinSource::Engine(guard.clone()),
-                p.trust,
-                p.on_expired(level),
-                roots,
-            );
-            let server_name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
-                .context("[server.backend_tls] server_name")?;
-            Some(BackendTls {
-                connector: tokio_rustls::TlsConnector::from(Arc::new(verifier.client_config())),
-                server_name,
-            })
-        }
-    };
-    Ok(Arc::new(ProxySettings {
-        backend: config.server.backend.clone(),
-        proxy_protocol: config.server.proxy_protocol,
-        connect_timeout: config.server.connect_timeout,
-        idle_timeout: config.server.idle_timeout,
-        backend_tls,
-    }))
-}
-
-/// Adds the backend's pins of the config and its pins file to the engine's
-/// set (which already holds those restored from the state and added through
-/// the admin API), then applies the level policy to the whole set.
-fn merge_backend_pins(config: &Config, guard: &Guard, level: u8) -> anyhow::Result<()> {
-    let Some(tls) = &config.server.backend_tls else {
-        return Ok(());
-    };
-    let pins = tls
-        .pinning
-        .load_pins()
-        .context("[server.backend_tls] pins")?;
-    for pin in pins {
-        let text = pin.to_string();
-        match guard.with(|e, _| e.add_pin(pin)) {
-            Ok(()) | Err(PinSetError::Duplicate) => {}
-            Err(e @ PinSetError::Full { .. }) => {
-                anyhow::bail!("[server.backend_tls] pin {text}: {e} (the 101st is refused)")
-            }
-        }
-    }
-    let all: Vec<_> = guard.with(|e, _| e.pins().iter().cloned().collect());
-    crate::tls::check_backup_pins(level, &format!("backend {}", config.server.backend), &all)?;
-    if all.is_empty() {
-        tracing::warn!(
-            backend = %config.server.backend,
-            "[server.backend_tls] has no pin yet: add some with POST /v1/pins"
-        );
-    }
-    Ok(())
-}
-
-/// The `[refresh]` pins, checked against the level policy.
-fn refresh_pins(config: &Config, level: u8) -> anyhow::Result<Option<Arc<PinSet>>> {
-    let Some(refresh) = &config.refresh else {
-        return Ok(None);
-    };
-    let pins = refresh.pinning.load_pins().context("[refresh] pins")?;
-    for (url, _, _) in &refresh.files {
-        crate::tls::check_backup_pins(level, url, &pins)?;
-    }
-    let mut set = PinSet::new();
-    for pin in pins {
-        let text = pin.to_string();
-        set.add(pin)
-            .map_err(|e| anyhow::anyhow!("[refresh] pin {text}: {e}"))?;
-    }
-    Ok(Some(Arc::new(set)))
 }
 
 /// Fetches every `[refresh]` file, then again every `interval` plus a
@@ -171,52 +83,9 @@ async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8, guar
     }
 }
 
-/// The MTProto inspection state of `config`, or `None` without
-/// inspection. `previous` is the state it replaces (a reload), whose replay
-/// cache it keeps when the time window is unchanged.
-fn mtproto_state(
-    config: &Config,
-    token: Option<&Arc<Token>>,
-    previous: Option<&Arc<Mtproto>>,
-) -> anyhow::Result<Option<Arc<Mtproto>>> {
-    let m = &config.mtproto;
-    if !m.inspecting() {
-        return Ok(None);
-    }
-    let (set, keys) = Keys::with_token(&m.secrets, &m.hsm_secrets, token.cloned())?;
-    let state = Mtproto::with_keys(
-        set,
-        keys,
-        m.window(),
-        m.on_probe,
-        m.mask_backend.clone(),
-        previous.map(|p| &**p),
-    );
-    Ok(Some(Arc::new(state)))
-}
-
 /// How often the token is probed, so that its loss and its return are
 /// noticed (and logged) without waiting for a handshake.
 const HSM_PROBE: Duration = Duration::from_secs(1);
-
-/// Opens the `[hsm]` token, if any, and makes its integrity key the seal
-/// of the state file. A token that cannot be opened stops the start.
-fn open_token(config: &Config) -> anyhow::Result<Option<Arc<Token>>> {
-    let Some(hsm) = &config.hsm else {
-        integrity::install(None);
-        return Ok(None);
-    };
-    let token = Token::open(hsm)?;
-    tracing::info!(
-        module = %hsm.module.display(),
-        token = %hsm.token,
-        integrity_key = %hsm.integrity_key,
-        "HSM token open; the state file is sealed with its integrity key"
-    );
-    integrity::install(Some(Sealer::Token(token.clone())));
-    token.spawn_monitor(HSM_PROBE);
-    Ok(Some(token))
-}
 
 /// Everything the listeners read per connection, sent on a reload.
 struct Senders {
@@ -224,7 +93,7 @@ struct Senders {
     settings: watch::Sender<Arc<ProxySettings>>,
     mtproto: watch::Sender<Option<Arc<Mtproto>>>,
     /// The `[hsm]` token opened at start; `[hsm]` changes need a restart.
-    token: Option<Arc<Token>>,
+    keyring: Keyring,
 }
 
 /// Runs the guard until SIGTERM or SIGINT.
@@ -241,8 +110,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         ),
         Some(path) => tracing::info!(config = %path.display(), "starting"),
     }
-    let policy = config.effective_policy(opts.level)?;
-    let lists = config.load_lists()?;
+    let keyring = Keyring::open(&config)?;
+    if let (Some(hsm), Some(token)) = (&config.hsm, &keyring.token) {
+        tracing::info!(
+            module = %hsm.module.display(),
+            token = %hsm.token,
+            integrity_key = %hsm.integrity_key,
+            "HSM token open; the state file is sealed with its integrity key"
+        );
+        token.spawn_monitor(HSM_PROBE);
+    }
+    let plan = Plan::build(config, opts.level, &keyring, None)?;
+    let config = &plan.config;
+    let policy = plan.policy;
     let guard = Guard::new(
         policy,
         Capacity::default(),
@@ -253,12 +133,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let state_dir = config.state.dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
-    let token = open_token(&config)?;
+    integrity::install_shared(keyring.sealer.clone());
     state::restore(&guard, &state_dir, opts.reset_state)?;
-    guard.set_config_lists(&lists.allow, &lists.deny)?;
+    // The pins of the state join the plan's: only now can their sum be
+    // checked against the table and the level policy.
+    plan.check_pins(&guard)?;
+    let applied = plan.apply(&guard)?;
     let level = policy.level.number();
-    merge_backend_pins(&config, &guard, level)?;
-    let refresh = refresh_pins(&config, level)?;
     tokio::spawn(guard.clone().drive());
     // After the restore, so the kernel's sets start equal to the engine's
     // blocks; both read their secrets and check their sets now, so a
@@ -271,8 +152,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let (settings_tx, settings) = watch::channel(proxy_settings(&config, &guard, level)?);
-    let inspection = mtproto_state(&config, token.as_ref(), None)?;
+    let (settings_tx, settings) = watch::channel(applied.settings);
+    let inspection = applied.mtproto;
     if let Some(m) = &inspection {
         tracing::info!(
             secrets = m.secrets().as_slice().len(),
@@ -286,7 +167,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         guard: guard.clone(),
         settings: settings_tx,
         mtproto: mtproto_tx,
-        token,
+        keyring,
     };
     let mut servers = Vec::new();
     for addr in &config.server.listen {
@@ -320,7 +201,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
-    if let (Some(refresh), Some(pins)) = (&config.refresh, refresh) {
+    if let (Some(refresh), Some(pins)) = (&config.refresh, plan.refresh_pins.clone()) {
         tracing::info!(
             files = refresh.files.len(),
             interval = %crate::config::format_duration(refresh.interval),
@@ -334,7 +215,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Duration::from_millis(500),
     ));
 
-    signals(&opts, &guard, &senders, config).await?;
+    let config = plan.config;
+    signals(&opts, &senders, config).await?;
 
     tracing::info!("shutting down: no new connections; draining");
     let _ = shutdown_tx.send(true);
@@ -364,12 +246,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Waits for SIGTERM or SIGINT; reloads on SIGHUP.
-async fn signals(
-    opts: &RunOptions,
-    guard: &Arc<Guard>,
-    senders: &Senders,
-    mut current: Config,
-) -> anyhow::Result<()> {
+async fn signals(opts: &RunOptions, senders: &Senders, mut current: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -378,7 +255,7 @@ async fn signals(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match reload(opts, guard, senders, &current) {
+            _ = hup.recv() => match reload(opts, senders, &current) {
                 Ok(new) => {
                     tracing::info!("configuration reloaded");
                     current = new;
@@ -392,44 +269,27 @@ async fn signals(
     }
 }
 
-/// Applies a new config without dropping connections. Everything is
-/// validated before anything is applied.
-fn reload(
-    opts: &RunOptions,
-    guard: &Guard,
-    senders: &Senders,
-    current: &Config,
-) -> anyhow::Result<Config> {
+/// Applies a new config without dropping connections: the whole plan is
+/// built and checked against the node first, so a refused reload changes
+/// nothing.
+fn reload(opts: &RunOptions, senders: &Senders, current: &Config) -> anyhow::Result<Config> {
     let new = load(opts)?;
-    let policy = new.effective_policy(opts.level)?;
-    let lists = new.load_lists()?;
-    let level = policy.level.number();
-    let settings = proxy_settings(&new, &senders.guard, level)?;
-    merge_backend_pins(&new, guard, level)?;
-    let previous = senders.mtproto.borrow().clone();
-    if new.hsm != current.hsm {
-        anyhow::bail!("[hsm] changes only on restart");
-    }
-    // `hsm:` labels are looked up in the token: blocking calls, so this
-    // worker hands its other tasks to another thread first (the server
-    // runs on the multi-threaded runtime).
-    let inspection = tokio::task::block_in_place(|| {
-        mtproto_state(&new, senders.token.as_ref(), previous.as_ref())
+    let node = Node {
+        guard: &senders.guard,
+        config: current,
+        mtproto: senders.mtproto.borrow().clone(),
+    };
+    // List files, pins files and `hsm:` labels in the token: blocking
+    // work, so this worker hands its other tasks to another thread first
+    // (the server runs on the multi-threaded runtime).
+    let plan = tokio::task::block_in_place(|| {
+        Plan::build(new, opts.level, &senders.keyring, Some(&node))
     })?;
-    guard
-        .with(|e, _| e.set_policy(policy))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    guard.set_config_lists(&lists.allow, &lists.deny)?;
-    if new.crowdsec != current.crowdsec || new.kernel != current.kernel {
-        tracing::warn!("[crowdsec] and [kernel] change only on restart");
+    let applied = plan.apply(&senders.guard)?;
+    for what in &plan.restart_only {
+        tracing::warn!("{what} changed: applies only on restart");
     }
-    if new.server.listen != current.server.listen || new.admin.listen != current.admin.listen {
-        tracing::warn!("listen addresses change only on restart");
-    }
-    if new.refresh != current.refresh {
-        tracing::warn!("[refresh] changes apply on restart");
-    }
-    let _ = senders.settings.send(settings);
-    let _ = senders.mtproto.send(inspection);
-    Ok(new)
+    let _ = senders.settings.send(applied.settings);
+    let _ = senders.mtproto.send(applied.mtproto);
+    Ok(plan.config)
 }

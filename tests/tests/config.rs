@@ -146,7 +146,12 @@ fn every_default_written_in_the_example_is_true() {
         "attack_enter_per_second",
     ] {
         let row = described.lines().find(|l| l.trim_start().starts_with(key));
-        assert!(row.unwrap().ends_with("file"), "{described}");
+        // The source is the file and line of the key.
+        let row = row.unwrap();
+        assert!(
+            row.split_whitespace().last().unwrap().starts_with("example:"),
+            "{described}"
+        );
     }
     // So a --level changes only the level the policy reports.
     let at_3 = written.effective_policy(Some(3)).unwrap();
@@ -386,7 +391,11 @@ fn overrides_apply_one_by_one_over_the_preset() {
         assert_eq!(rows.len(), 20, "{described}");
         for row in rows {
             let from_file = row.trim_start().starts_with(&format!("{key} "));
-            let origin = if from_file { "file" } else { "level 1 preset" };
+            let origin = if from_file {
+                "mtguard.toml:2"
+            } else {
+                "level 1 preset"
+            };
             assert!(row.ends_with(origin), "{line}: {row}");
         }
     }
