@@ -324,8 +324,10 @@ impl core::error::Error for CidrSetError {}
 /// strictly decreasing length, holds every match, most specific first.
 ///
 /// Insertion and removal shift entries and recompute the parents in one
-/// linear pass: O(n), which suits config loads and admin commands, while the
-/// lookup on every connection stays O(log n).
+/// linear pass: O(n), which suits admin commands, while the lookup on every
+/// connection stays O(log n). A whole list (a config load or reload) goes
+/// in through [`CidrSet::build`] instead, in O(n log n): inserting n
+/// prefixes one by one would cost O(n²).
 #[derive(Clone)]
 pub struct CidrSet<S> {
     storage: S,
@@ -336,6 +338,76 @@ impl<S: AsRef<[CidrEntry]> + AsMut<[CidrEntry]>> CidrSet<S> {
     /// An empty set holding up to as many prefixes as `storage` has slots.
     pub fn new(storage: S) -> Self {
         CidrSet { storage, len: 0 }
+    }
+
+    /// A set of `items` in `storage`, built in O(n log n) for n items:
+    /// they are copied in, sorted, merged where equal, and their nesting
+    /// chains linked in one pass.
+    ///
+    /// The result equals inserting the items one by one into an empty set
+    /// (duplicates merge and [`Origin::Manual`] wins), and so does the
+    /// error: [`CidrSetError::Full`] when the items hold more distinct
+    /// prefixes than `storage` has slots. That error comes as soon as it is
+    /// known, without reading the rest of `items`, so an oversized list
+    /// costs at most a few sorts of the storage, whatever its length.
+    ///
+    /// The set under construction is owned by the caller, not by whoever
+    /// serves lookups: a runtime builds the next list beside the live one,
+    /// away from its admission path, and swaps it in whole. On error the
+    /// storage is dropped and nothing else has changed.
+    ///
+    /// ```
+    /// use mtguard_core::cidr::{Cidr, CidrEntry, CidrSet, Origin};
+    ///
+    /// let list = ["10.0.0.0/8", "10.1.0.0/16", "192.0.2.0/24", "10.0.0.0/8"]
+    ///     .map(|s| (s.parse::<Cidr>().unwrap(), Origin::Config));
+    /// let set = CidrSet::build([CidrEntry::EMPTY; 3], list).unwrap();
+    /// assert_eq!(set.len(), 3);
+    /// assert!(set.contains("10.1.2.3".parse().unwrap()));
+    /// assert!(CidrSet::build([CidrEntry::EMPTY; 2], list).is_err());
+    /// ```
+    pub fn build<I>(storage: S, items: I) -> Result<Self, CidrSetError>
+    where
+        I: IntoIterator<Item = (Cidr, Origin)>,
+    {
+        let mut set = CidrSet::new(storage);
+        let capacity = set.capacity();
+        let entries = &mut set.storage.as_mut()[..capacity];
+        // entries[..sorted] is sorted and free of duplicates (as of the last
+        // compaction); entries[sorted..len] holds the items read since.
+        let mut sorted = 0;
+        let mut len = 0;
+        for (cidr, origin) in items {
+            // An item already in the sorted part takes no slot: long inputs
+            // with many repeats then rarely need another compaction.
+            if let Ok(i) = search(&entries[..sorted], cidr) {
+                merge_origin(&mut entries[i], origin);
+                continue;
+            }
+            if len == capacity {
+                // Full of items that may still repeat each other: only a
+                // compaction tells whether this one is one too many.
+                len = compact(&mut entries[..len]);
+                sorted = len;
+                if let Ok(i) = search(&entries[..sorted], cidr) {
+                    merge_origin(&mut entries[i], origin);
+                    continue;
+                }
+                if len == capacity {
+                    return Err(CidrSetError::Full { capacity });
+                }
+            }
+            entries[len] = CidrEntry {
+                bits: cidr.bits,
+                len: cidr.len,
+                origin,
+                parent: NO_PARENT,
+            };
+            len += 1;
+        }
+        set.len = compact(&mut entries[..len]);
+        set.relink();
+        Ok(set)
     }
 
     /// How many prefixes fit.
@@ -476,6 +548,34 @@ impl<S: AsRef<[CidrEntry]>> fmt::Debug for CidrSet<S> {
         f.debug_list()
             .entries(&self.storage.as_ref()[..self.len])
             .finish()
+    }
+}
+
+/// Sorts `entries` and merges equal prefixes (the manual origin wins);
+/// returns how many distinct ones now lead the slice.
+fn compact(entries: &mut [CidrEntry]) -> usize {
+    entries.sort_unstable_by_key(CidrEntry::key);
+    let mut kept: usize = 0;
+    for i in 0..entries.len() {
+        let e = entries[i];
+        match kept.checked_sub(1) {
+            Some(last) if entries[last].key() == e.key() => {
+                merge_origin(&mut entries[last], e.origin)
+            }
+            _ => {
+                entries[kept] = e;
+                kept += 1;
+            }
+        }
+    }
+    kept
+}
+
+/// The origin a prefix has once `origin` is added again: as in
+/// [`CidrSet::insert`], a manual entry is never demoted.
+fn merge_origin(entry: &mut CidrEntry, origin: Origin) {
+    if origin == Origin::Manual {
+        entry.origin = Origin::Manual;
     }
 }
 

@@ -173,6 +173,78 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The bulk build is the one-by-one insertion, only faster: same
+    /// entries, same origins, same lookups, and `Full` exactly when the
+    /// items hold more distinct prefixes than fit. Lists run past the
+    /// capacity with repeats, so compactions in the middle are exercised.
+    #[test]
+    fn bulk_build_equals_inserting_one_by_one(
+        items in prop::collection::vec((prefix(), origin()), 0..120),
+        repeat in 0usize..3,
+        probes in prop::collection::vec(address(), 16),
+    ) {
+        const CAPACITY: usize = 40;
+        let items: Vec<(Cidr, Origin)> = items
+            .iter()
+            .chain(items.iter().take(repeat * 30))
+            .copied()
+            .collect();
+        let mut one_by_one = CidrSet::new([CidrEntry::EMPTY; CAPACITY]);
+        let mut full = false;
+        for &(c, o) in &items {
+            if one_by_one.insert(c, o).is_err() {
+                full = true;
+                break;
+            }
+        }
+        let bulk = CidrSet::build([CidrEntry::EMPTY; CAPACITY], items.iter().copied());
+        if full {
+            prop_assert_eq!(bulk.err(), Some(CidrSetError::Full { capacity: CAPACITY }));
+        } else {
+            let bulk = bulk.unwrap();
+            let model = Model(one_by_one.iter().map(|e| (e.cidr(), e.origin())).collect());
+            let probes: Vec<u128> = probes.into_iter().map(map_ip).collect();
+            check(&bulk, &model, &probes);
+        }
+    }
+}
+
+#[test]
+fn bulk_build_refuses_as_soon_as_one_too_many_is_read() {
+    let mut read = 0usize;
+    let items = (0..1_000_000u32).map(|i| {
+        read += 1;
+        let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 256));
+        (Cidr::new(addr, 24).unwrap(), Origin::Config)
+    });
+    let err = CidrSet::build(vec![CidrEntry::EMPTY; 100].into_boxed_slice(), items).err();
+    assert_eq!(err, Some(CidrSetError::Full { capacity: 100 }));
+    // The 101st distinct prefix decides it; the other 999,899 stay unread.
+    assert_eq!(read, 101);
+}
+
+#[test]
+fn bulk_build_fits_a_full_list_given_with_repeats() {
+    // Exactly capacity distinct prefixes, each given three times, manual
+    // the last time for some: fits, and manual wins.
+    let distinct: Vec<Cidr> = (0..64u32)
+        .map(|i| Cidr::new(IpAddr::V4(Ipv4Addr::from(0xc000_0200 + i * 4)), 30).unwrap())
+        .collect();
+    let items = distinct
+        .iter()
+        .map(|&c| (c, Origin::Config))
+        .chain(distinct.iter().rev().map(|&c| (c, Origin::Config)))
+        .chain(distinct.iter().step_by(2).map(|&c| (c, Origin::Manual)));
+    let set = CidrSet::build([CidrEntry::EMPTY; 64], items).unwrap();
+    assert_eq!(set.len(), 64);
+    let manual = set.iter().filter(|e| e.origin() == Origin::Manual).count();
+    assert_eq!(manual, 32);
+    assert!(set.iter().map(|e| e.cidr()).eq(distinct.iter().copied()));
+}
+
 #[test]
 fn full_at_exactly_capacity() {
     fn fill<S: AsRef<[CidrEntry]> + AsMut<[CidrEntry]>>(mut set: CidrSet<S>) {
@@ -246,6 +318,11 @@ fn firehol_sized_list_fits_and_agrees() {
         .map(|_| map_ip(IpAddr::V4(Ipv4Addr::from(rng.next() as u32))))
         .collect();
     check(&set, &model, &probes);
+    // The bulk build of the same list, as a reload makes it, is the same set.
+    let mut rng = Rng(0x006d_7467_7561_7264);
+    let list = (0..4500).map(|_| (rng.firehol_prefix(), Origin::Config));
+    let bulk = CidrSet::build(vec![CidrEntry::EMPTY; 8192].into_boxed_slice(), list).unwrap();
+    check(&bulk, &model, &probes);
     // Dropping the config, as a reload does, leaves nothing behind.
     assert_eq!(set.remove_origin(Origin::Config), distinct.len());
     assert!(set.is_empty());

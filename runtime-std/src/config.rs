@@ -861,7 +861,8 @@ struct RawState {
 
 /// What one parse needs to turn spans into lines and paths into paths.
 struct Parse<'a> {
-    text: &'a str,
+    /// Built once per parse: every span's line comes from it.
+    line_index: LineIndex,
     source: &'a str,
     base: Option<&'a Path>,
     lines: BTreeMap<String, usize>,
@@ -871,7 +872,7 @@ struct Parse<'a> {
 
 impl Parse<'_> {
     fn line(&self, span: &Range<usize>) -> usize {
-        line_of(self.text, span.start)
+        self.line_index.line(span.start)
     }
 
     fn note(&mut self, key: &str, span: &Range<usize>) {
@@ -1384,9 +1385,62 @@ impl Parse<'_> {
     }
 }
 
-/// The line, counting from 1, of byte `offset` of `text`.
+thread_local! {
+    /// Bytes of config text scanned for newlines on this thread, so a test
+    /// can check that finding the lines of n values costs O(text), not
+    /// O(n × text).
+    static LINE_SCAN_BYTES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many bytes of config text this thread has scanned to turn byte
+/// offsets into line numbers so far (a cost counter for tests).
+#[doc(hidden)]
+pub fn line_scan_bytes() -> u64 {
+    LINE_SCAN_BYTES.with(|c| c.get())
+}
+
+fn count_scan(bytes: usize) {
+    LINE_SCAN_BYTES.with(|c| c.set(c.get() + bytes as u64));
+}
+
+/// Where each line of a text starts, to turn byte offsets into line numbers
+/// in O(log lines) each after one pass over the text.
+///
+/// A config names the line of every value it notes (a 200,000-entry inline
+/// list notes 200,000), so counting newlines from the start for each one
+/// would cost O(values × text): minutes for such a list.
+#[derive(Clone, Debug)]
+pub struct LineIndex {
+    /// Byte offset of the start of every line after the first.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    /// The index of `text`: one pass over its bytes.
+    pub fn new(text: &str) -> LineIndex {
+        count_scan(text.len());
+        let starts = text
+            .bytes()
+            .enumerate()
+            .filter(|&(_, b)| b == b'\n')
+            .map(|(i, _)| i + 1)
+            .collect();
+        LineIndex { starts }
+    }
+
+    /// The line, counting from 1, of byte `offset` (an offset past the end
+    /// counts as the end).
+    pub fn line(&self, offset: usize) -> usize {
+        // Lines that start at or before `offset`, plus the first line.
+        self.starts.partition_point(|&s| s <= offset) + 1
+    }
+}
+
+/// The line, counting from 1, of byte `offset` of `text`, for the one-off
+/// lookups (a TOML error) that need no index.
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
+    count_scan(end);
     text.as_bytes()[..end]
         .iter()
         .filter(|&&b| b == b'\n')
@@ -1684,7 +1738,7 @@ impl Config {
     fn parse_in(text: &str, source_name: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(&e, text, source_name))?;
         let mut cx = Parse {
-            text,
+            line_index: LineIndex::new(text),
             source: source_name,
             base,
             lines: BTreeMap::new(),

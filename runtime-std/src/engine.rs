@@ -359,34 +359,71 @@ impl Guard {
         Ok(())
     }
 
+    /// Replaces the config entries of both lists, keeping the manual ones.
+    ///
+    /// The new sets are built beside the live ones, outside the engine lock
+    /// (a full list takes a millisecond or more, while every accept would
+    /// wait); under the lock the manual entries are checked to be those
+    /// the build started from, and the sets are swapped in whole. Should an
+    /// operator have changed a manual entry meanwhile, the build is redone.
     fn apply_lists(&self, allow: &[Cidr], deny: &[Cidr]) -> anyhow::Result<()> {
-        fn room(set: &CidrSet<Box<[CidrEntry]>>) -> usize {
-            let manual = set.iter().filter(|e| e.origin() == Origin::Manual).count();
-            set.capacity() - manual
+        type Set = CidrSet<Box<[CidrEntry]>>;
+        fn manual(set: &Set) -> Vec<Cidr> {
+            set.iter()
+                .filter(|e| e.origin() == Origin::Manual)
+                .map(|e| e.cidr())
+                .collect()
         }
-        fn replace(set: &mut CidrSet<Box<[CidrEntry]>>, list: &[Cidr]) -> anyhow::Result<()> {
-            set.remove_origin(Origin::Config);
-            for c in list {
-                set.insert(*c, Origin::Config)
-                    .map_err(|err| anyhow::anyhow!("{err}"))?;
+        fn build(
+            name: &str,
+            capacity: usize,
+            manual: &[Cidr],
+            list: &[Cidr],
+        ) -> anyhow::Result<Set> {
+            let room = capacity.saturating_sub(manual.len());
+            // Refused before any work when the count alone says so; the
+            // build refuses the rest (lists with repeats) as soon as known.
+            let too_many = || {
+                anyhow::anyhow!(
+                    "[lists] {name}: {} prefixes but the table has room for {room} (besides entries added at run time)",
+                    list.len()
+                )
+            };
+            if list.len() > room {
+                return Err(too_many());
             }
-            Ok(())
+            let items = manual
+                .iter()
+                .map(|&c| (c, Origin::Manual))
+                .chain(list.iter().map(|&c| (c, Origin::Config)));
+            CidrSet::build(vec![CidrEntry::EMPTY; capacity].into_boxed_slice(), items)
+                .map_err(|_| too_many())
         }
-        self.with(|e, _| -> anyhow::Result<()> {
-            for (name, list, room) in [
-                ("allow", allow, room(e.allowlist())),
-                ("deny", deny, room(e.denylist())),
-            ] {
-                if list.len() > room {
-                    anyhow::bail!(
-                        "[lists] {name}: {} prefixes but the table has room for {room} (besides entries added at run time)",
-                        list.len()
-                    );
+        for _ in 0..3 {
+            let (capacity, manual_allow, manual_deny) = self.with(|e, _| {
+                (
+                    (e.allowlist().capacity(), e.denylist().capacity()),
+                    manual(e.allowlist()),
+                    manual(e.denylist()),
+                )
+            });
+            let mut next_allow = build("allow", capacity.0, &manual_allow, allow)?;
+            let mut next_deny = build("deny", capacity.1, &manual_deny, deny)?;
+            let swapped = self.with(|e, _| {
+                if manual(e.allowlist()) != manual_allow || manual(e.denylist()) != manual_deny {
+                    return false;
                 }
+                std::mem::swap(e.allow_mut(), &mut next_allow);
+                std::mem::swap(e.deny_mut(), &mut next_deny);
+                true
+            });
+            // The replaced sets are freed here, outside the lock.
+            drop((next_allow, next_deny));
+            if swapped {
+                return Ok(());
             }
-            replace(e.allow_mut(), allow)?;
-            replace(e.deny_mut(), deny)
-        })
+        }
+        anyhow::bail!("[lists] the run-time entries kept changing during the reload; try again")
     }
 
     /// Drives the engine's timers until the process ends. Call once.

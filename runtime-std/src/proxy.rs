@@ -6,7 +6,8 @@
 //! 1. accept: `Guard::connect`; a refused client is reset at once (SO_LINGER
 //!    0) and costs no backend connection;
 //! 2. handshake: the client's first bytes are awaited, racing the engine's
-//!    handshake deadline (slowloris), the idle timeout and shutdown; they are
+//!    handshake deadline (slowloris) and shutdown (the idle timeout applies
+//!    here only when the engine has no deadline to judge them); they are
 //!    judged by [`first_bytes`] and the verdict reported to the engine;
 //! 3. relay: the backend is connected, sent the PROXY header if configured,
 //!    then the first bytes on their own write, then both directions are
@@ -457,7 +458,7 @@ impl Connection {
             read = read_handshake(client, &mut buf, inspection) => read,
             _ = deadline(timed_out) => Err(End::HandshakeTimeout),
             _ = shutdown.wait_for(|&stop| stop) => Err(End::Shutdown),
-            _ = tokio::time::sleep(self.settings.idle_timeout) => Err(End::Idle),
+            _ = idle_before_judgement(guard, self.settings.idle_timeout) => Err(End::Idle),
         };
         let first = match first {
             Ok(len) => len,
@@ -646,6 +647,29 @@ async fn read_handshake(
             Inspection::Forward => return Ok(len),
             Inspection::NeedMore => {}
             Inspection::Refuse(outcome) => return Err(End::Refused(outcome)),
+        }
+    }
+}
+
+/// Completes when a connection still silent before its handshake is judged
+/// should be closed as idle: only when the engine has no handshake deadline
+/// that would judge it.
+///
+/// The deadline owns that phase: closing a silent connection as idle first
+/// (an `idle_timeout` shorter than the deadline) would hide every slowloris
+/// client, since the engine would never see the timeout, count it or block.
+/// The policy is read again at each idle interval, so a reload that turns
+/// the deadline off lets the idle timer close connections again; one
+/// admitted while the deadline was off (and so without one) is closed once
+/// it has been silent for the deadline plus an idle interval.
+async fn idle_before_judgement(guard: &Guard, idle: Duration) {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(idle).await;
+        match guard.with(|e, _| e.policy().handshake_timeout) {
+            None => return,
+            Some(deadline) if started.elapsed() >= deadline + idle => return,
+            Some(_) => {}
         }
     }
 }

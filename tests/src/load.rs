@@ -271,6 +271,67 @@ pub async fn exchange(from: IpAddr, target: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
+/// What clients saw while something else went on (a reload, say).
+#[derive(Clone, Debug, Default)]
+pub struct Admission {
+    /// Exchanges completed.
+    pub ok: u64,
+    /// Exchanges that failed or timed out.
+    pub errors: u64,
+    /// Longest completed exchange (connect to echo), ms: with a backend on
+    /// loopback, nearly all of it is the wait for admission.
+    pub max_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Median, ms.
+    pub p50_ms: f64,
+}
+
+/// `concurrency` workers run [`exchange`] back to back, cycling through the
+/// addresses of `pool`, until `stop` is set; returns every latency's
+/// summary. Meant to run while the caller reloads the guard, to measure
+/// how long a reload makes admission wait.
+pub async fn admission(
+    target: SocketAddr,
+    pool: Pool,
+    concurrency: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Admission {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (next, errors, stop) = (next.clone(), errors.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    match exchange(pool.addr(i), target).await {
+                        Ok(()) => samples.push(t.elapsed()),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for w in workers {
+        samples.extend(w.await.unwrap_or_default());
+    }
+    samples.sort();
+    Admission {
+        ok: samples.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        max_ms: samples.last().map_or(f64::NAN, |d| d.as_secs_f64() * 1e3),
+        p99_ms: percentile_ms(&samples, 0.99),
+        p50_ms: percentile_ms(&samples, 0.50),
+    }
+}
+
 /// How a flood is made.
 #[derive(Clone, Copy, Debug)]
 pub struct FloodSpec {

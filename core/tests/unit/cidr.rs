@@ -179,3 +179,34 @@ fn full_at_capacity() {
     );
     assert!(!none.contains(ip("1.1.1.1")));
 }
+
+#[test]
+fn bulk_build_links_nested_chains() {
+    let list = [
+        "10.1.2.0/24",
+        "10.0.0.0/8",
+        "10.2.0.0/16",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+    ]
+    .map(|s| (cidr(s), Origin::Config));
+    let set = CidrSet::build([CidrEntry::EMPTY; 4], list).unwrap();
+    let parents: std::vec::Vec<_> = set.iter().map(|e| e.parent).collect();
+    // Sorted: /8, 10.1/16, 10.1.2/24, 10.2/16.
+    assert_eq!(parents, [NO_PARENT, 0, 1, 0]);
+    assert_eq!(
+        set.matching(map_ip(ip("10.1.3.0"))),
+        Some(cidr("10.1.0.0/16"))
+    );
+    assert_eq!(
+        CidrSet::build(
+            [CidrEntry::EMPTY; 0],
+            [(cidr("10.0.0.0/8"), Origin::Config)]
+        )
+        .err(),
+        Some(CidrSetError::Full { capacity: 0 })
+    );
+    assert!(CidrSet::build([CidrEntry::EMPTY; 0], [])
+        .unwrap()
+        .is_empty());
+}
