@@ -240,7 +240,9 @@ pub async fn fetch(
             opts.kind.as_str()
         )
     })?;
-    if std::fs::read(&opts.out).is_ok_and(|old| old == body) {
+    // Not fs::read: a FIFO planted at the output would block it forever.
+    let old = crate::state::read_regular(&opts.out, "output file");
+    if old.ok().flatten().is_some_and(|old| old == body) {
         return Ok(Fetched {
             bytes: body.len(),
             changed: false,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod crowdsec;
 pub mod demo;
 pub mod engine;
+pub mod episode;
 pub mod fetch;
 pub mod hsm;
 pub mod integrity;

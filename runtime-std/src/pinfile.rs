@@ -19,8 +19,11 @@ use crate::tls::MAX_PINS;
 /// duplicate or a pin beyond [`MAX_PINS`] is an error naming the file and
 /// the line.
 pub fn load(path: &Path) -> anyhow::Result<Vec<Pin>> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the pins file {}", path.display()))?;
+    let bytes = crate::state::read_regular(path, "pins file")
+        .with_context(|| format!("cannot read the pins file {}", path.display()))?
+        .ok_or_else(|| {
+            anyhow::anyhow!("cannot read the pins file {}: no such file", path.display())
+        })?;
     let payload =
         crate::integrity::open_file(crate::integrity::Purpose::Pins, &bytes).map_err(|e| {
             anyhow::anyhow!(

@@ -41,6 +41,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::engine::{Admitted, Guard};
+use crate::episode::{self, is_connection_error, AcceptTrouble};
 use crate::mtproto::{Mtproto, OnProbe};
 
 /// Whether, and in which version, the backend is sent a PROXY protocol
@@ -107,11 +108,6 @@ const HANDSHAKE_MAX: usize = 5 + (1 << 14);
 /// other failures are logged at debug level.
 const BACKEND_WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// The first and the longest pause after an accept error that is not the
-/// failure of one incoming connection (EMFILE, ENFILE, ENOBUFS, ENOMEM...).
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
 /// What the guard makes of the bytes a client sent first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inspection {
@@ -167,16 +163,20 @@ pub async fn serve_inspected(
 ) -> io::Result<()> {
     let listening = listener.local_addr()?;
     let shared = Arc::new(Shared::new());
-    let mut trouble = AcceptTrouble::default();
+    let mut trouble = AcceptTrouble::new("");
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|&stop| stop) => break,
             accepted = listener.accept() => accepted,
+            () = episode::sleep_until(trouble.ends_at()) => {
+                trouble.quiet_passed();
+                continue;
+            }
         };
         match accepted {
             Ok((stream, peer)) => {
-                trouble.recovered();
+                trouble.accepted();
                 let listener = Listener {
                     guard: &guard,
                     settings: &settings,
@@ -237,53 +237,6 @@ impl Shared {
             );
         } else {
             tracing::debug!(backend, %peer, %error, "cannot reach the backend");
-        }
-    }
-}
-
-/// Accept errors that concern one incoming connection only: the next
-/// accept may succeed at once.
-fn is_connection_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
-}
-
-/// Accept errors of the listener itself (out of descriptors, of memory):
-/// each kind is logged once per streak of failures, and the loop pauses
-/// with an exponential backoff instead of spinning.
-#[derive(Default)]
-struct AcceptTrouble {
-    seen: Vec<(Option<i32>, io::ErrorKind)>,
-    failures: u64,
-    pause: Duration,
-}
-
-impl AcceptTrouble {
-    fn failed(&mut self, e: &io::Error) -> Duration {
-        let kind = (e.raw_os_error(), e.kind());
-        if !self.seen.contains(&kind) {
-            self.seen.push(kind);
-            tracing::error!(error = %e, "accept failed; retrying with backoff (logged once until accepting recovers)");
-        }
-        self.failures += 1;
-        self.pause = if self.pause.is_zero() {
-            ACCEPT_BACKOFF_MIN
-        } else {
-            (self.pause * 2).min(ACCEPT_BACKOFF_MAX)
-        };
-        self.pause
-    }
-
-    fn recovered(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failures = self.failures, "accepting again");
-            *self = AcceptTrouble::default();
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::engine::Guard;
+use crate::episode::Episode;
 use crate::integrity::{self, Purpose};
 
 /// Name of the state file inside the state directory.
@@ -21,26 +22,106 @@ pub const STATE_FILE: &str = "state.bin";
 
 /// Writes `bytes` to `path` atomically: the file holds either its previous
 /// content or `bytes`, whatever happens during the call.
+///
+/// The temporary is created exclusively (`O_EXCL`, so never through a link
+/// planted at its name) under a random name, `.<name>.<random>.tmp`, in
+/// `path`'s directory: nobody can predict it, and a planted name only makes
+/// `tempfile` pick another. An existing file's permissions are kept; a new
+/// one gets 0644 less the umask, as a plain create would.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // The rename is durable only once the directory entry is.
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    // `Path::new("out.conf").parent()` is `Some("")`, which names no directory.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name to write")
+    })?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(TMP_SUFFIX).rand_bytes(12);
+    #[cfg(unix)]
+    builder.permissions(match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => meta.permissions(),
+        _ => std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    });
+    let mut tmp = builder.tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    // On failure the temporary is dropped, which removes it.
+    tmp.persist(path).map_err(|e| e.error)?;
+    // The rename is durable only once the directory entry is.
+    File::open(dir)?.sync_all()
+}
+
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Reads a file that must be a regular one. A FIFO would block the read
+/// forever and a socket or device is no state anyone wrote: both are refused
+/// before anything opens them, and the opened file is checked again (the
+/// name may have been swapped in between), opened non-blocking so even a
+/// FIFO swapped in cannot stall the start. `Ok(None)`: no such file.
+pub fn read_regular(path: &Path, what: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let refuse = |kind: &str| {
+        anyhow::anyhow!(
+            "{what} {} is not a regular file (it is {kind}); remove it or move it away \
+             (mtguard writes a new one)",
+            path.display()
+        )
+    };
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if !meta.is_file() {
+        return Err(refuse(file_kind(&meta)));
     }
-    result
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(refuse(file_kind(&meta)));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(bytes))
+}
+
+fn file_kind(meta: &fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+        if t.is_block_device() || t.is_char_device() {
+            return "a device";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
+    }
 }
 
 /// The state file of a state directory.
@@ -54,10 +135,8 @@ pub fn state_path(dir: &Path) -> PathBuf {
 pub fn restore(guard: &Guard, dir: &Path, reset: bool) -> anyhow::Result<()> {
     remove_stale_temporaries(dir);
     let path = state_path(dir);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let Some(bytes) = read_regular(&path, "state file")? else {
+        return Ok(());
     };
     let checked = integrity::open_file(Purpose::State, &bytes).map_err(|e| {
         anyhow::anyhow!(
@@ -112,16 +191,26 @@ fn move_aside(path: &Path, error: &dyn std::fmt::Display) -> anyhow::Result<()> 
 }
 
 /// A writer killed between creating its temporary and renaming it (SIGKILL,
-/// power loss) leaves the temporary behind, named after its process id, so
-/// no later writer reuses it: without this, every crash would leave one
-/// more state-sized file. Only called at start, before any save of ours.
+/// power loss) leaves the temporary behind under a name no later writer
+/// reuses: without this, every crash would leave one more state-sized file.
+/// Both the current names (`.state.bin.<random>.tmp`) and those of older
+/// versions (`.state.bin.tmp.<pid>`) are removed; a link is removed itself,
+/// never what it points at, and a directory is left alone. Only called at
+/// start, before any save of ours.
 fn remove_stale_temporaries(dir: &Path) {
-    let prefix = format!(".{STATE_FILE}.tmp.");
+    let prefix = format!(".{STATE_FILE}.");
+    let legacy = format!(".{STATE_FILE}.tmp.");
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours =
+            name.starts_with(&legacy) || (name.starts_with(&prefix) && name.ends_with(TMP_SUFFIX));
+        // DirEntry::file_type does not follow links.
+        let not_a_dir = entry.file_type().is_ok_and(|t| !t.is_dir());
+        if ours && not_a_dir {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -150,23 +239,63 @@ pub fn save(guard: &Guard, dir: &Path) -> anyhow::Result<u64> {
     Ok(generation)
 }
 
+/// The first and the longest pause of the persistence loop after a failed
+/// save.
+const SAVE_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const SAVE_BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Failed saves, from the loop and the admin API together: one line when
+/// saving starts failing, one with the count when a save works again.
+static SAVE_TROUBLE: std::sync::Mutex<Episode> = std::sync::Mutex::new(Episode::new(
+    SAVE_BACKOFF_MIN,
+    SAVE_BACKOFF_MAX,
+    Duration::ZERO,
+));
+
+/// [`save`], with failures logged once per episode (see [`crate::episode`]);
+/// returns the pause a retrying caller should wait after a failure.
+pub fn save_logged(guard: &Guard, dir: &Path) -> Result<u64, (anyhow::Error, Duration)> {
+    let result = save(guard, dir);
+    let mut trouble = SAVE_TROUBLE.lock().unwrap_or_else(|e| e.into_inner());
+    let now = tokio::time::Instant::now();
+    match result {
+        Ok(generation) => {
+            if let Some(failures) = trouble.succeeded(now) {
+                tracing::info!(failures, dir = %dir.display(), "saving state works again");
+            }
+            Ok(generation)
+        }
+        Err(e) => {
+            let failure = trouble.failed(now);
+            if failure.first {
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "saving state failed; retrying with backoff (logged once until a save works)"
+                );
+            }
+            Err((e, failure.pause))
+        }
+    }
+}
+
 /// Saves shortly after each change: checks every `interval` whether the
-/// state changed since the last save. A failed save is logged and retried;
-/// the previous file stays intact.
+/// state changed since the last save. A failed save is retried with an
+/// exponential backoff and logged once until a save works; the previous
+/// file stays intact.
 pub async fn persist_loop(guard: Arc<Guard>, dir: PathBuf, interval: Duration) {
     let mut saved = guard.with(|e, _| e.state_generation());
+    let mut pause = interval;
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(pause).await;
+        pause = interval;
         let current = guard.with(|e, _| e.state_generation());
         if current == saved {
             continue;
         }
         let (g, d) = (guard.clone(), dir.clone());
-        match tokio::task::spawn_blocking(move || save(&g, &d)).await {
+        match tokio::task::spawn_blocking(move || save_logged(&g, &d)).await {
             Ok(Ok(generation)) => saved = generation,
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "saving state failed; will retry")
-            }
+            Ok(Err((_, backoff))) => pause = backoff.max(interval),
             Err(e) => tracing::error!(error = %e, "state save task failed"),
         }
     }
