@@ -29,9 +29,9 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::fetch::ContentKind;
-use crate::tls::{OnExpired, Trust};
+mod values;
 use mtguard_core::pins::{parse_pin_line, Pin};
+pub use values::{url_host, ContentKind, OnExpired, OnProbe, ProxyProtocol, Trust, UrlError};
 
 /// The whole configuration, as read from a file or embedded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,9 +166,6 @@ pub struct RefreshConfig {
     pub pinning: PinningConfig,
 }
 
-/// `[server] proxy_protocol` is the proxy's own setting.
-pub use crate::proxy::ProxyProtocol;
-
 /// `proxy_protocol` as the file writes it.
 #[derive(Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -282,9 +279,6 @@ impl MtprotoConfig {
         }
     }
 }
-
-/// `[mtproto] on_probe` is the relay's own setting.
-pub use crate::mtproto::OnProbe;
 
 /// `on_probe` as the file writes it.
 #[derive(Clone, Copy, Deserialize)]
@@ -1290,7 +1284,7 @@ impl Parse<'_> {
                 (Some(url), Some(out)) => {
                     let key = format!("{table} {name}_url");
                     self.note(&key, &url.span());
-                    crate::fetch::url_host(url.get_ref())
+                    url_host(url.get_ref())
                         .map_err(|e| self.error(&url.span(), &key, e.to_string()))?;
                     let out_key = format!("{table} {name}_out");
                     self.note(&out_key, &out.span());

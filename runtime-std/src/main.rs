@@ -501,8 +501,7 @@ fn fetch_options(
     out: PathBuf,
     timeout: u64,
 ) -> anyhow::Result<mtguard::fetch::FetchOptions> {
-    use mtguard::fetch::ContentKind;
-    use mtguard::tls::{OnExpired, Trust};
+    use mtguard::config::{ContentKind, OnExpired, Trust};
     let mut all = Vec::new();
     for text in &pins {
         let pin = mtguard_core::pins::parse_pin_line(text)

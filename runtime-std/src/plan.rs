@@ -20,13 +20,13 @@ use anyhow::Context as _;
 use mtguard_core::pins::{Pin, PinSet, PinSetError};
 use mtguard_core::Policy;
 
-use crate::config::{Config, Lists, PinningConfig};
+use crate::config::{Config, Lists, OnExpired, PinningConfig, Trust};
 use crate::engine::Guard;
 use crate::hsm::{Keys, Token};
 use crate::integrity::{self, Purpose, Sealer};
 use crate::mtproto::Mtproto;
 use crate::proxy::{BackendTls, ProxySettings};
-use crate::tls::{OnExpired, PinSource, PinnedVerifier, Trust};
+use crate::tls::{PinSource, PinnedVerifier};
 
 /// The `[hsm]` token of a config, opened, and the sealer made of its
 /// integrity key. `run` opens it once at start (`[hsm]` changes need a
