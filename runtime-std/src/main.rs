@@ -321,7 +321,7 @@ fn hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> {
     use mtguard::hsm::Token;
     use mtguard_core::mtproto::Secret;
 
-    let config = mtguard::config::Config::load(config)?;
+    let config = mtguard::plan::load_config(config)?;
     let Some(hsm) = &config.hsm else {
         anyhow::bail!("{}: no [hsm] table", config.source_name());
     };
@@ -450,7 +450,7 @@ fn hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> {
 
 fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {
     use mtguard::plan::{Keyring, Plan};
-    let config = mtguard::config::Config::load(file)?;
+    let config = mtguard::plan::load_config(file)?;
     // The same token opening and plan as `run`: what passes here passes
     // there, but for what only the running node knows (the state's pins,
     // manual list entries).
@@ -513,7 +513,7 @@ fn fetch_options(
         // The seal is checked with the config's token, opened as `run`
         // opens it; without --config only a plain file passes.
         let keyring = match config {
-            Some(c) => mtguard::plan::Keyring::open(&mtguard::config::Config::load(c)?)?,
+            Some(c) => mtguard::plan::Keyring::open(&mtguard::plan::load_config(c)?)?,
             None => mtguard::plan::Keyring::default(),
         };
         all.extend(mtguard::plan::load_pins_file(

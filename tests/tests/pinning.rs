@@ -889,7 +889,7 @@ fn pinning_config_keys_and_their_errors() {
         "defaults to the backend's host"
     );
     assert_eq!(tls.pinning.trust, Trust::WebPki);
-    assert_eq!(tls.pinning.pins[0].label(), "main");
+    assert_eq!(tls.pinning.pins.as_slice()[0].label(), "main");
     assert_eq!(tls.pinning.on_expired(1), OnExpired::WebPki);
     assert_eq!(tls.pinning.on_expired(2), OnExpired::FailClosed);
     let refresh = ok.refresh.as_ref().unwrap();
