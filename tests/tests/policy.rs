@@ -34,7 +34,7 @@ fn harness(policy: Policy, config_lists: Option<&Config>) -> Harness {
     let backend = EchoBackend::start();
     let guard = test_guard(policy);
     if let Some(config) = config_lists {
-        let lists = mtguard::plan::load_lists(&config).unwrap();
+        let lists = mtguard::plan::load_lists(config).unwrap();
         guard.set_config_lists(&lists.allow, &lists.deny).unwrap();
     }
     Harness {

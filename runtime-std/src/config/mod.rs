@@ -42,7 +42,7 @@ mod values;
 
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
-pub use keys::LimitsConfig;
+pub use keys::{Key, LimitsConfig, KEYS};
 pub use parse::{line_scan_bytes, LineIndex};
 pub use values::{url_host, ContentKind, OnExpired, OnProbe, ProxyProtocol, Trust, UrlError};
 
