@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mtguard::proxy::{proxy_header, ProxyProtocol};
+use mtguard::config::ProxyProtocol;
+use mtguard::proxy::proxy_header;
 
 #[derive(Arbitrary, Debug)]
 enum Addr {

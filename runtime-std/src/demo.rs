@@ -35,8 +35,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 
+use crate::config::ProxyProtocol;
 use crate::engine::{Capacity, EventSink, Guard};
-use crate::proxy::{self, ProxyProtocol, ProxySettings};
+use crate::proxy::{self, ProxySettings};
 
 /// What the demo runs.
 #[derive(Clone, Debug)]

@@ -9,14 +9,15 @@
 //! serves before it replaces the old file. On any failure the old file is
 //! left exactly as it was.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use mtguard_core::pins::{Pin, PinSet};
 
-use crate::tls::{OnExpired, PinSource, PinnedVerifier, Trust};
+use crate::config::{url_host, ContentKind, OnExpired, Trust};
+use crate::tls::{PinSource, PinnedVerifier};
 
 /// The most a download may be. Telegram's proxy config is a few kilobytes
 /// and the secret 128 bytes; the cap bounds memory against a server that
@@ -30,48 +31,7 @@ pub const SECRET_MIN: usize = 32;
 /// See [`SECRET_MIN`].
 pub const SECRET_MAX: usize = 256;
 
-/// What a download is expected to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContentKind {
-    /// `proxy-multi.conf` (`getProxyConfig`, `getProxyConfigV6`).
-    ProxyConfig,
-    /// `proxy-secret` (`getProxySecret`).
-    ProxySecret,
-}
-
 impl ContentKind {
-    /// Guesses from the URL's last path segment, then from the output file
-    /// name: `getProxySecret`/`*secret*` and `getProxyConfig*`/`*.conf`.
-    pub fn guess(url: &str, out: &Path) -> Option<ContentKind> {
-        let url_path = url.split(['?', '#']).next().unwrap_or(url);
-        let last = url_path
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let file = out
-            .file_name()
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        for name in [last, file] {
-            if name.contains("secret") {
-                return Some(ContentKind::ProxySecret);
-            }
-            if name.starts_with("getproxyconfig") || name.ends_with(".conf") {
-                return Some(ContentKind::ProxyConfig);
-            }
-        }
-        None
-    }
-
-    /// The name the command line and the config use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContentKind::ProxyConfig => "config",
-            ContentKind::ProxySecret => "secret",
-        }
-    }
-
     /// Checks that `body` looks like this kind of file.
     pub fn check(self, body: &[u8]) -> Result<(), String> {
         match self {
@@ -172,19 +132,6 @@ pub struct Fetched {
     /// Whether the file changed (a download equal to the file is not
     /// rewritten).
     pub changed: bool,
-}
-
-/// The host of an `https://` URL, for messages and the verifier.
-pub fn url_host(url: &str) -> anyhow::Result<String> {
-    let parsed = reqwest::Url::parse(url).with_context(|| format!("{url:?} is not a URL"))?;
-    anyhow::ensure!(
-        parsed.scheme() == "https",
-        "{url:?}: only https:// URLs can be pinned"
-    );
-    Ok(parsed
-        .host_str()
-        .ok_or_else(|| anyhow::anyhow!("{url:?} has no host"))?
-        .to_owned())
 }
 
 /// Downloads, checks and writes; on any failure the file at `opts.out` is
@@ -327,33 +274,5 @@ mod tests {
             b"<html>404 Not Found</html>\n<!-- padding padding padding -->"
         )
         .is_err());
-    }
-
-    #[test]
-    fn kinds_are_guessed_from_url_or_file() {
-        let p = Path::new;
-        let guess = ContentKind::guess;
-        let tg = "https://core.telegram.org";
-        assert_eq!(
-            guess(&format!("{tg}/getProxySecret"), p("x")),
-            Some(ContentKind::ProxySecret)
-        );
-        assert_eq!(
-            guess(&format!("{tg}/getProxyConfig"), p("x")),
-            Some(ContentKind::ProxyConfig)
-        );
-        assert_eq!(
-            guess(&format!("{tg}/getProxyConfigV6?x=1"), p("x")),
-            Some(ContentKind::ProxyConfig)
-        );
-        assert_eq!(
-            guess("https://h/f", p("/etc/proxy-multi.conf")),
-            Some(ContentKind::ProxyConfig)
-        );
-        assert_eq!(
-            guess("https://h/f", p("proxy-secret")),
-            Some(ContentKind::ProxySecret)
-        );
-        assert_eq!(guess("https://h/f", p("data.bin")), None);
     }
 }

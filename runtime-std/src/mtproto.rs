@@ -17,28 +17,8 @@ use mtguard_core::mtproto::{
     Verdict,
 };
 
+use crate::config::OnProbe;
 use crate::hsm::Keys;
-
-/// What happens to a connection whose first bytes are not a valid handshake.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OnProbe {
-    /// Reset the connection; the backend never hears of it.
-    #[default]
-    Close,
-    /// Relay it to the mask backend (the real website of the fake-TLS
-    /// domain), so a prober sees an ordinary HTTPS site.
-    Mask,
-}
-
-impl OnProbe {
-    /// The config file's name for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnProbe::Close => "close",
-            OnProbe::Mask => "mask",
-        }
-    }
-}
 
 /// The replay cache of the server: 6 MiB on the heap.
 pub type Replay = ReplayCache<Box<[Entry]>>;

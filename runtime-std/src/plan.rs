@@ -14,19 +14,21 @@
 //! step was checked by `build` against the node, so `apply` either
 //! changes nothing (the swap refused) or everything.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use mtguard_core::cidr::{parse_netset_line, Cidr};
 use mtguard_core::pins::{Pin, PinSet, PinSetError};
 use mtguard_core::Policy;
 
-use crate::config::{Config, Lists, PinningConfig};
+use crate::config::{Config, ConfigError, Lists, OnExpired, PinningConfig, Trust};
 use crate::engine::Guard;
 use crate::hsm::{Keys, Token};
 use crate::integrity::{self, Purpose, Sealer};
 use crate::mtproto::Mtproto;
 use crate::proxy::{BackendTls, ProxySettings};
-use crate::tls::{OnExpired, PinSource, PinnedVerifier, Trust};
+use crate::tls::{PinSource, PinnedVerifier};
 
 /// The `[hsm]` token of a config, opened, and the sealer made of its
 /// integrity key. `run` opens it once at start (`[hsm]` changes need a
@@ -55,8 +57,72 @@ impl Keyring {
     }
 }
 
+/// Reads and parses the config file at `path`; relative paths in it are
+/// resolved against its directory. The config module does no I/O: this is
+/// where the file's text comes from.
+pub fn load_config(path: &Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            name.clone(),
+            None,
+            None,
+            format!("cannot read the config file: {e}"),
+        )
+    })?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+    Config::parse_in(&text, &name, base)
+}
+
+/// The allow and deny lists of `config`: the inline prefixes and those of
+/// every list file (one address or prefix a line, `#` starts a comment),
+/// sorted and without duplicates.
+pub fn load_lists(config: &Config) -> Result<Lists, ConfigError> {
+    let read = |inline: &[Cidr], files: &[PathBuf], key: &str| {
+        let mut out = inline.to_vec();
+        for (i, file) in files.iter().enumerate() {
+            let name = file.display().to_string();
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                let index_key = format!("{key}[{i}]");
+                ConfigError::new(
+                    config.source_name(),
+                    config.line(&index_key),
+                    Some(index_key),
+                    format!("cannot read list file {name:?}: {e}"),
+                )
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                match parse_netset_line(line) {
+                    Ok(Some(cidr)) => out.push(cidr),
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(ConfigError::new(
+                            name,
+                            Some(n + 1),
+                            None,
+                            format!(
+                                "invalid address or prefix {:?}: {e} (list file of {key}; one address or prefix a line, # starts a comment)",
+                                line.split('#').next().unwrap_or("").trim()
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    };
+    let lists = &config.lists;
+    Ok(Lists {
+        allow: read(&lists.allow, &lists.allow_files, "[lists] allow_files")?,
+        deny: read(&lists.deny, &lists.deny_files, "[lists] deny_files")?,
+    })
+}
+
 /// The pins of `pinning` (inline and pins file), the file read through
-/// `sealer`'s seal; `table` names the table in errors.
+/// `sealer`'s seal; `table` names the table in errors. A file pin equal to
+/// an inline one counts once; the set's capacity bounds the rest.
 pub fn load_pins(
     pinning: &PinningConfig,
     sealer: Option<&Sealer>,
@@ -64,27 +130,31 @@ pub fn load_pins(
 ) -> anyhow::Result<Vec<Pin>> {
     let mut pins = pinning.pins.clone();
     if let Some(path) = &pinning.pins_file {
+        // Pins past the capacity, kept only to count them in the error.
+        let mut over: Vec<Pin> = Vec::new();
         for pin in load_pins_file(path, sealer)? {
-            if !pins
-                .iter()
-                .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
-            {
-                pins.push(pin);
+            if let Err(PinSetError::Full { .. }) = pins.add(pin.clone()) {
+                if !over
+                    .iter()
+                    .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
+                {
+                    over.push(pin);
+                }
             }
         }
+        anyhow::ensure!(
+            over.is_empty(),
+            "{table} pins: {} pins: at most {} per host",
+            pins.len() + over.len(),
+            pins.capacity()
+        );
     }
-    anyhow::ensure!(
-        pins.len() <= crate::tls::MAX_PINS,
-        "{table} pins: {} pins: at most {} per host",
-        pins.len(),
-        crate::tls::MAX_PINS
-    );
-    Ok(pins)
+    Ok(pins.as_slice().to_vec())
 }
 
 /// One pins file, its seal checked with `sealer` (rather than the process's
 /// installed one, which only `run` sets, and only once the plan is applied).
-pub fn load_pins_file(path: &std::path::Path, sealer: Option<&Sealer>) -> anyhow::Result<Vec<Pin>> {
+pub fn load_pins_file(path: &Path, sealer: Option<&Sealer>) -> anyhow::Result<Vec<Pin>> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the pins file {}", path.display()))?;
     let payload = integrity::open_file_with(sealer, Purpose::Pins, &bytes).map_err(|e| {
@@ -177,7 +247,7 @@ impl Plan {
         }
         let policy = config.effective_policy(level_override)?;
         let level = policy.level.number();
-        let lists = config.load_lists()?;
+        let lists = load_lists(&config)?;
         let sealer = keyring.sealer.as_deref();
         let (backend_pins, backend_tls) = match &config.server.backend_tls {
             None => (Vec::new(), None),

@@ -40,23 +40,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::config::{OnProbe, ProxyProtocol};
 use crate::engine::{Admitted, Guard};
 use crate::episode::{self, is_connection_error, AcceptTrouble};
-use crate::mtproto::{Mtproto, OnProbe};
-
-/// Whether, and in which version, the backend is sent a PROXY protocol
-/// header carrying the client's address. mtg and telemt accept it; the
-/// original MTProxy does not, so it is a per-backend option.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    /// No header: the backend sees the guard's address.
-    #[default]
-    None,
-    /// The text header (`PROXY TCP4 ...\r\n`).
-    V1,
-    /// The binary header.
-    V2,
-}
+use crate::mtproto::Mtproto;
 
 /// How admitted connections are forwarded. Read once per connection, at
 /// accept: a reload applies to new connections.

@@ -36,7 +36,7 @@ pub struct RunOptions {
 
 fn load(opts: &RunOptions) -> anyhow::Result<Config> {
     match &opts.config {
-        Some(path) => Ok(Config::load(path)?),
+        Some(path) => Ok(crate::plan::load_config(path)?),
         None => Ok(Config::embedded_default()),
     }
 }

@@ -34,6 +34,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+use crate::config::{OnExpired, Trust};
 use crate::engine::Guard;
 
 /// Most pins one pinned host can have: the core's pin-set capacity.
@@ -60,58 +61,6 @@ pub fn check_backup_pins(
          Add a backup pin, or run at level 1"
     );
     Ok(())
-}
-
-/// What, besides the pins, a peer's certificate must satisfy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Trust {
-    /// A chain to a trusted root that is valid for the server name, and a
-    /// pin match.
-    WebPki,
-    /// A pin match on the leaf alone (self-signed or private-CA peers).
-    PinsOnly,
-}
-
-impl Trust {
-    /// The name the config and the command line use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trust::WebPki => "webpki",
-            Trust::PinsOnly => "pins-only",
-        }
-    }
-}
-
-/// What to do once every pin of a host has expired (or, for the backend,
-/// the admin API removed them all).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnExpired {
-    /// Refuse every connection until the pins are renewed.
-    FailClosed,
-    /// Accept on ordinary WebPKI validation alone, with a warning at every
-    /// connection. Impossible with [`Trust::PinsOnly`].
-    WebPki,
-}
-
-impl OnExpired {
-    /// The default of a security level: levels 2 and 3 fail closed, the
-    /// lower ones keep working on WebPKI (a guard that stops forwarding
-    /// because nobody renewed a pin is the worse outcome for them).
-    pub fn default_for_level(level: u8) -> OnExpired {
-        if level >= 2 {
-            OnExpired::FailClosed
-        } else {
-            OnExpired::WebPki
-        }
-    }
-
-    /// The name the config uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnExpired::FailClosed => "fail-closed",
-            OnExpired::WebPki => "webpki",
-        }
-    }
 }
 
 /// Where a verifier reads its pins.

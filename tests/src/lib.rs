@@ -8,9 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mtguard::config::ProxyProtocol;
 use mtguard::engine::{Capacity, Engine, Guard, LogEvents};
 use mtguard::mtproto::Mtproto;
-use mtguard::proxy::{self, ProxyProtocol, ProxySettings};
+use mtguard::proxy::{self, ProxySettings};
 use mtguard_core::Policy;
 
 /// Table sizes of the guards the tests build: small, so a test's numbers

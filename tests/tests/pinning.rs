@@ -871,8 +871,7 @@ fn refresh_inside_run_fetches_pinned_and_keeps_old_files_on_a_mismatch() {
 #[test]
 fn pinning_config_keys_and_their_errors() {
     use mtguard::config::Config;
-    use mtguard::fetch::ContentKind;
-    use mtguard::tls::{OnExpired, Trust};
+    use mtguard::config::{ContentKind, OnExpired, Trust};
     let ok = Config::parse(
         &format!(
             "[server]\nbackend = \"proxy.example.net:443\"\n\
@@ -890,7 +889,7 @@ fn pinning_config_keys_and_their_errors() {
         "defaults to the backend's host"
     );
     assert_eq!(tls.pinning.trust, Trust::WebPki);
-    assert_eq!(tls.pinning.pins[0].label(), "main");
+    assert_eq!(tls.pinning.pins.as_slice()[0].label(), "main");
     assert_eq!(tls.pinning.on_expired(1), OnExpired::WebPki);
     assert_eq!(tls.pinning.on_expired(2), OnExpired::FailClosed);
     let refresh = ok.refresh.as_ref().unwrap();

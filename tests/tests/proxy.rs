@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mtguard::config::ProxyProtocol;
 use mtguard::engine::{Capacity, Guard, LogEvents};
-use mtguard::proxy::{self, ProxyProtocol, ProxySettings};
+use mtguard::proxy::{self, ProxySettings};
 use mtguard_core::{BlockCause, Level, Policy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};

@@ -1,0 +1,46 @@
+//! `mtguard check-config`: the plan `run` would build, printed.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Args)]
+pub struct CheckConfigArgs {
+    /// Config file (TOML).
+    file: PathBuf,
+    /// Security level 0-3, overriding the config's.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=3))]
+    level: Option<u8>,
+}
+
+pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    check(&args.file, args.level)
+}
+
+fn check(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {
+    use mtguard::plan::{Keyring, Plan};
+    let config = mtguard::plan::load_config(file)?;
+    // The same token opening and plan as `run`: what passes here passes
+    // there, but for what only the running node knows (the state's pins,
+    // manual list entries).
+    let keyring = Keyring::open(&config)?;
+    let plan = Plan::build(config, level, &keyring, None)?;
+    let mut unchecked = Vec::new();
+    if plan.backend_tls.is_some() {
+        if let Err(e) = mtguard::tls::check_backup_pins(
+            plan.policy.level.number(),
+            &format!("backend {}", plan.config.server.backend),
+            &plan.backend_pins,
+        ) {
+            unchecked.push(format!(
+                "warning: {e:#} (pins in the state directory are not counted here)"
+            ));
+        }
+    }
+    println!("{}: valid", file.display());
+    for w in unchecked {
+        println!("{w}");
+    }
+    print!("{}", plan.describe());
+    Ok(())
+}
