@@ -109,9 +109,19 @@ impl core::fmt::Display for CommandError {
     }
 }
 
+impl core::error::Error for CommandError {}
+
 /// The connection id is not live: it was closed already, or never issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnknownConnection;
+
+impl core::fmt::Display for UnknownConnection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("not a live connection: closed already, or never issued")
+    }
+}
+
+impl core::error::Error for UnknownConnection {}
 
 /// One client as seen by [`SecurityManager::client_info`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,8 +225,9 @@ impl<S: Storage> SecurityManager<S> {
         let mut conn_timers = TimerWheel::new();
         // Advance the empty wheels to `now` so deadlines are measured from
         // the runtime's epoch without a first cascade from zero.
-        client_timers.poll_expired::<ClientSlot>(&mut [], now);
-        conn_timers.poll_expired::<ConnSlot>(&mut [], now);
+        // Empty slices: nothing can expire, so there is nothing to handle.
+        let _ = client_timers.poll_expired::<ClientSlot>(&mut [], now);
+        let _ = conn_timers.poll_expired::<ConnSlot>(&mut [], now);
         Ok(SecurityManager {
             policy,
             clients: tables.clients,
@@ -361,6 +372,7 @@ impl<S: Storage> SecurityManager<S> {
     /// When [`SecurityManager::handle_timeout`] must next be called; `None`
     /// when nothing is pending. May be earlier than strictly needed, never
     /// later.
+    #[must_use = "a deadline not slept on is work never done: blocks would not end"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut next = self.client_timers.next_deadline();
         for t in [
@@ -376,6 +388,7 @@ impl<S: Storage> SecurityManager<S> {
     }
 
     /// The next event, oldest first.
+    #[must_use = "a polled event is gone from the queue"]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -554,13 +567,27 @@ impl core::fmt::Display for NewError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             NewError::Policy(e) => write!(f, "invalid policy: {e}"),
-            NewError::Tables(TablesError::Empty(t)) => write!(f, "the {t} table has no room"),
-            NewError::Tables(TablesError::BucketsMismatch) => {
+            NewError::Tables(e) => e.fmt(f),
+        }
+    }
+}
+
+// The cause is part of the message (as it was before these impls), so
+// `source()` stays `None`: a chain printer would say it twice otherwise.
+impl core::error::Error for NewError {}
+
+impl core::fmt::Display for TablesError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TablesError::Empty(t) => write!(f, "the {t} table has no room"),
+            TablesError::BucketsMismatch => {
                 f.write_str("the bucket table must be as long as the client table")
             }
-            NewError::Tables(TablesError::TooLarge(t)) => {
+            TablesError::TooLarge(t) => {
                 write!(f, "the {t} table is larger than 32-bit indices allow")
             }
         }
     }
 }
+
+impl core::error::Error for TablesError {}
