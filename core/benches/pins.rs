@@ -3,6 +3,8 @@
 //! every pin, in constant time, so the worst case is the usual case).
 //!
 //! Run: `cargo bench -p mtguard-core --bench pins`.
+// criterion_group! writes a `pub fn` without a doc comment.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 

@@ -28,6 +28,10 @@ impl ConnectionId {
 }
 
 /// The engine's answer to a new connection.
+///
+/// Dropping an `Admit` unseen leaks a connection slot until the engine is
+/// told of the close, so the compiler insists it is looked at.
+#[must_use = "an Admit holds a connection slot until handle_close is called with its id"]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Verdict {

@@ -284,6 +284,8 @@ impl fmt::Display for PolicyError {
     }
 }
 
+impl core::error::Error for PolicyError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

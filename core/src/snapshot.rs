@@ -164,6 +164,8 @@ impl fmt::Display for SnapshotError {
     }
 }
 
+impl core::error::Error for SnapshotError {}
+
 /// Writes into a buffer whose size was checked beforehand.
 pub(crate) struct Writer<'a> {
     out: &'a mut [u8],

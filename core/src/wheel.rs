@@ -282,6 +282,7 @@ impl TimerWheel {
     /// docs](self#ordering). Each call costs O(1) plus the cascading of the
     /// slots the wheel crosses, which it finds from the occupancy bitmaps
     /// without visiting empty ones.
+    #[must_use = "an expired entry not handled is lost: the wheel has unlinked it"]
     pub fn poll_expired<T: Timed>(&mut self, slots: &mut [T], now: Instant) -> Option<u32> {
         let now = now.as_millis().max(self.elapsed);
         loop {

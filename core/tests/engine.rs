@@ -936,3 +936,54 @@ fn a_block_spends_the_violations_that_caused_it() {
     assert!(!g.is_blocked(ip));
     assert_eq!(g.client_info(ip).unwrap().offences, 1);
 }
+
+/// Every error of the core is a `core::error::Error`, so a runtime can box
+/// it, put it behind `?` into `anyhow`, or walk its chain, without a
+/// wrapper of its own; the messages are the ones `Display` gives.
+#[test]
+fn every_core_error_is_a_core_error_with_its_message() {
+    use mtguard_core::cidr::{CidrError, CidrSetError};
+    use mtguard_core::der::DerError;
+    use mtguard_core::manager::{CommandError, NewError, TablesError, UnknownConnection};
+    use mtguard_core::mtproto::replay::{BadCapacity, ReplayRefusal};
+    use mtguard_core::mtproto::{KeyUnavailable, SecretError};
+    use mtguard_core::pins::{PinError, PinSetError};
+    use mtguard_core::policy::PolicyError;
+    use mtguard_core::snapshot::SnapshotError;
+
+    fn message(e: &dyn core::error::Error) -> String {
+        assert!(e.source().is_none(), "{e}: the message carries the cause");
+        e.to_string()
+    }
+    let policy = PolicyError {
+        field: "rate_window",
+        problem: "must be positive",
+    };
+    let cases: [(&dyn core::error::Error, &str); 16] = [
+        (&CommandError::Allowlisted, "the address is allowlisted"),
+        (&UnknownConnection, "not a live connection"),
+        (&TablesError::BucketsMismatch, "bucket table"),
+        (&NewError::Policy(policy), "invalid policy: rate_window"),
+        (&NewError::Tables(TablesError::Empty("clients")), "clients"),
+        (&policy, "rate_window: must be positive"),
+        (&PinError::BadBase64, ""),
+        (&PinSetError::Full { capacity: 100 }, "100"),
+        (&CidrError::HostBitsSet, ""),
+        (&CidrSetError::Full { capacity: 4 }, "4 prefixes"),
+        (&DerError::IndefiniteLength, "indefinite"),
+        (&SecretError::Empty, ""),
+        (&SnapshotError::BadMagic, ""),
+        (&ReplayRefusal::Replay, "seen before"),
+        (&BadCapacity, "replay cache"),
+        (&KeyUnavailable, "key"),
+    ];
+    for (e, needle) in cases {
+        let text = message(e);
+        assert!(!text.is_empty(), "{e:?} has no message");
+        assert!(text.contains(needle), "{text:?} lacks {needle:?}");
+    }
+    assert_eq!(
+        TablesError::Empty("connections").to_string(),
+        NewError::Tables(TablesError::Empty("connections")).to_string()
+    );
+}

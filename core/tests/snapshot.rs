@@ -44,7 +44,8 @@ fn populated() -> SecurityManager<Small> {
         Verdict::Admit(c) => c,
         v => panic!("{v:?}"),
     };
-    g.handle_connect(at(0), ip(1));
+    // Over the limit of one: refused, and the violation blocks.
+    assert!(matches!(g.handle_connect(at(0), ip(1)), Verdict::Reject(_)));
     g.handle_close(at(1), c).unwrap();
     // A permanent manual block and a timed one.
     g.block(at(0), ip(2), None, BlockCause::Manual).unwrap();
@@ -60,7 +61,8 @@ fn populated() -> SecurityManager<Small> {
         Verdict::Admit(c) => c,
         v => panic!("{v:?}"),
     };
-    g.handle_connect(at(0), ip(4));
+    // Over the limit of one: refused, and the violation blocks.
+    assert!(matches!(g.handle_connect(at(0), ip(4)), Verdict::Reject(_)));
     g.unblock(at(2), ip(4));
     g.handle_close(at(2), c).unwrap();
     g.allow_mut()

@@ -29,6 +29,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// On the library only: the tests' shared helpers are `pub` by need.
+#![warn(unreachable_pub)]
 
 use core::cell::RefCell;
 use core::net::IpAddr;

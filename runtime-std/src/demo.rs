@@ -37,6 +37,7 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use crate::config::ProxyProtocol;
 use crate::engine::{Capacity, EventSink, Guard};
+use crate::loadgen::{self, reset};
 use crate::proxy::{self, ProxySettings};
 
 /// What the demo runs.
@@ -543,15 +544,7 @@ impl Rng {
 // ----- sockets -----
 
 async fn connect_from(src: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
-    socket.connect(to).await
-}
-
-/// Closes with a reset: no TIME_WAIT left behind (the flood's way out).
-fn reset(stream: TcpStream) {
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    drop(stream);
+    loadgen::connect_from(IpAddr::V4(src), to).await
 }
 
 /// How the guard refuses: it closes the connection (a reset) before any
@@ -612,19 +605,7 @@ fn held_state(stream: &TcpStream) -> Outcome {
 // ----- the echo backend -----
 
 async fn echo_backend(listener: TcpListener) {
-    let mut connections = JoinSet::new();
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        while connections.try_join_next().is_some() {}
-        connections.spawn(async move {
-            let (mut r, mut w) = stream.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
-        });
-    }
+    loadgen::accept_loop(listener, Duration::from_millis(10), loadgen::echo).await;
 }
 
 fn listen(backlog: u32) -> io::Result<TcpListener> {
@@ -914,32 +895,16 @@ fn sample(guard: &Guard) -> GuardSample {
 
 // ----- limits and memory -----
 
-/// The soft limit on open files, from /proc (no libc call needed).
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line["Max open files".len()..].split_whitespace().next()?;
-    soft.parse().ok()
-}
-
-/// The process's peak resident memory (VmHWM), from /proc.
+/// The process's peak resident memory (VmHWM); 0 where /proc is missing.
 fn peak_rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return 0;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|kb| kb.trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    loadgen::vm_hwm_kib(std::process::id()).map_or(0, |kb| kb * 1024)
 }
 
 /// Flood bursts at once, so every socket fits within the file limit: a
 /// burst holds up to `FLOOD_HOLD + 1` connections, each two descriptors in
 /// this process (client and guard side) plus a backend pair if served.
 fn flood_concurrency(legit_clients: usize) -> anyhow::Result<usize> {
-    let limit = open_files_limit().unwrap_or(1024) as usize;
+    let limit = loadgen::open_files_limit().unwrap_or(1024) as usize;
     let reserved =
         256 + legit_clients * 4 + SLOWLORIS_WORKERS * (SLOWLORIS_HOLD + 1) * 2 + SCANNERS * 4;
     let per_burst = (FLOOD_HOLD + 1) * 4;
@@ -1126,13 +1091,10 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<DemoReport> {
     })
 }
 
-/// Nearest-rank percentile of sorted values.
+/// Nearest-rank percentile (`p` in percent) of sorted values; zero when
+/// there are none.
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    loadgen::percentile(sorted, p / 100.0).unwrap_or_default()
 }
 
 #[cfg(test)]

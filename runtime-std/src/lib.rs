@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod hsm;
 pub mod integrity;
 pub mod kernel;
+pub mod loadgen;
 pub mod mtproto;
 pub mod pinfile;
 pub mod plan;

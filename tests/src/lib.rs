@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use mtguard::config::ProxyProtocol;
 use mtguard::engine::{Capacity, Engine, Guard, LogEvents};
+use mtguard::loadgen;
 use mtguard::mtproto::Mtproto;
 use mtguard::proxy::{self, ProxySettings};
 use mtguard_core::Policy;
@@ -132,19 +133,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+pub use mtguard::loadgen::EchoBackend;
+
 /// Connects to `to` from source address `from` (any 127.x.y.z works on
-/// Linux, where loopback is a /8).
+/// Linux, where loopback is a /8); connect and reads bounded by 5 s.
 pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.bind(&SocketAddr::new(from, 0).into())?;
-    socket.connect_timeout(&to.into(), Duration::from_secs(5))?;
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    Ok(stream)
+    loadgen::connect_from_blocking(from, to, Duration::from_secs(5))
 }
 
 /// Whether the guard served this connection: a request is echoed back by
@@ -164,44 +158,6 @@ pub fn served_from(from: IpAddr, to: SocketAddr) -> bool {
     match connect_from(from, to) {
         Ok(mut stream) => served(&mut stream),
         Err(_) => false,
-    }
-}
-
-/// An echo server on 127.0.0.1 in a background thread; counts accepts.
-pub struct EchoBackend {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Connections accepted so far.
-    pub accepted: Arc<Mutex<u64>>,
-}
-
-impl EchoBackend {
-    /// Starts the echo server.
-    pub fn start() -> EchoBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(Mutex::new(0));
-        let count = accepted.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                *count.lock().unwrap() += 1;
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 16 * 1024];
-                    loop {
-                        match stream.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => {
-                                if stream.write_all(&buf[..n]).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        EchoBackend { addr, accepted }
     }
 }
 
@@ -391,21 +347,15 @@ pub fn metric(text: &str, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Resident memory of process `pid` in KiB (`VmRSS` in /proc).
+/// Resident memory of process `pid` in KiB (`VmRSS` in /proc); panics
+/// when the process is gone, which fails the test that asked.
 pub fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
+    loadgen::vm_rss_kib(pid).expect("VmRSS in /proc/<pid>/status")
 }
 
 /// Open file descriptors of process `pid` (entries of /proc/<pid>/fd).
 pub fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
+    loadgen::open_fds(pid).expect("/proc/<pid>/fd")
 }
 
 /// A fake-TLS ClientHello for `domain` under the `ee` secret `secret`,

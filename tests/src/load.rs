@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mtguard::loadgen;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::{timeout, Instant};
@@ -55,10 +56,9 @@ impl Pool {
 
 /// Connects to `to` from `from`, within [`STEP_TIMEOUT`].
 pub async fn connect_from(from: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
+    let socket = loadgen::socket_for(to)?;
     bind_address_no_port(&socket)?;
-    socket.bind(SocketAddr::new(from, 0))?;
-    let stream = timeout(STEP_TIMEOUT, socket.connect(to))
+    let stream = timeout(STEP_TIMEOUT, loadgen::connect_socket_from(socket, from, to))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
@@ -98,15 +98,10 @@ async fn step<T>(f: impl std::future::Future<Output = io::Result<T>>) -> io::Res
 
 /// Serves the echo/sink backend on `listener` forever.
 pub async fn backend(listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_backend(stream));
-            }
-            // Out of descriptors under a flood: wait for some to free up.
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
+    loadgen::accept_loop(listener, Duration::from_millis(5), |stream| async {
+        let _ = serve_backend(stream).await;
+    })
+    .await;
 }
 
 async fn serve_backend(mut stream: TcpStream) -> io::Result<()> {
@@ -130,13 +125,8 @@ async fn serve_backend(mut stream: TcpStream) -> io::Result<()> {
         return stream.shutdown().await;
     }
     stream.write_all(&buf[..n]).await?;
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return stream.shutdown().await;
-        }
-        stream.write_all(&buf[..n]).await?;
-    }
+    loadgen::echo(stream).await;
+    Ok(())
 }
 
 /// Result of a bulk run.
@@ -465,20 +455,18 @@ pub async fn flood(target: SocketAddr, spec: FloodSpec) -> Flood {
 }
 
 /// The `q` quantile of sorted `samples` in milliseconds (nearest rank).
+/// NaN without samples, so a report shows the hole rather than a zero.
 pub fn percentile_ms(samples: &[Duration], q: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-    samples[rank - 1].as_secs_f64() * 1e3
+    loadgen::percentile(samples, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
 }
 
 /// One flood connection: connect, send junk, reset. A flooder does not
 /// care for the answer and leaves no TIME_WAIT behind.
 async fn flood_one(from: IpAddr, target: SocketAddr) -> io::Result<()> {
     let mut stream = connect_from(from, target).await?;
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-    step(stream.write_all(&[0x17; 64])).await
+    let sent = step(stream.write_all(&[0x17; 64])).await;
+    loadgen::reset(stream);
+    sent
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! handshake benchmarks of the core and of the server's token path.
 
 /// (listener secret, now, bytes) of the named vector.
-pub fn vector(file: &str, name: &str) -> (String, u64, Vec<u8>) {
+pub(crate) fn vector(file: &str, name: &str) -> (String, u64, Vec<u8>) {
     let line = file
         .lines()
         .find(|l| l.split(' ').next() == Some(name))

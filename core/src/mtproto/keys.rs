@@ -23,6 +23,14 @@ use super::secret::SecretSet;
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct KeyUnavailable;
 
+impl core::fmt::Display for KeyUnavailable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("the secret's key is unavailable (no such secret, or its token did not answer)")
+    }
+}
+
+impl core::error::Error for KeyUnavailable {}
+
 /// Key operations of one listener's secrets, by secret index.
 pub trait KeyOps {
     /// The client-to-server obfuscated2 key: SHA-256(`header_key_part` ||

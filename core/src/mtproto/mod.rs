@@ -199,6 +199,7 @@ impl Invalid {
 }
 
 /// The inspector's answer so far.
+#[must_use = "a handshake's verdict decides whether the connection is served"]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Verdict {

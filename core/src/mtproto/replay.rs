@@ -73,6 +73,19 @@ pub enum ReplayRefusal {
     Full,
 }
 
+impl core::fmt::Display for ReplayRefusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            ReplayRefusal::Replay => "the handshake was seen before: a replay",
+            ReplayRefusal::Full => {
+                "the replay cache is full of handshakes still inside their window"
+            }
+        })
+    }
+}
+
+impl core::error::Error for ReplayRefusal {}
+
 /// Where an inspector records accepted handshakes: a [`ReplayCache`], or a
 /// runtime's handle to one behind a lock. The inspector asks for it only
 /// after the key operations, so a runtime whose keys live in a slow token
@@ -100,6 +113,14 @@ impl<S: AsRef<[Entry]> + AsMut<[Entry]>> ReplayStore for ReplayCache<S> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct BadCapacity;
+
+impl core::fmt::Display for BadCapacity {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("the replay cache needs between 1 and u32::MAX - 1 entries")
+    }
+}
+
+impl core::error::Error for BadCapacity {}
 
 /// One remembered fingerprint, and the head of one hash chain. 24 bytes.
 #[derive(Clone, Copy, Debug)]

@@ -19,10 +19,10 @@ use mtguard_core::{
     SecurityManager, Storage, Verdict,
 };
 
-pub const CLIENTS: usize = 8;
+pub(crate) const CLIENTS: usize = 8;
 
 #[derive(Clone, Debug)]
-pub enum Op {
+pub(crate) enum Op {
     Connect(usize),
     Handshake(usize, HandshakeOutcome),
     Close(usize),
@@ -33,7 +33,7 @@ pub enum Op {
     ToDeadline(bool),
 }
 
-pub fn ip(i: usize) -> IpAddr {
+pub(crate) fn ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 1, i as u8 + 1))
 }
 
@@ -303,7 +303,7 @@ fn check<S: Storage>(g: &SecurityManager<S>, m: &Model) {
     assert_eq!(g.tracked_clients() as usize, m.clients.len());
 }
 
-pub fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: usize, ops: Vec<Op>) {
+pub(crate) fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: usize, ops: Vec<Op>) {
     let mut m = Model {
         p,
         capacity,
@@ -525,7 +525,7 @@ fn model_connect(
 
 /// The policy the model is written for, from the few knobs both drivers vary.
 #[allow(clippy::too_many_arguments)]
-pub fn policy(
+pub(crate) fn policy(
     max_conn: u16,
     max_new: u16,
     viol: u8,
