@@ -1154,14 +1154,24 @@ impl CappedListener {
     /// axum's own accept loop logs nothing without its `tracing` feature
     /// and would log every failure with it: this one logs once an episode.
     async fn accept_tcp(&mut self) -> (TcpStream, SocketAddr) {
+        // A parked first try after a failure got a descriptor: accepting
+        // works (see `proxy::serve_inspected`, which has the same loop).
+        let mut retrying = false;
         loop {
             let accepted = tokio::select! {
+                biased;
                 accepted = self.inner.accept() => accepted,
+                () = std::future::ready(()), if retrying => {
+                    retrying = false;
+                    self.trouble.accepted();
+                    continue;
+                }
                 () = episode::sleep_until(self.trouble.ends_at()) => {
                     self.trouble.quiet_passed();
                     continue;
                 }
             };
+            retrying = false;
             match accepted {
                 Ok(pair) => {
                     self.trouble.accepted();
@@ -1171,6 +1181,7 @@ impl CappedListener {
                 Err(e) => {
                     let pause = self.trouble.failed(&e);
                     tokio::time::sleep(pause).await;
+                    retrying = true;
                 }
             }
         }

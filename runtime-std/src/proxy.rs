@@ -151,16 +151,30 @@ pub async fn serve_inspected(
     let listening = listener.local_addr()?;
     let shared = Arc::new(Shared::new());
     let mut trouble = AcceptTrouble::new("");
+    // The kernel takes a descriptor before it looks at the queue, so the
+    // last try of a burst at the limit can fail on an empty queue; the try
+    // after the pause then finds nobody waiting, tokio parks it, and with
+    // no accept to count as a success the episode would stay open (no
+    // recovery line, no error line for the next episode) until someone
+    // connects. A parked first try after a failure did get a descriptor:
+    // that is accepting working.
+    let mut retrying = false;
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|&stop| stop) => break,
             accepted = listener.accept() => accepted,
+            () = std::future::ready(()), if retrying => {
+                retrying = false;
+                trouble.accepted();
+                continue;
+            }
             () = episode::sleep_until(trouble.ends_at()) => {
                 trouble.quiet_passed();
                 continue;
             }
         };
+        retrying = false;
         match accepted {
             Ok((stream, peer)) => {
                 trouble.accepted();
@@ -183,6 +197,7 @@ pub async fn serve_inspected(
                     _ = shutdown.wait_for(|&stop| stop) => break,
                     _ = tokio::time::sleep(pause) => {}
                 }
+                retrying = true;
             }
         }
     }

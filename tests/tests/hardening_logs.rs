@@ -1,0 +1,171 @@
+//! The accept loops at the file-descriptor limit: one log line when an
+//! episode of failed accepts starts and one, with the count, when it ends,
+//! not one per attempt. An attacker who can fill the descriptor table must
+//! not also be able to fill the log.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mtguard_tests::{connect_from, free_port, open_fds, served_from, EchoBackend, Server};
+
+const TOKEN: &str = "hardening-logs-token-0123456789ab";
+
+fn ip(a: u8, b: u8, c: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, a, b, c))
+}
+
+/// `line` without the terminal colour codes the log carries.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `failures=N` a recovery line reports.
+fn failures(line: &str) -> u64 {
+    let plain = plain(line);
+    let (_, rest) = plain
+        .split_once("failures=")
+        .unwrap_or_else(|| panic!("no count in {plain}"));
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+fn count(server: &Server, needle: &str) -> usize {
+    server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+fn wait_logged(server: &Server, needle: &str, within: Duration) {
+    let start = Instant::now();
+    while !server.logged(needle) {
+        assert!(
+            start.elapsed() < within,
+            "no {needle:?} in the log: {}",
+            server.log_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn accept_failures_at_the_descriptor_limit_log_once_per_episode() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EchoBackend::start();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let token = dir.path().join("admin.token");
+    fs::write(&token, TOKEN).unwrap();
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
+    let text = format!(
+        "level = 1\n\
+         [server]\nlisten = [\"{listen}\"]\nbackend = \"{}\"\n\
+         [admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\
+         [state]\ndir = \"{}\"\n",
+        backend.addr,
+        token.display(),
+        dir.path().join("state").display()
+    );
+    let config = dir.path().join("mtguard.toml");
+    fs::write(&config, text).unwrap();
+    let server = Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap();
+    let start = Instant::now();
+    while TcpStream::connect(admin).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let pid = server.child.id();
+    // One descriptor to spare: a client can be accepted, but not both it
+    // and the next one, nor its backend connection.
+    let limit = open_fds(pid) + 1;
+    let ok = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+
+    // 100 proxy clients at once, each from its own address, gone at once:
+    // the spare descriptor is taken and given back as fast as it accepts.
+    let clients: Vec<TcpStream> = (0..100u32)
+        .filter_map(|i| {
+            let mut s = connect_from(ip(10, (i / 250) as u8, (i % 250 + 1) as u8), listen).ok()?;
+            let _ = s.write_all(b"ping\n");
+            Some(s)
+        })
+        .collect();
+    drop(clients);
+    wait_logged(&server, "accept failed", Duration::from_secs(10));
+    // Within the quiet time after the burst: the last try of the burst can
+    // fail on an empty queue, and the episode must end without anyone
+    // connecting after it.
+    wait_logged(&server, "accepting again", Duration::from_secs(10));
+
+    // 100 admin requests at once.
+    let requests: Vec<TcpStream> = (0..100)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            Some(s)
+        })
+        .collect();
+    for mut r in requests {
+        let mut sink = Vec::new();
+        let _ = r.read_to_end(&mut sink);
+    }
+    wait_logged(&server, "admin API: accept failed", Duration::from_secs(10));
+    wait_logged(
+        &server,
+        "admin API: accepting again",
+        Duration::from_secs(10),
+    );
+    // Quiet for a while: no second episode starts by itself.
+    thread::sleep(Duration::from_secs(3));
+    // Still at the limit, and serving: a client and its backend connection
+    // fit in the spare descriptors once the flood is gone.
+    assert!(served_from(ip(20, 0, 1), listen), "{}", server.log_text());
+
+    let log = server.log_text();
+    let proxy_errors = count(&server, "accept failed") - count(&server, "admin API: accept failed");
+    let proxy_recoveries =
+        count(&server, "accepting again") - count(&server, "admin API: accepting again");
+    println!(
+        "at the fd limit: proxy {proxy_errors} error / {proxy_recoveries} recovery lines, \
+         admin {} / {}",
+        count(&server, "admin API: accept failed"),
+        count(&server, "admin API: accepting again")
+    );
+    for line in log.lines().filter(|l| l.contains("accepting again")) {
+        println!("{}", plain(line));
+        assert!(failures(line) >= 1, "{line}");
+    }
+    assert_eq!(proxy_errors, 1, "{log}");
+    assert_eq!(proxy_recoveries, 1, "{log}");
+    assert_eq!(count(&server, "admin API: accept failed"), 1, "{log}");
+    assert_eq!(count(&server, "admin API: accepting again"), 1, "{log}");
+}
