@@ -29,8 +29,8 @@ use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::fetch::ContentKind;
-use crate::tls::{OnExpired, Trust};
+use crate::pinning::fetch::ContentKind;
+use crate::pinning::verifier::{OnExpired, Trust};
 use mtguard_core::pins::{parse_pin_line, Pin};
 
 /// The whole configuration, as read from a file or embedded.
@@ -122,7 +122,7 @@ impl PinningConfig {
     pub fn load_pins(&self) -> anyhow::Result<Vec<Pin>> {
         let mut pins = self.pins.clone();
         if let Some(path) = &self.pins_file {
-            for pin in crate::pinfile::load(path)? {
+            for pin in crate::persist::pinfile::load(path)? {
                 if !pins
                     .iter()
                     .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
@@ -132,10 +132,10 @@ impl PinningConfig {
             }
         }
         anyhow::ensure!(
-            pins.len() <= crate::tls::MAX_PINS,
+            pins.len() <= crate::pinning::verifier::MAX_PINS,
             "{} pins: at most {} per host",
             pins.len(),
-            crate::tls::MAX_PINS
+            crate::pinning::verifier::MAX_PINS
         );
         Ok(pins)
     }
@@ -284,7 +284,7 @@ impl MtprotoConfig {
 }
 
 /// `[mtproto] on_probe` is the relay's own setting.
-pub use crate::mtproto::OnProbe;
+pub use crate::proxy::inspect::OnProbe;
 
 /// `on_probe` as the file writes it.
 #[derive(Clone, Copy, Deserialize)]
@@ -1116,8 +1116,11 @@ impl Parse<'_> {
                 {
                     return Err(self.error(&value.span(), &key, format!("{pin} is listed twice")));
                 }
-                if out.pins.len() == crate::tls::MAX_PINS {
-                    let m = format!("too many pins: at most {} per host", crate::tls::MAX_PINS);
+                if out.pins.len() == crate::pinning::verifier::MAX_PINS {
+                    let m = format!(
+                        "too many pins: at most {} per host",
+                        crate::pinning::verifier::MAX_PINS
+                    );
                     return Err(self.error(&value.span(), &key, m));
                 }
                 out.pins.push(pin);
@@ -1290,7 +1293,7 @@ impl Parse<'_> {
                 (Some(url), Some(out)) => {
                     let key = format!("{table} {name}_url");
                     self.note(&key, &url.span());
-                    crate::fetch::url_host(url.get_ref())
+                    crate::pinning::fetch::url_host(url.get_ref())
                         .map_err(|e| self.error(&url.span(), &key, e.to_string()))?;
                     let out_key = format!("{table} {name}_out");
                     self.note(&out_key, &out.span());

@@ -253,7 +253,7 @@ fn main() -> ExitCode {
             // (a fallback on WebPKI alone) still show.
             init_logging_at(cli.log_format, "error");
             let rt = runtime()?;
-            let fetched = rt.block_on(mtguard::fetch::fetch(&opts, None))?;
+            let fetched = rt.block_on(mtguard::pinning::fetch::fetch(&opts, None))?;
             if fetched.changed {
                 println!("{}: wrote {} bytes", opts.out.display(), fetched.bytes);
             } else {
@@ -300,7 +300,7 @@ fn link(server: &str, port: u16, secret: &str) -> anyhow::Result<()> {
     let secret = mtguard_core::mtproto::Secret::parse(secret)
         .map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
     check_server(server)?;
-    for link in mtguard::mtproto::links(server, port, &secret) {
+    for link in mtguard::proxy::inspect::links(server, port, &secret) {
         println!("{link}");
     }
     Ok(())
@@ -355,19 +355,21 @@ fn hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> {
             // pins, so every line is validated before the seal is made.
             let bytes = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let text = if mtguard::integrity::is_sealed(&bytes) {
-                let sealer = mtguard::integrity::Sealer::Token(token.clone());
+            let text = if mtguard::persist::seal::is_sealed(&bytes) {
+                let sealer = mtguard::persist::seal::Sealer::Token(token.clone());
                 let payload = sealer
-                    .open(mtguard::integrity::Purpose::Pins, &bytes)
+                    .open(mtguard::persist::seal::Purpose::Pins, &bytes)
                     .map_err(|e| anyhow::anyhow!("{} is refused: {e}", file.display()))?;
                 String::from_utf8(payload.to_vec())?
             } else {
                 String::from_utf8(bytes)
                     .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", file.display()))?
             };
-            let pins = mtguard::pinfile::parse(&text, &file.display().to_string())?;
-            mtguard::integrity::install(Some(mtguard::integrity::Sealer::Token(token.clone())));
-            mtguard::pinfile::save(&file, &pins)?;
+            let pins = mtguard::persist::pinfile::parse(&text, &file.display().to_string())?;
+            mtguard::persist::seal::install(Some(mtguard::persist::seal::Sealer::Token(
+                token.clone(),
+            )));
+            mtguard::persist::pinfile::save(&file, &pins)?;
             println!(
                 "{}: {} pins sealed with the token's integrity key",
                 file.display(),
@@ -426,7 +428,7 @@ fn hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> {
                  the backend proxy needs the same secret:",
                 token.label()
             );
-            for link in mtguard::mtproto::links(&server, port, &secret) {
+            for link in mtguard::proxy::inspect::links(&server, port, &secret) {
                 println!("{link}");
             }
         }
@@ -449,7 +451,7 @@ fn hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> {
 }
 
 fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {
-    use mtguard::plan::{Keyring, Plan};
+    use mtguard::server::bootstrap::{Keyring, Plan};
     let config = mtguard::config::Config::load(file)?;
     // The same token opening and plan as `run`: what passes here passes
     // there, but for what only the running node knows (the state's pins,
@@ -458,7 +460,7 @@ fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()>
     let plan = Plan::build(config, level, &keyring, None)?;
     let mut unchecked = Vec::new();
     if plan.backend_tls.is_some() {
-        if let Err(e) = mtguard::tls::check_backup_pins(
+        if let Err(e) = mtguard::pinning::verifier::check_backup_pins(
             plan.policy.level.number(),
             &format!("backend {}", plan.config.server.backend),
             &plan.backend_pins,
@@ -477,7 +479,7 @@ fn check_config(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()>
 }
 
 fn print_pins(file: &std::path::Path) -> anyhow::Result<()> {
-    let certs = mtguard::tls::load_certs(file)?;
+    let certs = mtguard::pinning::verifier::load_certs(file)?;
     for (i, cert) in certs.iter().enumerate() {
         let (spki, whole) = mtguard_core::pins::presented_pins(cert)
             .map_err(|e| anyhow::anyhow!("{}: certificate {i}: {e:?}", file.display()))?;
@@ -500,9 +502,9 @@ fn fetch_options(
     kind: Option<KindArg>,
     out: PathBuf,
     timeout: u64,
-) -> anyhow::Result<mtguard::fetch::FetchOptions> {
-    use mtguard::fetch::ContentKind;
-    use mtguard::tls::{OnExpired, Trust};
+) -> anyhow::Result<mtguard::pinning::fetch::FetchOptions> {
+    use mtguard::pinning::fetch::ContentKind;
+    use mtguard::pinning::verifier::{OnExpired, Trust};
     let mut all = Vec::new();
     for text in &pins {
         let pin = mtguard_core::pins::parse_pin_line(text)
@@ -514,10 +516,12 @@ fn fetch_options(
         // The seal is checked with the config's token, opened as `run`
         // opens it; without --config only a plain file passes.
         let keyring = match config {
-            Some(c) => mtguard::plan::Keyring::open(&mtguard::config::Config::load(c)?)?,
-            None => mtguard::plan::Keyring::default(),
+            Some(c) => {
+                mtguard::server::bootstrap::Keyring::open(&mtguard::config::Config::load(c)?)?
+            }
+            None => mtguard::server::bootstrap::Keyring::default(),
         };
-        all.extend(mtguard::plan::load_pins_file(
+        all.extend(mtguard::server::bootstrap::load_pins_file(
             path,
             keyring.sealer.as_deref(),
         )?);
@@ -527,10 +531,10 @@ fn fetch_options(
         "give at least one --pin (or --pins-file); `mtguard pin CERT.pem` prints a certificate's pins"
     );
     anyhow::ensure!(
-        all.len() <= mtguard::tls::MAX_PINS,
+        all.len() <= mtguard::pinning::verifier::MAX_PINS,
         "{} pins given: at most {} per host",
         all.len(),
-        mtguard::tls::MAX_PINS
+        mtguard::pinning::verifier::MAX_PINS
     );
     let trust = if pins_only {
         Trust::PinsOnly
@@ -554,7 +558,7 @@ fn fetch_options(
             anyhow::anyhow!("cannot tell from the URL or --out whether this is a proxy config or a secret: give --kind")
         })?,
     };
-    Ok(mtguard::fetch::FetchOptions {
+    Ok(mtguard::pinning::fetch::FetchOptions {
         url,
         pins: all,
         trust,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mtguard::engine::{Capacity, Engine, Guard, LogEvents};
-use mtguard::mtproto::Mtproto;
+use mtguard::proxy::inspect::Mtproto;
 use mtguard::proxy::{self, ProxyProtocol, ProxySettings};
 use mtguard_core::Policy;
 

@@ -598,7 +598,7 @@ async fn changes_through_the_api_are_saved_at_once() {
 
     // Restored into a fresh engine, with no persistence loop running.
     let fresh = guard(Policy::default());
-    mtguard::state::restore(&fresh, dir.path(), false).unwrap();
+    mtguard::persist::state::restore(&fresh, dir.path(), false).unwrap();
     let pins = fresh.with(|e, _| e.pins().iter().cloned().collect::<Vec<_>>());
     assert_eq!(pins.len(), 1);
     assert_eq!(pins[0].to_string(), text);
@@ -611,7 +611,7 @@ async fn changes_through_the_api_are_saved_at_once() {
     let r = delete(s.addr, "/v1/blocks/192.0.2.50").await;
     assert_eq!(r.status, 204, "{}", r.body);
     let fresh = guard(Policy::default());
-    mtguard::state::restore(&fresh, dir.path(), false).unwrap();
+    mtguard::persist::state::restore(&fresh, dir.path(), false).unwrap();
     assert!(fresh.with(|e, _| e.pins().is_empty()));
     assert!(!fresh.with(|e, _| e.is_blocked(ip("192.0.2.50"))));
 }

@@ -13,7 +13,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use mtguard::config::{Config, OnProbe};
-use mtguard::mtproto::Mtproto;
+use mtguard::proxy::inspect::Mtproto;
 use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{Level, Policy};
 use mtguard_tests::{connect_from, free_port, mtguard_bin, test_guard, Relay, Server};

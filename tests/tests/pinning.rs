@@ -871,8 +871,8 @@ fn refresh_inside_run_fetches_pinned_and_keeps_old_files_on_a_mismatch() {
 #[test]
 fn pinning_config_keys_and_their_errors() {
     use mtguard::config::Config;
-    use mtguard::fetch::ContentKind;
-    use mtguard::tls::{OnExpired, Trust};
+    use mtguard::pinning::fetch::ContentKind;
+    use mtguard::pinning::verifier::{OnExpired, Trust};
     let ok = Config::parse(
         &format!(
             "[server]\nbackend = \"proxy.example.net:443\"\n\

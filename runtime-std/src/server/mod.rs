@@ -1,6 +1,8 @@
 //! `mtguard run`: wires config, engine, listeners, admin API, persistence
 //! and signals together.
 
+pub mod bootstrap;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +15,12 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminSettings};
 use crate::config::{Config, RefreshConfig};
 use crate::engine::{Capacity, Guard, LogEvents};
-use crate::fetch::FetchOptions;
-use crate::integrity;
-use crate::mtproto::Mtproto;
-use crate::plan::{Keyring, Node, Plan};
+use crate::persist::seal as integrity;
+use crate::persist::state;
+use crate::pinning::fetch::FetchOptions;
+use crate::proxy::inspect::Mtproto;
 use crate::proxy::{self, ProxySettings};
-use crate::state;
+use crate::server::bootstrap::{Keyring, Node, Plan};
 use mtguard_core::pins::PinSet;
 
 /// Options of `mtguard run` beyond the config file.
@@ -57,7 +59,7 @@ async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8, guar
                 kind: *kind,
                 timeout: Duration::from_secs(60),
             };
-            match crate::fetch::fetch(&opts, Some(guard.clone())).await {
+            match crate::pinning::fetch::fetch(&opts, Some(guard.clone())).await {
                 Ok(f) => tracing::info!(
                     url = %url,
                     file = %out.display(),
@@ -145,10 +147,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // blocks; both read their secrets and check their sets now, so a
     // mistake stops the start instead of surfacing under attack.
     if let Some(set) = &config.kernel.nft_set {
-        crate::kernel::start(&guard, set.clone())?;
+        crate::fleet::nftables::start(&guard, set.clone())?;
     }
     if let Some(crowdsec) = &config.crowdsec {
-        crate::crowdsec::start(crowdsec, &guard)?;
+        crate::fleet::crowdsec::start(crowdsec, &guard)?;
     }
 
     let (shutdown_tx, shutdown) = watch::channel(false);

@@ -27,6 +27,8 @@
 //! and then either reset without contacting the backend, or relayed to the
 //! mask backend as an ordinary connection.
 
+pub mod inspect;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,7 +44,7 @@ use tokio::time::Instant;
 
 use crate::engine::{Admitted, Guard};
 use crate::episode::{self, is_connection_error, AcceptTrouble};
-use crate::mtproto::{Mtproto, OnProbe};
+use crate::proxy::inspect::{Mtproto, OnProbe};
 
 /// Whether, and in which version, the backend is sent a PROXY protocol
 /// header carrying the client's address. mtg and telemt accept it; the
@@ -405,7 +407,7 @@ impl Connection {
         let mut inspector = self
             .mtproto
             .as_ref()
-            .map(|_| crate::mtproto::new_inspector());
+            .map(|_| crate::proxy::inspect::new_inspector());
         let inspection = self.mtproto.as_ref().map(|m| (m, &mut inspector));
         let first = tokio::select! {
             read = read_handshake(client, &mut buf, inspection) => read,
@@ -590,7 +592,7 @@ async fn read_handshake(
         }
         let len = buf.len();
         if let Some((mtproto, inspector)) = inspection.as_mut() {
-            match crate::mtproto::feed(mtproto, inspector, &buf[len - n..len]).await {
+            match crate::proxy::inspect::feed(mtproto, inspector, &buf[len - n..len]).await {
                 Verdict::NeedMore => continue,
                 Verdict::Valid(_) => return Ok(len),
                 Verdict::Invalid(reason) => return Err(End::Probe { reason, len }),

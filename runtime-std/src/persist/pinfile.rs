@@ -13,19 +13,19 @@ use std::path::Path;
 use anyhow::Context as _;
 use mtguard_core::pins::{parse_pin_line, Pin};
 
-use crate::tls::MAX_PINS;
+use crate::pinning::verifier::MAX_PINS;
 
 /// The pins of the file at `path`, in file order. A malformed line, a
 /// duplicate or a pin beyond [`MAX_PINS`] is an error naming the file and
 /// the line.
 pub fn load(path: &Path) -> anyhow::Result<Vec<Pin>> {
-    let bytes = crate::state::read_regular(path, "pins file")
+    let bytes = crate::persist::state::read_regular(path, "pins file")
         .with_context(|| format!("cannot read the pins file {}", path.display()))?
         .ok_or_else(|| {
             anyhow::anyhow!("cannot read the pins file {}: no such file", path.display())
         })?;
-    let payload =
-        crate::integrity::open_file(crate::integrity::Purpose::Pins, &bytes).map_err(|e| {
+    let payload = crate::persist::seal::open_file(crate::persist::seal::Purpose::Pins, &bytes)
+        .map_err(|e| {
             anyhow::anyhow!(
                 "pins file {} is refused: {e}; after checking its pins, seal it with \
                  `mtguard hsm --config FILE seal-pins {}`",
@@ -68,8 +68,9 @@ pub fn save(path: &Path, pins: &[Pin]) -> anyhow::Result<()> {
     for pin in pins {
         let _ = writeln!(text, "{}", pin.display_line());
     }
-    let bytes = crate::integrity::seal_file(crate::integrity::Purpose::Pins, text.as_bytes())?;
-    crate::state::write_atomic(path, &bytes)
+    let bytes =
+        crate::persist::seal::seal_file(crate::persist::seal::Purpose::Pins, text.as_bytes())?;
+    crate::persist::state::write_atomic(path, &bytes)
         .with_context(|| format!("writing the pins file {}", path.display()))
 }
 

@@ -15,7 +15,7 @@ use anyhow::Context;
 
 use crate::engine::Guard;
 use crate::episode::Episode;
-use crate::integrity::{self, Purpose};
+use crate::persist::seal::{self as integrity, Purpose};
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.bin";

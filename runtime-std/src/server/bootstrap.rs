@@ -23,10 +23,10 @@ use mtguard_core::Policy;
 use crate::config::{Config, Lists, PinningConfig};
 use crate::engine::Guard;
 use crate::hsm::{Keys, Token};
-use crate::integrity::{self, Purpose, Sealer};
-use crate::mtproto::Mtproto;
+use crate::persist::seal::{self as integrity, Purpose, Sealer};
+use crate::pinning::verifier::{OnExpired, PinSource, PinnedVerifier, Trust};
+use crate::proxy::inspect::Mtproto;
 use crate::proxy::{BackendTls, ProxySettings};
-use crate::tls::{OnExpired, PinSource, PinnedVerifier, Trust};
 
 /// The `[hsm]` token of a config, opened, and the sealer made of its
 /// integrity key. `run` opens it once at start (`[hsm]` changes need a
@@ -74,10 +74,10 @@ pub fn load_pins(
         }
     }
     anyhow::ensure!(
-        pins.len() <= crate::tls::MAX_PINS,
+        pins.len() <= crate::pinning::verifier::MAX_PINS,
         "{table} pins: {} pins: at most {} per host",
         pins.len(),
-        crate::tls::MAX_PINS
+        crate::pinning::verifier::MAX_PINS
     );
     Ok(pins)
 }
@@ -101,7 +101,7 @@ pub fn load_pins_file(path: &std::path::Path, sealer: Option<&Sealer>) -> anyhow
     })?;
     let text = String::from_utf8(payload)
         .map_err(|_| anyhow::anyhow!("pins file {} is not UTF-8 text", path.display()))?;
-    crate::pinfile::parse(&text, &path.display().to_string())
+    crate::persist::pinfile::parse(&text, &path.display().to_string())
 }
 
 /// What `[server.backend_tls]` becomes: everything the verifier needs,
@@ -186,7 +186,7 @@ impl Plan {
                 let pins = load_pins(p, sealer, "[server.backend_tls]")
                     .context("[server.backend_tls] pins")?;
                 let roots = match p.trust {
-                    Trust::WebPki => crate::tls::roots(p.ca_file.as_deref())
+                    Trust::WebPki => crate::pinning::verifier::roots(p.ca_file.as_deref())
                         .context("[server.backend_tls] ca_file")?,
                     Trust::PinsOnly => rustls::RootCertStore::empty(),
                 };
@@ -207,7 +207,7 @@ impl Plan {
                 let pins =
                     load_pins(&refresh.pinning, sealer, "[refresh]").context("[refresh] pins")?;
                 for (url, _, _) in &refresh.files {
-                    crate::tls::check_backup_pins(level, url, &pins)?;
+                    crate::pinning::verifier::check_backup_pins(level, url, &pins)?;
                 }
                 let mut set = PinSet::new();
                 for pin in pins {
@@ -289,7 +289,7 @@ impl Plan {
             all.push(pin.clone());
         }
         let host = format!("backend {}", self.config.server.backend);
-        crate::tls::check_backup_pins(self.policy.level.number(), &host, &all)
+        crate::pinning::verifier::check_backup_pins(self.policy.level.number(), &host, &all)
     }
 
     /// Applies the plan to the node. Only the list swap can fail, and it

@@ -331,7 +331,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             "handshake_failures",
             "MTProto handshakes refused by the inspection, by reason.",
             "reason",
-            crate::mtproto::failure_counts(),
+            crate::proxy::inspect::failure_counts(),
         )?;
         labelled_counters(
             e,
@@ -442,7 +442,7 @@ fn fleet_metrics(e: &mut DescriptorEncoder, observer_drops: u64) -> std::fmt::Re
         "Blocks and detections CrowdSec or nftables missed because their queue was full.",
         observer_drops,
     )?;
-    let c = crate::crowdsec::status();
+    let c = crate::fleet::crowdsec::status();
     if c.json().is_some() {
         gauge(
             e,
@@ -488,7 +488,7 @@ fn fleet_metrics(e: &mut DescriptorEncoder, observer_drops: u64) -> std::fmt::Re
             ],
         )?;
     }
-    let k = crate::kernel::status();
+    let k = crate::fleet::nftables::status();
     if k.json().is_some() {
         gauge(
             e,
@@ -650,10 +650,11 @@ async fn persist(s: &AppState) -> Option<String> {
     let guard = s.guard.clone();
     // Logged once per episode there, with the persistence loop's failures:
     // the answer's warning tells the operator each time.
-    let result = tokio::task::spawn_blocking(move || crate::state::save_logged(&guard, &dir))
-        .await
-        .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))
-        .and_then(|r| r.map_err(|(e, _)| e));
+    let result =
+        tokio::task::spawn_blocking(move || crate::persist::state::save_logged(&guard, &dir))
+            .await
+            .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))
+            .and_then(|r| r.map_err(|(e, _)| e));
     match result {
         Ok(_) => None,
         Err(e) => Some(format!(
@@ -667,7 +668,7 @@ async fn persist_pins(s: &AppState) -> Option<String> {
     let path = s.settings.pins_file.clone()?;
     let _one_at_a_time = s.save_lock.lock().await;
     let pins: Vec<Pin> = s.guard.with(|e, _| e.pins().iter().cloned().collect());
-    let result = tokio::task::spawn_blocking(move || crate::pinfile::save(&path, &pins))
+    let result = tokio::task::spawn_blocking(move || crate::persist::pinfile::save(&path, &pins))
         .await
         .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))
         .and_then(|r| r);
@@ -753,8 +754,8 @@ async fn status(_: Authorized, State(s): State<AppState>) -> Json<Value> {
             "pins": e.pins().len(),
             "pin_capacity": e.pins().capacity(),
             "stats": stats_json(e.stats()),
-            "crowdsec": crate::crowdsec::status().json(),
-            "kernel": crate::kernel::status().json(),
+            "crowdsec": crate::fleet::crowdsec::status().json(),
+            "kernel": crate::fleet::nftables::status().json(),
             "observer_events_dropped": s.guard.observer_drops(),
         })
     }))

@@ -1,0 +1,6 @@
+//! What outlives a restart: atomic files, the saved engine state, pins
+//! files, and the seals that protect them.
+
+pub mod pinfile;
+pub mod seal;
+pub mod state;
