@@ -149,7 +149,10 @@ fn every_default_written_in_the_example_is_true() {
         // The source is the file and line of the key.
         let row = row.unwrap();
         assert!(
-            row.split_whitespace().last().unwrap().starts_with("example:"),
+            row.split_whitespace()
+                .last()
+                .unwrap()
+                .starts_with("example:"),
             "{described}"
         );
     }
