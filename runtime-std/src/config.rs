@@ -122,7 +122,7 @@ impl PinningConfig {
     pub fn load_pins(&self) -> anyhow::Result<Vec<Pin>> {
         let mut pins = self.pins.clone();
         if let Some(path) = &self.pins_file {
-            for pin in crate::persist::pinfile::load(path)? {
+            for pin in crate::persist::pinfile::load(path, None)? {
                 if !pins
                     .iter()
                     .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())

@@ -10,10 +10,13 @@ pub mod engine;
 pub mod episode;
 pub mod fleet;
 pub mod hsm;
+pub mod jobs;
+pub mod node;
 pub mod persist;
 pub mod pinning;
 pub mod proxy;
 pub mod server;
+pub mod telemetry;
 
 /// Seconds since the Unix epoch (0 if the clock is before it): the clock of
 /// pin expiries, fake-TLS timestamps and CrowdSec alerts.

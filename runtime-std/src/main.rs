@@ -366,10 +366,8 @@ fn hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> {
                     .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", file.display()))?
             };
             let pins = mtguard::persist::pinfile::parse(&text, &file.display().to_string())?;
-            mtguard::persist::seal::install(Some(mtguard::persist::seal::Sealer::Token(
-                token.clone(),
-            )));
-            mtguard::persist::pinfile::save(&file, &pins)?;
+            let sealer = mtguard::persist::seal::Sealer::Token(token.clone());
+            mtguard::persist::pinfile::save(&file, &pins, Some(&sealer))?;
             println!(
                 "{}: {} pins sealed with the token's integrity key",
                 file.display(),

@@ -246,7 +246,7 @@ fn a_fake_tls_hello_valid_now_reaches_the_backend_on_its_own_write() {
     assert!(refused(ip(41, 0, 3), h.listen, &other));
     sleep(Duration::from_millis(100));
     assert_eq!(h.backend.accepts(), 1);
-    let m = mtguard::admin::render_metrics(&h.guard);
+    let m = mtguard::admin::render_metrics(&h.guard, &h.telemetry);
     for reason in ["timestamp", "wrong_sni"] {
         let series = format!("mtguard_handshake_failures_total{{reason=\"{reason}\"}} ");
         let line = m.lines().find(|l| l.starts_with(&series)).expect(&series);

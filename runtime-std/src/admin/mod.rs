@@ -53,6 +53,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::engine::Guard;
 use crate::episode::{self, is_connection_error, AcceptTrouble};
+use crate::node::Handles;
+use crate::telemetry::Telemetry;
 
 /// Name of the generated token file inside the state directory.
 pub const TOKEN_FILE: &str = "admin.token";
@@ -104,7 +106,7 @@ pub struct AdminSettings {
 /// its sender is dropped), then finishes the requests in flight and returns.
 pub async fn serve(
     listener: TcpListener,
-    guard: Arc<Guard>,
+    node: Arc<Handles>,
     settings: Arc<AdminSettings>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -116,7 +118,7 @@ pub async fn serve(
         registry: Arc::new(ConnRegistry::new()),
         trouble: AcceptTrouble::new("admin API: "),
     };
-    axum::serve(listener, router(guard, settings))
+    axum::serve(listener, router(node, settings))
         .with_graceful_shutdown(async move {
             // An error means the sender is gone: the process is ending.
             let _ = shutdown.wait_for(|stop| *stop).await;
@@ -125,9 +127,10 @@ pub async fn serve(
 }
 
 /// The admin API as a router, for [`serve`] and for tests.
-pub fn router(guard: Arc<Guard>, settings: Arc<AdminSettings>) -> Router {
+pub fn router(node: Arc<Handles>, settings: Arc<AdminSettings>) -> Router {
     let state = AppState {
-        guard,
+        guard: node.guard.clone(),
+        node,
         settings,
         save_lock: Arc::new(tokio::sync::Mutex::new(())),
     };
@@ -240,8 +243,8 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
 // ----- metrics -----
 
 /// The metrics in the Prometheus (OpenMetrics) text format, read from the
-/// engine now.
-pub fn render_metrics(guard: &Guard) -> String {
+/// engine and the node's `telemetry` now.
+pub fn render_metrics(guard: &Guard, telemetry: &Arc<Telemetry>) -> String {
     let snapshot = guard.with(|e, _| Snapshot {
         stats: *e.stats(),
         active: e.active_connections(),
@@ -253,6 +256,7 @@ pub fn render_metrics(guard: &Guard) -> String {
         pins: e.pins().len(),
         level: e.policy().level,
         observer_drops: guard.observer_drops(),
+        telemetry: telemetry.clone(),
     });
     let mut registry = Registry::with_prefix("mtguard");
     registry.register_collector(Box::new(snapshot));
@@ -275,6 +279,7 @@ struct Snapshot {
     pins: usize,
     level: Level,
     observer_drops: u64,
+    telemetry: Arc<Telemetry>,
 }
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
@@ -331,7 +336,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             "handshake_failures",
             "MTProto handshakes refused by the inspection, by reason.",
             "reason",
-            crate::proxy::inspect::failure_counts(),
+            self.telemetry.handshake_failures.counts(),
         )?;
         labelled_counters(
             e,
@@ -423,7 +428,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             self.connection_capacity as u64,
         )?;
         gauge(e, "pins", "Certificate pins configured.", self.pins as u64)?;
-        fleet_metrics(e, self.observer_drops)?;
+        fleet_metrics(e, self.observer_drops, &self.telemetry)?;
         gauge(
             e,
             "security_level",
@@ -434,7 +439,11 @@ impl prometheus_client::collector::Collector for Snapshot {
 }
 
 /// CrowdSec and nftables, when they run.
-fn fleet_metrics(e: &mut DescriptorEncoder, observer_drops: u64) -> std::fmt::Result {
+fn fleet_metrics(
+    e: &mut DescriptorEncoder,
+    observer_drops: u64,
+    telemetry: &Telemetry,
+) -> std::fmt::Result {
     use std::sync::atomic::Ordering::Relaxed;
     counter(
         e,
@@ -442,7 +451,7 @@ fn fleet_metrics(e: &mut DescriptorEncoder, observer_drops: u64) -> std::fmt::Re
         "Blocks and detections CrowdSec or nftables missed because their queue was full.",
         observer_drops,
     )?;
-    let c = crate::fleet::crowdsec::status();
+    let c = &telemetry.crowdsec;
     if c.json().is_some() {
         gauge(
             e,
@@ -488,7 +497,7 @@ fn fleet_metrics(e: &mut DescriptorEncoder, observer_drops: u64) -> std::fmt::Re
             ],
         )?;
     }
-    let k = crate::fleet::nftables::status();
+    let k = &telemetry.nftables;
     if k.json().is_some() {
         gauge(
             e,
@@ -513,7 +522,7 @@ fn fleet_metrics(e: &mut DescriptorEncoder, observer_drops: u64) -> std::fmt::Re
 async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        render_metrics(&s.guard),
+        render_metrics(&s.guard, &s.node.telemetry),
     )
         .into_response()
 }
@@ -522,7 +531,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 #[derive(Clone)]
 struct AppState {
+    /// `node.guard`, the one most handlers use.
     guard: Arc<Guard>,
+    node: Arc<Handles>,
     settings: Arc<AdminSettings>,
     /// Saves through the API one at a time.
     save_lock: Arc<tokio::sync::Mutex<()>>,
@@ -647,11 +658,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 async fn persist(s: &AppState) -> Option<String> {
     let dir = s.settings.state_dir.clone()?;
     let _one_at_a_time = s.save_lock.lock().await;
-    let guard = s.guard.clone();
+    let node = s.node.clone();
     // Logged once per episode there, with the persistence loop's failures:
     // the answer's warning tells the operator each time.
     let result =
-        tokio::task::spawn_blocking(move || crate::persist::state::save_logged(&guard, &dir))
+        tokio::task::spawn_blocking(move || crate::persist::state::save_logged(&node, &dir))
             .await
             .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))
             .and_then(|r| r.map_err(|(e, _)| e));
@@ -668,10 +679,13 @@ async fn persist_pins(s: &AppState) -> Option<String> {
     let path = s.settings.pins_file.clone()?;
     let _one_at_a_time = s.save_lock.lock().await;
     let pins: Vec<Pin> = s.guard.with(|e, _| e.pins().iter().cloned().collect());
-    let result = tokio::task::spawn_blocking(move || crate::persist::pinfile::save(&path, &pins))
-        .await
-        .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))
-        .and_then(|r| r);
+    let node = s.node.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        crate::persist::pinfile::save(&path, &pins, node.sealer())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the save task failed: {e}"))
+    .and_then(|r| r);
     match result {
         Ok(()) => None,
         Err(e) => {
@@ -754,8 +768,9 @@ async fn status(_: Authorized, State(s): State<AppState>) -> Json<Value> {
             "pins": e.pins().len(),
             "pin_capacity": e.pins().capacity(),
             "stats": stats_json(e.stats()),
-            "crowdsec": crate::fleet::crowdsec::status().json(),
-            "kernel": crate::fleet::nftables::status().json(),
+            "crowdsec": s.node.telemetry.crowdsec.json(),
+            "kernel": s.node.telemetry.nftables.json(),
+            "jobs": s.node.telemetry.jobs.json(),
             "observer_events_dropped": s.guard.observer_drops(),
         })
     }))

@@ -14,8 +14,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::engine::Guard;
-use crate::episode::Episode;
-use crate::persist::seal::{self as integrity, Purpose};
+use crate::jobs::{self, Job, Shutdown};
+use crate::node::Handles;
+use crate::persist::seal::{self as integrity, Purpose, Sealer};
+use crate::telemetry::JobKind;
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE: &str = "state.bin";
@@ -129,16 +131,22 @@ pub fn state_path(dir: &Path) -> PathBuf {
     dir.join(STATE_FILE)
 }
 
-/// Restores the engine from `dir`'s state file, if there is one. A corrupt
+/// Restores the engine from `dir`'s state file, if there is one, its seal
+/// checked with `sealer`. A corrupt
 /// file stops the start with a message, unless `reset` is set: then it is
 /// moved aside (never deleted) and the guard starts clean.
-pub fn restore(guard: &Guard, dir: &Path, reset: bool) -> anyhow::Result<()> {
+pub fn restore(
+    guard: &Guard,
+    dir: &Path,
+    reset: bool,
+    sealer: Option<&Sealer>,
+) -> anyhow::Result<()> {
     remove_stale_temporaries(dir);
     let path = state_path(dir);
     let Some(bytes) = read_regular(&path, "state file")? else {
         return Ok(());
     };
-    let checked = integrity::open_file(Purpose::State, &bytes).map_err(|e| {
+    let checked = integrity::open_file(sealer, Purpose::State, &bytes).map_err(|e| {
         anyhow::anyhow!(
             "state file {} is refused: {e}. Start with --reset-state to move it aside and start clean",
             path.display()
@@ -216,15 +224,10 @@ fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
-/// Saves from the persistence loop, the admin API and shutdown can race;
-/// one at a time keeps the temporary file theirs alone and the newest
-/// snapshot last on disk.
-static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Writes the engine's state to `dir` now.
-pub fn save(guard: &Guard, dir: &Path) -> anyhow::Result<u64> {
-    let _one_at_a_time = SAVING.lock().unwrap_or_else(|e| e.into_inner());
-    let (bytes, generation) = guard.with(|engine, now| {
+/// Writes the engine's state to `dir` now, sealed with the node's sealer.
+pub fn save(node: &Handles, dir: &Path) -> anyhow::Result<u64> {
+    let _one_at_a_time = node.saving.lock().unwrap_or_else(|e| e.into_inner());
+    let (bytes, generation) = node.guard.with(|engine, now| {
         let mut buf = vec![0; engine.snapshot_len()];
         let n = engine
             .write_snapshot(now, &mut buf)
@@ -233,39 +236,34 @@ pub fn save(guard: &Guard, dir: &Path) -> anyhow::Result<u64> {
         (buf, engine.state_generation())
     });
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let bytes = integrity::seal_file(Purpose::State, &bytes)?;
+    let bytes = integrity::seal_file(node.sealer(), Purpose::State, &bytes)?;
     write_atomic(&state_path(dir), &bytes)
         .with_context(|| format!("writing {}", state_path(dir).display()))?;
     Ok(generation)
 }
 
-/// The first and the longest pause of the persistence loop after a failed
-/// save.
-const SAVE_BACKOFF_MIN: Duration = Duration::from_millis(500);
-const SAVE_BACKOFF_MAX: Duration = Duration::from_secs(8);
-
-/// Failed saves, from the loop and the admin API together: one line when
-/// saving starts failing, one with the count when a save works again.
-static SAVE_TROUBLE: std::sync::Mutex<Episode> = std::sync::Mutex::new(Episode::new(
-    SAVE_BACKOFF_MIN,
-    SAVE_BACKOFF_MAX,
-    Duration::ZERO,
-));
-
-/// [`save`], with failures logged once per episode (see [`crate::episode`]);
-/// returns the pause a retrying caller should wait after a failure.
-pub fn save_logged(guard: &Guard, dir: &Path) -> Result<u64, (anyhow::Error, Duration)> {
-    let result = save(guard, dir);
-    let mut trouble = SAVE_TROUBLE.lock().unwrap_or_else(|e| e.into_inner());
+/// [`save`], with failures logged once per episode (see [`crate::episode`])
+/// and counted in the persistence job's telemetry; returns the pause a
+/// retrying caller should wait after a failure.
+pub fn save_logged(node: &Handles, dir: &Path) -> Result<u64, (anyhow::Error, Duration)> {
+    let result = save(node, dir);
+    let status = node.telemetry.jobs.get(JobKind::Persist);
+    let mut trouble = node
+        .telemetry
+        .save_trouble
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let now = tokio::time::Instant::now();
     match result {
         Ok(generation) => {
+            status.succeeded();
             if let Some(failures) = trouble.succeeded(now) {
                 tracing::info!(failures, dir = %dir.display(), "saving state works again");
             }
             Ok(generation)
         }
         Err(e) => {
+            status.failed(&format!("{e:#}"));
             let failure = trouble.failed(now);
             if failure.first {
                 tracing::error!(
@@ -278,25 +276,40 @@ pub fn save_logged(guard: &Guard, dir: &Path) -> Result<u64, (anyhow::Error, Dur
     }
 }
 
-/// Saves shortly after each change: checks every `interval` whether the
-/// state changed since the last save. A failed save is retried with an
-/// exponential backoff and logged once until a save works; the previous
-/// file stays intact.
-pub async fn persist_loop(guard: Arc<Guard>, dir: PathBuf, interval: Duration) {
-    let mut saved = guard.with(|e, _| e.state_generation());
-    let mut pause = interval;
-    loop {
-        tokio::time::sleep(pause).await;
-        pause = interval;
-        let current = guard.with(|e, _| e.state_generation());
-        if current == saved {
-            continue;
-        }
-        let (g, d) = (guard.clone(), dir.clone());
-        match tokio::task::spawn_blocking(move || save_logged(&g, &d)).await {
-            Ok(Ok(generation)) => saved = generation,
-            Ok(Err((_, backoff))) => pause = backoff.max(interval),
-            Err(e) => tracing::error!(error = %e, "state save task failed"),
+/// The persistence job: saves shortly after each change, checking every
+/// `interval` whether the state changed since the last save. A failed save
+/// is retried with an exponential backoff and logged once until a save
+/// works; the previous file stays intact. The last save, at shutdown, is
+/// the caller's (after the drain).
+pub struct Persist {
+    /// The state directory.
+    pub dir: PathBuf,
+    /// How often the state's generation is looked at.
+    pub interval: Duration,
+}
+
+impl Job for Persist {
+    const KIND: JobKind = JobKind::Persist;
+
+    async fn run(self, node: Arc<Handles>, mut shutdown: Shutdown) {
+        let mut saved = node.guard.with(|e, _| e.state_generation());
+        let mut pause = self.interval;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = jobs::stopped(&mut shutdown) => return,
+            }
+            pause = self.interval;
+            let current = node.guard.with(|e, _| e.state_generation());
+            if current == saved {
+                continue;
+            }
+            let (n, d) = (node.clone(), self.dir.clone());
+            match tokio::task::spawn_blocking(move || save_logged(&n, &d)).await {
+                Ok(Ok(generation)) => saved = generation,
+                Ok(Err((_, backoff))) => pause = backoff.max(self.interval),
+                Err(e) => tracing::error!(error = %e, "state save task failed"),
+            }
         }
     }
 }

@@ -45,6 +45,7 @@ use tokio::time::Instant;
 use crate::engine::{Admitted, Guard};
 use crate::episode::{self, is_connection_error, AcceptTrouble};
 use crate::proxy::inspect::{Mtproto, OnProbe};
+use crate::telemetry::Telemetry;
 
 /// Whether, and in which version, the backend is sent a PROXY protocol
 /// header carrying the client's address. mtg and telemt accept it; the
@@ -150,21 +151,24 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let (_none, mtproto) = watch::channel(None);
-    serve_inspected(listener, guard, settings, mtproto, shutdown).await
+    let telemetry = Arc::new(Telemetry::default());
+    serve_inspected(listener, guard, settings, mtproto, telemetry, shutdown).await
 }
 
 /// [`serve`] with MTProto handshake inspection while `mtproto` holds a
 /// state (read once per connection, at accept, like `settings`: a reload
-/// applies to new connections); `None` forwards any first bytes.
+/// applies to new connections); `None` forwards any first bytes. Refused
+/// handshakes are counted in `telemetry`.
 pub async fn serve_inspected(
     listener: TcpListener,
     guard: Arc<Guard>,
     settings: watch::Receiver<Arc<ProxySettings>>,
     mtproto: watch::Receiver<Option<Arc<Mtproto>>>,
+    telemetry: Arc<Telemetry>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listening = listener.local_addr()?;
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(telemetry));
     let mut trouble = AcceptTrouble::new("");
     loop {
         let accepted = tokio::select! {
@@ -211,13 +215,16 @@ struct Shared {
     /// When the last backend warning was logged, in ms since `epoch`, plus
     /// one (zero: never).
     backend_warned: AtomicU64,
+    /// Where refused handshakes are counted.
+    telemetry: Arc<Telemetry>,
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(telemetry: Arc<Telemetry>) -> Self {
         Shared {
             epoch: Instant::now(),
             backend_warned: AtomicU64::new(0),
+            telemetry,
         }
     }
 
@@ -410,7 +417,7 @@ impl Connection {
             .map(|_| crate::proxy::inspect::new_inspector());
         let inspection = self.mtproto.as_ref().map(|m| (m, &mut inspector));
         let first = tokio::select! {
-            read = read_handshake(client, &mut buf, inspection) => read,
+            read = read_handshake(client, &mut buf, inspection, &self.shared.telemetry) => read,
             _ = deadline(timed_out) => Err(End::HandshakeTimeout),
             _ = shutdown.wait_for(|&stop| stop) => Err(End::Shutdown),
             _ = idle_before_judgement(guard, self.settings.idle_timeout) => Err(End::Idle),
@@ -578,6 +585,7 @@ async fn read_handshake(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
     mut inspection: Option<(&Arc<Mtproto>, &mut Option<Box<Inspector>>)>,
+    telemetry: &Telemetry,
 ) -> Result<usize, End> {
     loop {
         if buf.len() == buf.capacity() {
@@ -592,7 +600,14 @@ async fn read_handshake(
         }
         let len = buf.len();
         if let Some((mtproto, inspector)) = inspection.as_mut() {
-            match crate::proxy::inspect::feed(mtproto, inspector, &buf[len - n..len]).await {
+            match crate::proxy::inspect::feed(
+                mtproto,
+                inspector,
+                &buf[len - n..len],
+                &telemetry.handshake_failures,
+            )
+            .await
+            {
                 Verdict::NeedMore => continue,
                 Verdict::Valid(_) => return Ok(len),
                 Verdict::Invalid(reason) => return Err(End::Probe { reason, len }),

@@ -82,12 +82,11 @@ pub fn load_pins(
     Ok(pins)
 }
 
-/// One pins file, its seal checked with `sealer` (rather than the process's
-/// installed one, which only `run` sets, and only once the plan is applied).
+/// One pins file, its seal checked with `sealer`.
 pub fn load_pins_file(path: &std::path::Path, sealer: Option<&Sealer>) -> anyhow::Result<Vec<Pin>> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the pins file {}", path.display()))?;
-    let payload = integrity::open_file_with(sealer, Purpose::Pins, &bytes).map_err(|e| {
+    let payload = integrity::open_file(sealer, Purpose::Pins, &bytes).map_err(|e| {
         let hint = match e {
             integrity::IntegrityError::NoKey => {
                 "; give the config whose [hsm] token sealed it".to_owned()

@@ -13,15 +13,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminSettings};
-use crate::config::{Config, RefreshConfig};
+use crate::config::Config;
 use crate::engine::{Capacity, Guard, LogEvents};
-use crate::persist::seal as integrity;
+use crate::hsm::Token;
+use crate::jobs::{self, Job, Shutdown};
+use crate::node::Handles;
 use crate::persist::state;
-use crate::pinning::fetch::FetchOptions;
+use crate::pinning::refresh::Refresh;
 use crate::proxy::inspect::Mtproto;
 use crate::proxy::{self, ProxySettings};
 use crate::server::bootstrap::{Keyring, Node, Plan};
-use mtguard_core::pins::PinSet;
+use crate::telemetry::{JobKind, Telemetry};
 
 /// Options of `mtguard run` beyond the config file.
 #[derive(Clone, Debug, Default)]
@@ -43,51 +45,35 @@ fn load(opts: &RunOptions) -> anyhow::Result<Config> {
     }
 }
 
-/// Fetches every `[refresh]` file, then again every `interval` plus a
-/// random part of `jitter`. A failed fetch leaves the file as it was and is
-/// retried at the next round.
-async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8, guard: Arc<Guard>) {
-    loop {
-        for (url, out, kind) in &refresh.files {
-            let opts = FetchOptions {
-                url: url.clone(),
-                pins: pins.iter().cloned().collect(),
-                trust: refresh.pinning.trust,
-                ca_file: refresh.pinning.ca_file.clone(),
-                on_expired: refresh.pinning.on_expired(level),
-                out: out.clone(),
-                kind: *kind,
-                timeout: Duration::from_secs(60),
-            };
-            match crate::pinning::fetch::fetch(&opts, Some(guard.clone())).await {
-                Ok(f) => tracing::info!(
-                    url = %url,
-                    file = %out.display(),
-                    bytes = f.bytes,
-                    changed = f.changed,
-                    "refreshed"
-                ),
-                Err(e) => tracing::error!(
-                    url = %url,
-                    file = %out.display(),
-                    error = %format!("{e:#}"),
-                    "refresh failed; the file is unchanged"
-                ),
-            }
-        }
-        let jitter_ms = u64::try_from(refresh.jitter.as_millis()).unwrap_or(u64::MAX);
-        let mut random = [0u8; 8];
-        let extra = match getrandom::fill(&mut random) {
-            Ok(()) if jitter_ms > 0 => u64::from_le_bytes(random) % jitter_ms,
-            _ => 0,
-        };
-        tokio::time::sleep(refresh.interval + Duration::from_millis(extra)).await;
-    }
-}
-
 /// How often the token is probed, so that its loss and its return are
 /// noticed (and logged) without waiting for a handshake.
 const HSM_PROBE: Duration = Duration::from_secs(1);
+
+/// The token monitor job: probes the `[hsm]` token every [`HSM_PROBE`]
+/// (on a blocking thread: a probe waits for the token).
+struct TokenMonitor {
+    token: Arc<Token>,
+}
+
+impl Job for TokenMonitor {
+    const KIND: JobKind = JobKind::TokenMonitor;
+
+    async fn run(self, node: Arc<Handles>, mut shutdown: Shutdown) {
+        let job = node.telemetry.jobs.get(Self::KIND);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(HSM_PROBE) => {}
+                () = jobs::stopped(&mut shutdown) => return,
+            }
+            let token = self.token.clone();
+            match tokio::task::spawn_blocking(move || token.check()).await {
+                Ok(true) => job.succeeded(),
+                Ok(false) => job.failed("the token is unavailable"),
+                Err(e) => job.failed(&format!("the probe task failed: {e}")),
+            }
+        }
+    }
+}
 
 /// Everything the listeners read per connection, sent on a reload.
 struct Senders {
@@ -113,14 +99,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Some(path) => tracing::info!(config = %path.display(), "starting"),
     }
     let keyring = Keyring::open(&config)?;
-    if let (Some(hsm), Some(token)) = (&config.hsm, &keyring.token) {
+    if let (Some(hsm), Some(_)) = (&config.hsm, &keyring.token) {
         tracing::info!(
             module = %hsm.module.display(),
             token = %hsm.token,
             integrity_key = %hsm.integrity_key,
             "HSM token open; the state file is sealed with its integrity key"
         );
-        token.spawn_monitor(HSM_PROBE);
     }
     let plan = Plan::build(config, opts.level, &keyring, None)?;
     let config = &plan.config;
@@ -135,25 +120,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let state_dir = config.state.dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
-    integrity::install_shared(keyring.sealer.clone());
-    state::restore(&guard, &state_dir, opts.reset_state)?;
+    // The handles of this node: everything below gets what it needs from
+    // them, nothing from process-global state.
+    let node = Arc::new(Handles::with(
+        guard.clone(),
+        keyring.sealer.clone(),
+        Arc::new(Telemetry::default()),
+    ));
+    state::restore(&guard, &state_dir, opts.reset_state, node.sealer())?;
     // The pins of the state join the plan's: only now can their sum be
     // checked against the table and the level policy.
     plan.check_pins(&guard)?;
     let applied = plan.apply(&guard)?;
     let level = policy.level.number();
     tokio::spawn(guard.clone().drive());
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    if let Some(token) = &keyring.token {
+        jobs::spawn(
+            TokenMonitor {
+                token: token.clone(),
+            },
+            &node,
+            &shutdown,
+        );
+    }
     // After the restore, so the kernel's sets start equal to the engine's
     // blocks; both read their secrets and check their sets now, so a
     // mistake stops the start instead of surfacing under attack.
     if let Some(set) = &config.kernel.nft_set {
-        crate::fleet::nftables::start(&guard, set.clone())?;
+        crate::fleet::nftables::start(&node, set.clone(), &shutdown)?;
     }
     if let Some(crowdsec) = &config.crowdsec {
-        crate::fleet::crowdsec::start(crowdsec, &guard)?;
+        crate::fleet::crowdsec::start(crowdsec, &node, &shutdown)?;
     }
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
     let (settings_tx, settings) = watch::channel(applied.settings);
     let inspection = applied.mtproto;
     if let Some(m) = &inspection {
@@ -180,6 +180,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             guard.clone(),
             settings.clone(),
             mtproto.clone(),
+            node.telemetry.clone(),
             shutdown.clone(),
         )));
     }
@@ -198,7 +199,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         });
         tokio::spawn(admin::serve(
             listener,
-            guard.clone(),
+            node.clone(),
             settings,
             shutdown.clone(),
         ));
@@ -209,13 +210,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             interval = %crate::config::format_duration(refresh.interval),
             "refreshing Telegram's proxy files, pinned"
         );
-        tokio::spawn(refresh_loop(refresh.clone(), pins, level, guard.clone()));
+        let job = Refresh {
+            refresh: refresh.clone(),
+            pins,
+            level,
+        };
+        jobs::spawn(job, &node, &shutdown);
     }
-    tokio::spawn(state::persist_loop(
-        guard.clone(),
-        state_dir.clone(),
-        Duration::from_millis(500),
-    ));
+    let persist = state::Persist {
+        dir: state_dir.clone(),
+        interval: Duration::from_millis(500),
+    };
+    jobs::spawn(persist, &node, &shutdown);
 
     let config = plan.config;
     signals(&opts, &senders, config).await?;
@@ -233,8 +239,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "drain deadline passed; closing the rest"
         );
     }
-    let g = guard.clone();
-    tokio::task::spawn_blocking(move || state::save(&g, &state_dir))
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || state::save(&n, &state_dir))
         .await
         .context("state save task")??;
     tracing::info!("state saved; bye");

@@ -19,8 +19,8 @@
 use crate::unix_now;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mtguard_core::cidr::Cidr;
@@ -31,6 +31,9 @@ use tokio::sync::mpsc;
 
 use crate::config::CrowdsecConfig;
 use crate::engine::Guard;
+use crate::jobs::{self, Job, Shutdown};
+use crate::node::Handles;
+use crate::telemetry::{JobKind, Telemetry};
 
 /// Decisions the bouncer tracks at most; more are ignored (counted). The
 /// engine's client table (65,536) bounds what could be enforced anyway.
@@ -51,85 +54,6 @@ pub const ALERT_QUEUE: usize = 1_024;
 
 /// The longest wait between two attempts when the Local API is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// How the CrowdSec link is doing, for the status and the metrics. One per
-/// process: there is one guard per `mtguard run`.
-#[derive(Default)]
-pub struct Status {
-    /// The bouncer runs.
-    pub bouncer: AtomicBool,
-    /// The watcher runs.
-    pub watcher: AtomicBool,
-    /// The last pull of the decision stream succeeded.
-    pub lapi_up: AtomicBool,
-    /// Pulls that failed since the last success.
-    pub consecutive_failures: AtomicU64,
-    /// Unix time of the last successful pull.
-    pub last_pull_unix: AtomicU64,
-    /// Successful pulls.
-    pub pulls: AtomicU64,
-    /// Failed pulls.
-    pub pull_failures: AtomicU64,
-    /// Decisions held now.
-    pub decisions: AtomicU64,
-    /// Ban decisions applied.
-    pub applied: AtomicU64,
-    /// Decisions removed because the stream deleted them.
-    pub removed: AtomicU64,
-    /// Decisions ignored: not a ban, an unknown scope, a bad value, or no
-    /// room.
-    pub ignored: AtomicU64,
-    /// Alerts accepted by the Local API.
-    pub alerts_sent: AtomicU64,
-    /// Alerts given up after retries.
-    pub alerts_failed: AtomicU64,
-    /// The last error, for the status.
-    pub last_error: Mutex<String>,
-}
-
-static STATUS: std::sync::OnceLock<Status> = std::sync::OnceLock::new();
-
-/// The process's CrowdSec status.
-pub fn status() -> &'static Status {
-    STATUS.get_or_init(Status::default)
-}
-
-impl Status {
-    fn error(&self, e: &str) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_owned();
-    }
-
-    /// The status as `/v1/status` shows it; `None` when CrowdSec is off.
-    pub fn json(&self) -> Option<Value> {
-        let bouncer = self.bouncer.load(Ordering::Relaxed);
-        let watcher = self.watcher.load(Ordering::Relaxed);
-        if !bouncer && !watcher {
-            return None;
-        }
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Some(json!({
-            "bouncer": bouncer,
-            "watcher": watcher,
-            "lapi_up": self.lapi_up.load(Ordering::Relaxed),
-            "consecutive_failures": n(&self.consecutive_failures),
-            "last_pull_unix": n(&self.last_pull_unix),
-            "pulls": n(&self.pulls),
-            "pull_failures": n(&self.pull_failures),
-            "decisions": n(&self.decisions),
-            "decisions_applied": n(&self.applied),
-            "decisions_removed": n(&self.removed),
-            "decisions_ignored": n(&self.ignored),
-            "alerts_sent": n(&self.alerts_sent),
-            "alerts_failed": n(&self.alerts_failed),
-            "last_error": (!error.is_empty()).then_some(error),
-        }))
-    }
-}
 
 /// Reads a secret from a file: its content without surrounding whitespace.
 fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
@@ -155,33 +79,41 @@ fn http_client() -> anyhow::Result<reqwest::Client> {
 
 /// Starts what `config` asks for: reads the secrets now (a missing file is
 /// an error at start), then runs in the background.
-pub fn start(config: &CrowdsecConfig, guard: &Arc<Guard>) -> anyhow::Result<()> {
+pub fn start(
+    config: &CrowdsecConfig,
+    node: &Arc<Handles>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
     let client = http_client()?;
+    let status = &node.telemetry.crowdsec;
     if let Some(file) = &config.api_key_file {
         let key = read_secret(file, "api_key_file")?;
-        status().bouncer.store(true, Ordering::Relaxed);
+        status.bouncer.store(true, Ordering::Relaxed);
         let bouncer = Bouncer {
-            guard: guard.clone(),
+            guard: node.guard.clone(),
+            telemetry: node.telemetry.clone(),
             client: client.clone(),
             url: config.lapi_url.clone(),
             key,
+            poll: config.poll_interval,
             decisions: HashMap::new(),
         };
-        tokio::spawn(bouncer.run(config.poll_interval));
+        jobs::spawn(bouncer, node, shutdown);
     }
     if let (Some(machine), Some(file)) = (&config.machine_id, &config.password_file) {
         let password = read_secret(file, "password_file")?;
-        status().watcher.store(true, Ordering::Relaxed);
+        status.watcher.store(true, Ordering::Relaxed);
         let watcher = Watcher {
-            guard: guard.clone(),
+            guard: node.guard.clone(),
+            telemetry: node.telemetry.clone(),
             client,
             url: config.lapi_url.clone(),
             machine: machine.clone(),
             password,
             token: None,
+            events: node.guard.subscribe(ALERT_QUEUE),
         };
-        let events = guard.subscribe(ALERT_QUEUE);
-        tokio::spawn(watcher.run(events));
+        jobs::spawn(watcher, node, shutdown);
     }
     Ok(())
 }
@@ -223,15 +155,21 @@ struct Held {
 
 struct Bouncer {
     guard: Arc<Guard>,
+    telemetry: Arc<Telemetry>,
     client: reqwest::Client,
     url: String,
     key: String,
+    poll: Duration,
     decisions: HashMap<u64, Held>,
 }
 
-impl Bouncer {
-    async fn run(mut self, poll: Duration) {
-        let status = status();
+impl Job for Bouncer {
+    const KIND: JobKind = JobKind::CrowdsecBouncer;
+
+    async fn run(mut self, _: Arc<Handles>, mut shutdown: Shutdown) {
+        let telemetry = self.telemetry.clone();
+        let (status, job) = (&telemetry.crowdsec, telemetry.jobs.get(Self::KIND));
+        let poll = self.poll;
         // The first pull, and the first after an outage, asks for every
         // active decision: what the Local API no longer lists was deleted
         // while we could not hear it.
@@ -251,25 +189,35 @@ impl Bouncer {
                     status.consecutive_failures.store(0, Ordering::Relaxed);
                     status.pulls.fetch_add(1, Ordering::Relaxed);
                     status.last_pull_unix.store(unix_now(), Ordering::Relaxed);
-                    tokio::time::sleep(poll).await;
+                    job.succeeded();
+                    tokio::select! {
+                        () = tokio::time::sleep(poll) => {}
+                        () = jobs::stopped(&mut shutdown) => return,
+                    }
                 }
                 Err(e) => {
                     let failures = status.consecutive_failures.fetch_add(1, Ordering::Relaxed);
                     status.pull_failures.fetch_add(1, Ordering::Relaxed);
                     status.lapi_up.store(false, Ordering::Relaxed);
                     status.error(&e);
+                    job.failed(&e);
                     if failures == 0 {
                         tracing::warn!(error = %e, held = self.decisions.len(),
                             "CrowdSec Local API unreachable: keeping the decisions held, retrying");
                     }
                     startup = true;
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = jobs::stopped(&mut shutdown) => return,
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF.max(poll));
                 }
             }
         }
     }
+}
 
+impl Bouncer {
     async fn pull(&self, startup: bool) -> Result<Stream, String> {
         let url = format!(
             "{}v1/decisions/stream?startup={startup}&scopes=ip,range",
@@ -306,7 +254,8 @@ impl Bouncer {
     }
 
     fn apply(&mut self, stream: Stream, startup: bool) {
-        let status = status();
+        let telemetry = self.telemetry.clone();
+        let status = &telemetry.crowdsec;
         let now = Instant::now();
         let prefix = self.guard.with(|e, _| e.policy().ipv6_prefix);
         let mut touched: HashSet<Target> = HashSet::new();
@@ -450,7 +399,10 @@ impl Bouncer {
             stale
         });
         for key in lifted {
-            status().removed.fetch_add(1, Ordering::Relaxed);
+            self.telemetry
+                .crowdsec
+                .removed
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(client = %key.display(prefix), "no CrowdSec decision covers this block any more: unblocked");
         }
     }
@@ -470,7 +422,8 @@ impl Bouncer {
             self.apply_ranges();
         }
         if self.decisions.len() != before {
-            status()
+            self.telemetry
+                .crowdsec
                 .decisions
                 .store(self.decisions.len() as u64, Ordering::Relaxed);
         }
@@ -488,7 +441,7 @@ impl Bouncer {
         ranges.sort_unstable();
         ranges.dedup();
         if let Err(e) = self.guard.set_external_deny(&ranges) {
-            status().error(&format!("{e:#}"));
+            self.telemetry.crowdsec.error(&format!("{e:#}"));
             tracing::warn!(error = %format!("{e:#}"), "CrowdSec ranges not applied");
         }
     }
@@ -569,11 +522,14 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
 
 struct Watcher {
     guard: Arc<Guard>,
+    telemetry: Arc<Telemetry>,
     client: reqwest::Client,
     url: String,
     machine: String,
     password: String,
     token: Option<String>,
+    /// The engine's blocks and detections, subscribed at start.
+    events: mpsc::Receiver<Event>,
 }
 
 /// What one alert says.
@@ -584,12 +540,20 @@ struct Report {
     ban: Option<Duration>,
 }
 
-impl Watcher {
-    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
-        let status = status();
+impl Job for Watcher {
+    const KIND: JobKind = JobKind::CrowdsecWatcher;
+
+    async fn run(mut self, _: Arc<Handles>, mut shutdown: Shutdown) {
+        let telemetry = self.telemetry.clone();
+        let (status, job) = (&telemetry.crowdsec, telemetry.jobs.get(Self::KIND));
+        let mut events = std::mem::replace(&mut self.events, mpsc::channel(1).1);
         let mut batch: Vec<Event> = Vec::with_capacity(ALERT_BATCH);
         loop {
-            let Some(first) = events.recv().await else {
+            let first = tokio::select! {
+                first = events.recv() => first,
+                () = jobs::stopped(&mut shutdown) => return,
+            };
+            let Some(first) = first else {
                 return;
             };
             batch.clear();
@@ -618,6 +582,7 @@ impl Watcher {
                     }
                     Err(e) => {
                         status.error(&e);
+                        job.failed(&e);
                         tracing::warn!(error = %e, alerts = reports.len(), "CrowdSec alerts not sent; retrying");
                         tokio::time::sleep(delay).await;
                         delay *= 2;
@@ -625,6 +590,7 @@ impl Watcher {
                 }
             }
             if sent {
+                job.succeeded();
                 status
                     .alerts_sent
                     .fetch_add(reports.len() as u64, Ordering::Relaxed);
@@ -635,7 +601,9 @@ impl Watcher {
             }
         }
     }
+}
 
+impl Watcher {
     /// Alerts for a batch of events: each local block (with its ban), and
     /// each detection that blocked nobody. Blocks from shared decisions
     /// (`external`) and the operator's are not reported: the first came
@@ -829,11 +797,13 @@ mod tests {
         .unwrap();
         let watcher = Watcher {
             guard: guard.clone(),
+            telemetry: Arc::new(Telemetry::default()),
             client: http_client().unwrap(),
             url: "http://127.0.0.1:1/".into(),
             machine: "m".into(),
             password: "p".into(),
             token: None,
+            events: mpsc::channel(1).1,
         };
         let key = |d: u8| ClientKey::new(IpAddr::from([192, 0, 2, d]), 64);
         let until = Some(guard.now().saturating_add(Duration::from_secs(300)));
