@@ -20,7 +20,7 @@ use crate::pinning::verifier::MAX_PINS;
 /// duplicate or a pin beyond [`MAX_PINS`] is an error naming the file and
 /// the line.
 pub fn load(path: &Path, sealer: Option<&Sealer>) -> anyhow::Result<Vec<Pin>> {
-    let bytes = crate::persist::state::read_regular(path, "pins file")
+    let bytes = crate::persist::atomic::read_regular(path, "pins file")
         .with_context(|| format!("cannot read the pins file {}", path.display()))?
         .ok_or_else(|| {
             anyhow::anyhow!("cannot read the pins file {}: no such file", path.display())
@@ -69,7 +69,7 @@ pub fn save(path: &Path, pins: &[Pin], sealer: Option<&Sealer>) -> anyhow::Resul
         let _ = writeln!(text, "{}", pin.display_line());
     }
     let bytes = seal::seal_file(sealer, Purpose::Pins, text.as_bytes())?;
-    crate::persist::state::write_atomic(path, &bytes)
+    crate::persist::atomic::write_atomic(path, &bytes)
         .with_context(|| format!("writing the pins file {}", path.display()))
 }
 

@@ -241,7 +241,7 @@ pub async fn fetch(
         )
     })?;
     // Not fs::read: a FIFO planted at the output would block it forever.
-    let old = crate::persist::state::read_regular(&opts.out, "output file");
+    let old = crate::persist::atomic::read_regular(&opts.out, "output file");
     if old.ok().flatten().is_some_and(|old| old == body) {
         return Ok(Fetched {
             bytes: body.len(),
@@ -250,7 +250,7 @@ pub async fn fetch(
     }
     let (out, bytes) = (opts.out.clone(), body);
     let len = bytes.len();
-    tokio::task::spawn_blocking(move || crate::persist::state::write_atomic(&out, &bytes))
+    tokio::task::spawn_blocking(move || crate::persist::atomic::write_atomic(&out, &bytes))
         .await
         .context("write task")?
         .with_context(|| format!("writing {}", opts.out.display()))?;

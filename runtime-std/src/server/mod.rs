@@ -2,6 +2,7 @@
 //! and signals together.
 
 pub mod bootstrap;
+mod signals;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,10 +21,10 @@ use crate::jobs::{self, Job, Shutdown};
 use crate::node::Handles;
 use crate::persist::state;
 use crate::pinning::refresh::Refresh;
-use crate::proxy::inspect::Mtproto;
-use crate::proxy::{self, ProxySettings};
-use crate::server::bootstrap::{Keyring, Node, Plan};
+use crate::proxy;
+use crate::server::bootstrap::{Keyring, Plan};
 use crate::telemetry::{JobKind, Telemetry};
+use signals::{signals, Senders};
 
 /// Options of `mtguard run` beyond the config file.
 #[derive(Clone, Debug, Default)]
@@ -73,15 +74,6 @@ impl Job for TokenMonitor {
             }
         }
     }
-}
-
-/// Everything the listeners read per connection, sent on a reload.
-struct Senders {
-    guard: Arc<Guard>,
-    settings: watch::Sender<Arc<ProxySettings>>,
-    mtproto: watch::Sender<Option<Arc<Mtproto>>>,
-    /// The `[hsm]` token opened at start; `[hsm]` changes need a restart.
-    keyring: Keyring,
 }
 
 /// Runs the guard until SIGTERM or SIGINT.
@@ -251,53 +243,4 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))
-}
-
-/// Waits for SIGTERM or SIGINT; reloads on SIGHUP.
-async fn signals(opts: &RunOptions, senders: &Senders, mut current: Config) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match reload(opts, senders, &current) {
-                Ok(new) => {
-                    tracing::info!("configuration reloaded");
-                    current = new;
-                }
-                Err(e) => tracing::error!(
-                    error = %format!("{e:#}"),
-                    "reload refused; the previous configuration stays in force"
-                ),
-            },
-        }
-    }
-}
-
-/// Applies a new config without dropping connections: the whole plan is
-/// built and checked against the node first, so a refused reload changes
-/// nothing.
-fn reload(opts: &RunOptions, senders: &Senders, current: &Config) -> anyhow::Result<Config> {
-    let new = load(opts)?;
-    let node = Node {
-        guard: &senders.guard,
-        config: current,
-        mtproto: senders.mtproto.borrow().clone(),
-    };
-    // List files, pins files and `hsm:` labels in the token: blocking
-    // work, so this worker hands its other tasks to another thread first
-    // (the server runs on the multi-threaded runtime).
-    let plan = tokio::task::block_in_place(|| {
-        Plan::build(new, opts.level, &senders.keyring, Some(&node))
-    })?;
-    let applied = plan.apply(&senders.guard)?;
-    for what in &plan.restart_only {
-        tracing::warn!("{what} changed: applies only on restart");
-    }
-    let _ = senders.settings.send(applied.settings);
-    let _ = senders.mtproto.send(applied.mtproto);
-    Ok(plan.config)
 }
