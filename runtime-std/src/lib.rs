@@ -5,22 +5,19 @@
 
 pub mod admin;
 pub mod config;
-pub mod crowdsec;
 pub mod demo;
 pub mod engine;
 pub mod episode;
-pub mod fetch;
+pub mod fleet;
 pub mod hsm;
-pub mod integrity;
-pub mod kernel;
+pub mod jobs;
 pub mod loadgen;
-pub mod mtproto;
-pub mod pinfile;
-pub mod plan;
+pub mod node;
+pub mod persist;
+pub mod pinning;
 pub mod proxy;
 pub mod server;
-pub mod state;
-pub mod tls;
+pub mod telemetry;
 
 /// Seconds since the Unix epoch (0 if the clock is before it): the clock of
 /// pin expiries, fake-TLS timestamps and CrowdSec alerts.

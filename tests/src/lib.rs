@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mtguard::config::ProxyProtocol;
 use mtguard::engine::{Capacity, Engine, Guard, LogEvents};
 use mtguard::loadgen;
-use mtguard::mtproto::Mtproto;
+use mtguard::proxy::inspect::Mtproto;
 use mtguard::proxy::{self, ProxySettings};
 use mtguard_core::Policy;
 
@@ -41,6 +41,8 @@ pub struct Relay {
     _rt: tokio::runtime::Runtime,
     /// The guard deciding for it.
     pub guard: Arc<Guard>,
+    /// Where its refused handshakes are counted.
+    pub telemetry: Arc<mtguard::telemetry::Telemetry>,
     /// Where it listens.
     pub listen: SocketAddr,
     _shutdown: tokio::sync::watch::Sender<bool>,
@@ -69,16 +71,19 @@ impl Relay {
             .unwrap();
         let listen = listener.local_addr().unwrap();
         rt.spawn(guard.clone().drive());
+        let telemetry = Arc::new(mtguard::telemetry::Telemetry::default());
         rt.spawn(proxy::serve_inspected(
             listener,
             guard.clone(),
             settings,
             mtproto,
+            telemetry.clone(),
             shutdown,
         ));
         Relay {
             _rt: rt,
             guard,
+            telemetry,
             listen,
             _shutdown: shutdown_tx,
         }

@@ -39,7 +39,8 @@ async fn start_with(guard: Arc<Guard>, state_dir: Option<PathBuf>) -> Server {
         state_dir,
     });
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(admin::serve(listener, guard.clone(), settings, stopped));
+    let node = Arc::new(mtguard::node::Handles::new(guard.clone()));
+    let task = tokio::spawn(admin::serve(listener, node, settings, stopped));
     Server {
         addr,
         guard,
@@ -598,7 +599,7 @@ async fn changes_through_the_api_are_saved_at_once() {
 
     // Restored into a fresh engine, with no persistence loop running.
     let fresh = guard(Policy::default());
-    mtguard::state::restore(&fresh, dir.path(), false).unwrap();
+    mtguard::persist::state::restore(&fresh, dir.path(), false, None).unwrap();
     let pins = fresh.with(|e, _| e.pins().iter().cloned().collect::<Vec<_>>());
     assert_eq!(pins.len(), 1);
     assert_eq!(pins[0].to_string(), text);
@@ -611,7 +612,7 @@ async fn changes_through_the_api_are_saved_at_once() {
     let r = delete(s.addr, "/v1/blocks/192.0.2.50").await;
     assert_eq!(r.status, 204, "{}", r.body);
     let fresh = guard(Policy::default());
-    mtguard::state::restore(&fresh, dir.path(), false).unwrap();
+    mtguard::persist::state::restore(&fresh, dir.path(), false, None).unwrap();
     assert!(fresh.with(|e, _| e.pins().is_empty()));
     assert!(!fresh.with(|e, _| e.is_blocked(ip("192.0.2.50"))));
 }
@@ -698,7 +699,7 @@ fn the_token_is_generated_private_and_reused() {
 #[test]
 fn render_metrics_reads_the_engine_now() {
     let g = guard(Policy::default());
-    let before = admin::render_metrics(&g);
+    let before = admin::render_metrics(&g, &Default::default());
     assert!(before.contains("mtguard_blocked_clients 0\n"), "{before}");
     g.with(|e, now| {
         e.block(
@@ -709,7 +710,7 @@ fn render_metrics_reads_the_engine_now() {
         )
     })
     .unwrap();
-    let after = admin::render_metrics(&g);
+    let after = admin::render_metrics(&g, &Default::default());
     assert!(after.contains("mtguard_blocked_clients 1\n"), "{after}");
     assert!(after.contains("mtguard_blocks_total 1\n"), "{after}");
     assert!(after.ends_with("# EOF\n"));

@@ -503,7 +503,7 @@ fn addresses_colliding_under_an_unkeyed_hash_stay_in_short_chains() {
     for w in workers {
         w.join().unwrap();
     }
-    let m = render_metrics(&relay.guard);
+    let m = render_metrics(&relay.guard, &relay.telemetry);
     let longest = longest.load(Ordering::Relaxed);
     println!(
         "colliding addresses: {} of 3000 served, longest chain {longest}, {} evictions",
@@ -548,7 +548,7 @@ fn a_full_client_table_refuses_new_clients_only_and_recovers() {
             "new client {k} admitted into a full table"
         );
     }
-    let m = render_metrics(&relay.guard);
+    let m = render_metrics(&relay.guard, &relay.telemetry);
     assert_eq!(
         metric(
             &m,
@@ -575,7 +575,7 @@ fn a_full_client_table_refuses_new_clients_only_and_recovers() {
             "new client {k}"
         );
     }
-    let m = render_metrics(&relay.guard);
+    let m = render_metrics(&relay.guard, &relay.telemetry);
     assert!(metric(&m, "mtguard_table_evictions_total") >= 20);
 }
 

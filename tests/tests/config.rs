@@ -83,7 +83,10 @@ fn embedded_default_has_the_documented_values() {
     assert!(c.lists.allow.is_empty() && c.lists.deny.is_empty());
     assert!(c.lists.allow_files.is_empty() && c.lists.deny_files.is_empty());
     assert_eq!(c.effective_policy(None).unwrap(), preset(1));
-    assert_eq!(mtguard::plan::load_lists(&c).unwrap(), Default::default());
+    assert_eq!(
+        mtguard::server::bootstrap::load_lists(&c).unwrap(),
+        Default::default()
+    );
     // An empty file is the embedded default.
     let empty = parse("").unwrap();
     assert_eq!(empty.server, c.server);
@@ -114,7 +117,7 @@ fn dirs_like_data_dir() -> Option<PathBuf> {
 #[test]
 fn shipped_example_parses_to_the_embedded_default() {
     let default = Config::embedded_default();
-    let example = mtguard::plan::load_config(&example_path()).unwrap();
+    let example = mtguard::server::bootstrap::load_config(&example_path()).unwrap();
     assert_eq!(example.level, default.level);
     assert_eq!(example.server, default.server);
     assert_eq!(example.limits, default.limits);
@@ -691,12 +694,12 @@ fn netset_files_with_comments_relative_to_the_config() {
         "[lists]\ndeny = [\"192.0.2.0/24\"]\ndeny_files = [\"lists/deny.netset\"]\nallow_files = [\"allow.txt\"]\n",
     )
     .unwrap();
-    let config = mtguard::plan::load_config(&path).unwrap();
+    let config = mtguard::server::bootstrap::load_config(&path).unwrap();
     assert_eq!(
         config.lists.deny_files,
         [dir.path().join("lists/deny.netset")]
     );
-    let lists = mtguard::plan::load_lists(&config).unwrap();
+    let lists = mtguard::server::bootstrap::load_lists(&config).unwrap();
     assert_eq!(lists.allow, [cidr("10.0.0.0/8")]);
     let mut deny = vec![
         cidr("198.51.100.0/24"),
@@ -716,7 +719,7 @@ fn netset_files_with_comments_relative_to_the_config() {
         "# header\n198.51.100.0/24\n\n1.2.3.999 # typo\n",
     )
     .unwrap();
-    let err = mtguard::plan::load_lists(&config).unwrap_err();
+    let err = mtguard::server::bootstrap::load_lists(&config).unwrap_err();
     assert!(err.file().ends_with("deny.netset"), "{err}");
     assert_eq!(err.line(), Some(4));
     assert!(err.message().contains("\"1.2.3.999\""), "{err}");
@@ -724,7 +727,7 @@ fn netset_files_with_comments_relative_to_the_config() {
 
     // A missing list file names the config key and its line.
     fs::remove_file(dir.path().join("allow.txt")).unwrap();
-    let err = mtguard::plan::load_lists(&config).unwrap_err();
+    let err = mtguard::server::bootstrap::load_lists(&config).unwrap_err();
     assert_eq!(err.key(), Some("[lists] allow_files[0]"));
     assert_eq!(err.line(), Some(4));
     assert_eq!(err.file(), path.display().to_string());
@@ -739,12 +742,12 @@ fn relative_paths_are_resolved_against_the_config_directory() {
         "[admin]\ntoken_file = \"token\"\n[state]\ndir = \"state\"\n",
     )
     .unwrap();
-    let config = mtguard::plan::load_config(&path).unwrap();
+    let config = mtguard::server::bootstrap::load_config(&path).unwrap();
     assert_eq!(config.admin.token_file, Some(dir.path().join("token")));
     assert_eq!(config.state.dir, dir.path().join("state"));
 
     let missing = dir.path().join("nope.toml");
-    let err = mtguard::plan::load_config(&missing).unwrap_err();
+    let err = mtguard::server::bootstrap::load_config(&missing).unwrap_err();
     assert_eq!(err.file(), missing.display().to_string());
     assert!(
         err.message().starts_with("cannot read the config file"),

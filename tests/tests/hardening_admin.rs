@@ -41,7 +41,8 @@ impl Admin {
         });
         let (stop, stopped) = tokio::sync::watch::channel(false);
         rt.spawn(guard.clone().drive());
-        rt.spawn(admin::serve(listener, guard, settings, stopped));
+        let node = Arc::new(mtguard::node::Handles::new(guard));
+        rt.spawn(admin::serve(listener, node, settings, stopped));
         Admin {
             _rt: rt,
             addr,

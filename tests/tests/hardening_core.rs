@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mtguard::config::OnProbe;
-use mtguard::mtproto::Mtproto;
+use mtguard::proxy::inspect::Mtproto;
 use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{BlockCause, HandshakeOutcome, Level, Policy};
 use mtguard_tests::{connect_from, test_guard, EchoBackend, Relay};

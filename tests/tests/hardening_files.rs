@@ -200,17 +200,20 @@ fn a_link_planted_at_the_pins_temporary_is_not_followed() {
             .with_label("backup")
             .unwrap(),
     ];
-    mtguard::pinfile::save(&path, &pins).unwrap();
+    mtguard::persist::pinfile::save(&path, &pins, None).unwrap();
     assert_eq!(
         fs::read(&target).unwrap(),
         b"precious",
         "written through the link"
     );
     assert!(fs::symlink_metadata(&path).unwrap().file_type().is_file());
-    assert_eq!(mtguard::pinfile::load(&path).unwrap(), pins);
+    assert_eq!(mtguard::persist::pinfile::load(&path, None).unwrap(), pins);
     // And again, over the file the first save wrote.
-    mtguard::pinfile::save(&path, &pins[..1]).unwrap();
-    assert_eq!(mtguard::pinfile::load(&path).unwrap(), pins[..1]);
+    mtguard::persist::pinfile::save(&path, &pins[..1], None).unwrap();
+    assert_eq!(
+        mtguard::persist::pinfile::load(&path, None).unwrap(),
+        pins[..1]
+    );
     assert_eq!(fs::read(&target).unwrap(), b"precious");
 }
 

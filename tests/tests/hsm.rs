@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mtguard::config::{HsmConfig, PinSource};
 use mtguard::hsm::{Keys, Token};
-use mtguard::integrity::{Purpose, Sealer};
+use mtguard::persist::seal::{Purpose, Sealer};
 use mtguard_core::mtproto::replay::Entry;
 use mtguard_core::mtproto::{
     Inspector, KeyOps, ReplayCache, Secret, SecretSet, TimeWindow, Verdict,

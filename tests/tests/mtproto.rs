@@ -13,7 +13,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use mtguard::config::{Config, OnProbe};
-use mtguard::mtproto::Mtproto;
+use mtguard::proxy::inspect::Mtproto;
 use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{Level, Policy};
 use mtguard_tests::{connect_from, free_port, mtguard_bin, test_guard, Relay, Server};
@@ -246,7 +246,7 @@ fn a_fake_tls_hello_valid_now_reaches_the_backend_on_its_own_write() {
     assert!(refused(ip(41, 0, 3), h.listen, &other));
     sleep(Duration::from_millis(100));
     assert_eq!(h.backend.accepts(), 1);
-    let m = mtguard::admin::render_metrics(&h.guard);
+    let m = mtguard::admin::render_metrics(&h.guard, &h.telemetry);
     for reason in ["timestamp", "wrong_sni"] {
         let series = format!("mtguard_handshake_failures_total{{reason=\"{reason}\"}} ");
         let line = m.lines().find(|l| l.starts_with(&series)).expect(&series);

@@ -141,7 +141,7 @@ impl Netns {
     fn elements(&self) -> Vec<(IpAddr, Option<u64>)> {
         let text = self.exec(&["nft", "-j", "list", "set", "inet", "mtguard", "blocked"]);
         let doc: Value = serde_json::from_str(&text).unwrap();
-        mtguard::kernel::parse_set_listing(&doc, 64)
+        mtguard::fleet::nftables::parse_set_listing(&doc, 64)
             .into_iter()
             .map(|(k, left)| (k.to_ip(), left))
             .collect()

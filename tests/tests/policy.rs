@@ -34,7 +34,7 @@ fn harness(policy: Policy, config_lists: Option<&Config>) -> Harness {
     let backend = EchoBackend::start();
     let guard = test_guard(policy);
     if let Some(config) = config_lists {
-        let lists = mtguard::plan::load_lists(config).unwrap();
+        let lists = mtguard::server::bootstrap::load_lists(config).unwrap();
         guard.set_config_lists(&lists.allow, &lists.deny).unwrap();
     }
     Harness {
@@ -131,7 +131,7 @@ fn allow_and_deny_lists_inline_and_from_a_netset_file() {
         "[lists]\nallow = [\"127.13.7.0/24\"]\ndeny = [\"127.12.0.0/16\"]\ndeny_files = [\"deny.netset\"]\n",
     )
     .unwrap();
-    let config = mtguard::plan::load_config(&config_path).unwrap();
+    let config = mtguard::server::bootstrap::load_config(&config_path).unwrap();
     let mut p = base_policy();
     p.max_connections_per_client = 1;
     p.block_after_violations = 1;

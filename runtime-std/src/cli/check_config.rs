@@ -18,8 +18,8 @@ pub fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
 }
 
 fn check(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {
-    use mtguard::plan::{Keyring, Plan};
-    let config = mtguard::plan::load_config(file)?;
+    use mtguard::server::bootstrap::{Keyring, Plan};
+    let config = mtguard::server::bootstrap::load_config(file)?;
     // The same token opening and plan as `run`: what passes here passes
     // there, but for what only the running node knows (the state's pins,
     // manual list entries).
@@ -27,7 +27,7 @@ fn check(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {
     let plan = Plan::build(config, level, &keyring, None)?;
     let mut unchecked = Vec::new();
     if plan.backend_tls.is_some() {
-        if let Err(e) = mtguard::tls::check_backup_pins(
+        if let Err(e) = mtguard::pinning::verifier::check_backup_pins(
             plan.policy.level.number(),
             &format!("backend {}", plan.config.server.backend),
             &plan.backend_pins,

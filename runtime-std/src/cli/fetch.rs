@@ -87,7 +87,7 @@ pub fn fetch(args: FetchArgs, format: LogFormat) -> anyhow::Result<()> {
         // (a fallback on WebPKI alone) still show.
         init_logging_at(format, "error");
         let rt = runtime()?;
-        let fetched = rt.block_on(mtguard::fetch::fetch(&opts, None))?;
+        let fetched = rt.block_on(mtguard::pinning::fetch::fetch(&opts, None))?;
         if fetched.changed {
             println!("{}: wrote {} bytes", opts.out.display(), fetched.bytes);
         } else {
@@ -113,7 +113,7 @@ fn fetch_options(
     kind: Option<KindArg>,
     out: PathBuf,
     timeout: u64,
-) -> anyhow::Result<mtguard::fetch::FetchOptions> {
+) -> anyhow::Result<mtguard::pinning::fetch::FetchOptions> {
     use mtguard::config::{ContentKind, OnExpired, Trust};
     let mut all = Vec::new();
     for text in &pins {
@@ -126,10 +126,12 @@ fn fetch_options(
         // The seal is checked with the config's token, opened as `run`
         // opens it; without --config only a plain file passes.
         let keyring = match config {
-            Some(c) => mtguard::plan::Keyring::open(&mtguard::plan::load_config(c)?)?,
-            None => mtguard::plan::Keyring::default(),
+            Some(c) => mtguard::server::bootstrap::Keyring::open(
+                &mtguard::server::bootstrap::load_config(c)?,
+            )?,
+            None => mtguard::server::bootstrap::Keyring::default(),
         };
-        all.extend(mtguard::plan::load_pins_file(
+        all.extend(mtguard::server::bootstrap::load_pins_file(
             path,
             keyring.sealer.as_deref(),
         )?);
@@ -139,10 +141,10 @@ fn fetch_options(
         "give at least one --pin (or --pins-file); `mtguard pin CERT.pem` prints a certificate's pins"
     );
     anyhow::ensure!(
-        all.len() <= mtguard::tls::MAX_PINS,
+        all.len() <= mtguard::pinning::verifier::MAX_PINS,
         "{} pins given: at most {} per host",
         all.len(),
-        mtguard::tls::MAX_PINS
+        mtguard::pinning::verifier::MAX_PINS
     );
     let trust = if pins_only {
         Trust::PinsOnly
@@ -166,7 +168,7 @@ fn fetch_options(
             anyhow::anyhow!("cannot tell from the URL or --out whether this is a proxy config or a secret: give --kind")
         })?,
     };
-    Ok(mtguard::fetch::FetchOptions {
+    Ok(mtguard::pinning::fetch::FetchOptions {
         url,
         pins: all,
         trust,

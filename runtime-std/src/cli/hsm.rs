@@ -64,7 +64,7 @@ fn run_hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> 
     use mtguard::hsm::Token;
     use mtguard_core::mtproto::Secret;
 
-    let config = mtguard::plan::load_config(config)?;
+    let config = mtguard::server::bootstrap::load_config(config)?;
     let Some(hsm) = &config.hsm else {
         anyhow::bail!("{}: no [hsm] table", config.source_name());
     };
@@ -98,19 +98,19 @@ fn run_hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> 
             // pins, so every line is validated before the seal is made.
             let bytes = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let text = if mtguard::integrity::is_sealed(&bytes) {
-                let sealer = mtguard::integrity::Sealer::Token(token.clone());
+            let text = if mtguard::persist::seal::is_sealed(&bytes) {
+                let sealer = mtguard::persist::seal::Sealer::Token(token.clone());
                 let payload = sealer
-                    .open(mtguard::integrity::Purpose::Pins, &bytes)
+                    .open(mtguard::persist::seal::Purpose::Pins, &bytes)
                     .map_err(|e| anyhow::anyhow!("{} is refused: {e}", file.display()))?;
                 String::from_utf8(payload.to_vec())?
             } else {
                 String::from_utf8(bytes)
                     .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", file.display()))?
             };
-            let pins = mtguard::pinfile::parse(&text, &file.display().to_string())?;
-            mtguard::integrity::install(Some(mtguard::integrity::Sealer::Token(token.clone())));
-            mtguard::pinfile::save(&file, &pins)?;
+            let pins = mtguard::persist::pinfile::parse(&text, &file.display().to_string())?;
+            let sealer = mtguard::persist::seal::Sealer::Token(token.clone());
+            mtguard::persist::pinfile::save(&file, &pins, Some(&sealer))?;
             println!(
                 "{}: {} pins sealed with the token's integrity key",
                 file.display(),
@@ -169,7 +169,7 @@ fn run_hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> 
                  the backend proxy needs the same secret:",
                 token.label()
             );
-            for link in mtguard::mtproto::links(&server, port, &secret) {
+            for link in mtguard::proxy::inspect::links(&server, port, &secret) {
                 println!("{link}");
             }
         }

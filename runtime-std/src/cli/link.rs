@@ -24,7 +24,7 @@ fn print_links(server: &str, port: u16, secret: &str) -> anyhow::Result<()> {
     let secret = mtguard_core::mtproto::Secret::parse(secret)
         .map_err(|e| anyhow::anyhow!("--secret: {e}"))?;
     check_server(server)?;
-    for link in mtguard::mtproto::links(server, port, &secret) {
+    for link in mtguard::proxy::inspect::links(server, port, &secret) {
         println!("{link}");
     }
     Ok(())

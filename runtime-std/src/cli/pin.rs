@@ -15,7 +15,7 @@ pub fn print_pins(args: PinArgs) -> anyhow::Result<()> {
 }
 
 fn pins_of(file: &std::path::Path) -> anyhow::Result<()> {
-    let certs = mtguard::tls::load_certs(file)?;
+    let certs = mtguard::pinning::verifier::load_certs(file)?;
     for (i, cert) in certs.iter().enumerate() {
         let (spki, whole) = mtguard_core::pins::presented_pins(cert)
             .map_err(|e| anyhow::anyhow!("{}: certificate {i}: {e:?}", file.display()))?;

@@ -16,7 +16,7 @@
 //!
 //! The module is a leaf: it imports nothing else of the crate and does no
 //! I/O. Reading the file, the list files and the pins files is the
-//! bootstrap's job (`crate::plan`), so that `check-config` and `run` load
+//! bootstrap's job (`crate::server::bootstrap`), so that `check-config` and `run` load
 //! them through the same code.
 
 use std::collections::BTreeMap;
@@ -158,7 +158,7 @@ pub struct RefreshConfig {
 }
 
 /// `[lists]`: inline prefixes are parsed when the file is; list files are
-/// read by the bootstrap (`crate::plan`) when it builds a plan.
+/// read by the bootstrap (`crate::server::bootstrap`) when it builds a plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListsConfig {
     /// Prefixes that are never limited or blocked.

@@ -5,7 +5,7 @@
 //! `https://core.telegram.org/getProxySecret` and `proxy-multi.conf` from
 //! `https://core.telegram.org/getProxyConfig` with curl, trusting whatever
 //! certificate the network presents. Here the connection must match the
-//! pins (see [`crate::tls`]), and what arrives must look like what Telegram
+//! pins (see [`crate::pinning::verifier`]), and what arrives must look like what Telegram
 //! serves before it replaces the old file. On any failure the old file is
 //! left exactly as it was.
 
@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use mtguard_core::pins::{Pin, PinSet};
 
 use crate::config::{url_host, ContentKind, OnExpired, Trust};
-use crate::tls::{PinSource, PinnedVerifier};
+use crate::pinning::verifier::{PinSource, PinnedVerifier};
 
 /// The most a download may be. Telegram's proxy config is a few kilobytes
 /// and the secret 128 bytes; the cap bounds memory against a server that
@@ -150,7 +150,7 @@ pub async fn fetch(
             .map_err(|e| anyhow::anyhow!("pin {pin}: {e}"))?;
     }
     let roots = match opts.trust {
-        Trust::WebPki => crate::tls::roots(opts.ca_file.as_deref())?,
+        Trust::WebPki => crate::pinning::verifier::roots(opts.ca_file.as_deref())?,
         Trust::PinsOnly => rustls::RootCertStore::empty(),
     };
     let verifier = PinnedVerifier::new(
@@ -188,7 +188,7 @@ pub async fn fetch(
         )
     })?;
     // Not fs::read: a FIFO planted at the output would block it forever.
-    let old = crate::state::read_regular(&opts.out, "output file");
+    let old = crate::persist::atomic::read_regular(&opts.out, "output file");
     if old.ok().flatten().is_some_and(|old| old == body) {
         return Ok(Fetched {
             bytes: body.len(),
@@ -197,7 +197,7 @@ pub async fn fetch(
     }
     let (out, bytes) = (opts.out.clone(), body);
     let len = bytes.len();
-    tokio::task::spawn_blocking(move || crate::state::write_atomic(&out, &bytes))
+    tokio::task::spawn_blocking(move || crate::persist::atomic::write_atomic(&out, &bytes))
         .await
         .context("write task")?
         .with_context(|| format!("writing {}", opts.out.display()))?;

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mtguard_core::{ClientKey, Event};
@@ -29,6 +29,9 @@ use tokio::sync::mpsc;
 
 use crate::config::NftSet;
 use crate::engine::Guard;
+use crate::jobs::{self, Job, Shutdown};
+use crate::node::Handles;
+use crate::telemetry::{JobKind, NftablesStatus, Telemetry};
 
 /// How often the sets are made equal to the engine's blocks.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
@@ -42,57 +45,6 @@ const BATCH: usize = 512;
 /// An element whose timeout is off by more than this is replaced.
 const TOLERANCE_SECS: u64 = 2;
 
-/// How the mirror is doing, for the status and the metrics.
-#[derive(Default)]
-pub struct Status {
-    /// The mirror runs.
-    pub enabled: AtomicBool,
-    /// Elements in the sets, as last written or listed.
-    pub elements: AtomicU64,
-    /// Successful `nft` runs that changed the sets.
-    pub updates: AtomicU64,
-    /// Failed `nft` runs.
-    pub errors: AtomicU64,
-    /// Reconciliations done.
-    pub reconciles: AtomicU64,
-    /// The last error.
-    pub last_error: Mutex<String>,
-}
-
-static STATUS: std::sync::OnceLock<Status> = std::sync::OnceLock::new();
-
-/// The process's mirror status.
-pub fn status() -> &'static Status {
-    STATUS.get_or_init(Status::default)
-}
-
-impl Status {
-    fn error(&self, e: &str) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_owned();
-    }
-
-    /// The status as `/v1/status` shows it; `None` when the mirror is off.
-    pub fn json(&self) -> Option<Value> {
-        if !self.enabled.load(Ordering::Relaxed) {
-            return None;
-        }
-        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        Some(json!({
-            "elements": n(&self.elements),
-            "updates": n(&self.updates),
-            "errors": n(&self.errors),
-            "reconciles": n(&self.reconciles),
-            "last_error": (!error.is_empty()).then_some(error),
-        }))
-    }
-}
-
 /// One element as the mirror wants it: the client, and its timeout in
 /// whole seconds (`None`: blocked until lifted).
 type Want = HashMap<ClientKey, Option<u64>>;
@@ -101,12 +53,22 @@ type Want = HashMap<ClientKey, Option<u64>>;
 pub struct Mirror {
     set: NftSet,
     ipv6_prefix: u8,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Mirror {
-    /// A mirror into `set`; IPv6 clients are `ipv6_prefix` networks.
-    pub fn new(set: NftSet, ipv6_prefix: u8) -> Mirror {
-        Mirror { set, ipv6_prefix }
+    /// A mirror into `set`; IPv6 clients are `ipv6_prefix` networks; how it
+    /// is doing goes to `telemetry`.
+    pub fn new(set: NftSet, ipv6_prefix: u8, telemetry: Arc<Telemetry>) -> Mirror {
+        Mirror {
+            set,
+            ipv6_prefix,
+            telemetry,
+        }
+    }
+
+    fn status(&self) -> &NftablesStatus {
+        &self.telemetry.nftables
     }
 
     fn set_for(&self, key: ClientKey) -> Option<String> {
@@ -169,7 +131,7 @@ impl Mirror {
             .wait_with_output()
             .map_err(|e| format!("waiting for nft: {e}"))?;
         if out.status.success() {
-            status().updates.fetch_add(1, Ordering::Relaxed);
+            self.status().updates.fetch_add(1, Ordering::Relaxed);
             Ok(())
         } else {
             Err(format!(
@@ -237,11 +199,11 @@ impl Mirror {
                 commands.extend(self.element("add", *key, Some(*timeout)));
             }
         }
-        status().reconciles.fetch_add(1, Ordering::Relaxed);
+        self.status().reconciles.fetch_add(1, Ordering::Relaxed);
         for chunk in commands.chunks(BATCH) {
             self.apply(chunk.to_vec())?;
         }
-        status()
+        self.status()
             .elements
             .store(want.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -308,9 +270,11 @@ fn wanted(guard: &Guard) -> Want {
 
 /// Checks that the sets exist, then reconciles; an error stops the start
 /// (a mirror that cannot work should be noticed at once, not in a flood).
-pub fn start(guard: &Arc<Guard>, set: NftSet) -> anyhow::Result<()> {
+/// Then the mirror job keeps the sets equal to the engine's blocks.
+pub fn start(node: &Arc<Handles>, set: NftSet, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let guard = &node.guard;
     let prefix = guard.with(|e, _| e.policy().ipv6_prefix);
-    let mirror = Mirror::new(set.clone(), prefix);
+    let mirror = Mirror::new(set.clone(), prefix, node.telemetry.clone());
     // Subscribed first: a block decided during the reconciliation waits
     // in the queue instead of being missed.
     let events = guard.subscribe(QUEUE);
@@ -318,85 +282,113 @@ pub fn start(guard: &Arc<Guard>, set: NftSet) -> anyhow::Result<()> {
     mirror
         .reconcile(&want)
         .map_err(|e| anyhow::anyhow!("[kernel] nft_set = \"{set}\": {e}"))?;
-    status().enabled.store(true, Ordering::Relaxed);
+    mirror.status().enabled.store(true, Ordering::Relaxed);
     tracing::info!(nft_set = %set, "mirroring blocks into nftables");
     let present = want.keys().map(|k| (*k, ())).collect();
-    tokio::spawn(run(guard.clone(), mirror, events, present));
+    let job = MirrorJob {
+        mirror,
+        events,
+        present,
+    };
+    jobs::spawn(job, node, shutdown);
     Ok(())
 }
 
-/// `present`: the elements the sets hold, as far as the mirror knows.
-async fn run(
-    guard: Arc<Guard>,
+/// The mirror job: applies each block and unblock as it comes, and
+/// reconciles the whole sets every [`RECONCILE_INTERVAL`].
+struct MirrorJob {
     mirror: Mirror,
-    mut events: mpsc::Receiver<Event>,
-    mut present: HashMap<ClientKey, ()>,
-) {
-    let mirror = Arc::new(mirror);
-    let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
-    tick.tick().await;
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        batch.clear();
-        let full = tokio::select! {
-            n = events.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    return;
+    events: mpsc::Receiver<Event>,
+    /// The elements the sets hold, as far as the mirror knows.
+    present: HashMap<ClientKey, ()>,
+}
+
+impl Job for MirrorJob {
+    const KIND: JobKind = JobKind::Nftables;
+
+    async fn run(self, node: Arc<Handles>, mut shutdown: Shutdown) {
+        let MirrorJob {
+            mirror,
+            mut events,
+            mut present,
+        } = self;
+        let guard = &node.guard;
+        let job = node.telemetry.jobs.get(Self::KIND);
+        let mirror = Arc::new(mirror);
+        let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+        tick.tick().await;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            batch.clear();
+            let full = tokio::select! {
+                n = events.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    false
                 }
-                false
-            }
-            _ = tick.tick() => true,
-        };
-        let m = mirror.clone();
-        let result = if full {
-            let want = wanted(&guard);
-            present = want.keys().map(|k| (*k, ())).collect();
-            tokio::task::spawn_blocking(move || m.reconcile(&want)).await
-        } else {
-            let now = guard.now();
-            let mut commands = Vec::new();
-            for event in &batch {
-                match *event {
-                    Event::Blocked { client, until, .. } => {
-                        let left = until
-                            .map(|u| u.as_millis().saturating_sub(now.as_millis()).div_ceil(1000));
-                        // Re-adding an element does not change its timeout:
-                        // a longer block replaces it.
-                        if present.insert(client, ()).is_some() {
+                _ = tick.tick() => true,
+                () = jobs::stopped(&mut shutdown) => return,
+            };
+            let m = mirror.clone();
+            let result = if full {
+                let want = wanted(guard);
+                present = want.keys().map(|k| (*k, ())).collect();
+                tokio::task::spawn_blocking(move || m.reconcile(&want)).await
+            } else {
+                let now = guard.now();
+                let mut commands = Vec::new();
+                for event in &batch {
+                    match *event {
+                        Event::Blocked { client, until, .. } => {
+                            let left = until.map(|u| {
+                                u.as_millis().saturating_sub(now.as_millis()).div_ceil(1000)
+                            });
+                            // Re-adding an element does not change its
+                            // timeout: a longer block replaces it.
+                            if present.insert(client, ()).is_some() {
+                                commands.extend(mirror.element("delete", client, None));
+                            }
+                            commands.extend(mirror.element("add", client, Some(left)));
+                        }
+                        Event::Unblocked { client, .. } if present.remove(&client).is_some() => {
                             commands.extend(mirror.element("delete", client, None));
                         }
-                        commands.extend(mirror.element("add", client, Some(left)));
+                        _ => {}
                     }
-                    Event::Unblocked { client, .. } if present.remove(&client).is_some() => {
-                        commands.extend(mirror.element("delete", client, None));
-                    }
-                    _ => {}
                 }
+                mirror
+                    .status()
+                    .elements
+                    .store(present.len() as u64, Ordering::Relaxed);
+                tokio::task::spawn_blocking(move || m.apply(commands)).await
+            };
+            let Err(e) = result.unwrap_or_else(|j| Err(j.to_string())) else {
+                job.succeeded();
+                continue;
+            };
+            if full {
+                mirror.status().error(&e);
+                job.failed(&e);
+                tracing::warn!(error = %e, "nftables reconciliation failed; retrying later");
+                continue;
             }
-            status()
-                .elements
-                .store(present.len() as u64, Ordering::Relaxed);
-            tokio::task::spawn_blocking(move || m.apply(commands)).await
-        };
-        let Err(e) = result.unwrap_or_else(|j| Err(j.to_string())) else {
-            continue;
-        };
-        if full {
-            status().error(&e);
-            tracing::warn!(error = %e, "nftables reconciliation failed; retrying later");
-            continue;
-        }
-        // Most often an element the kernel expired a moment before the
-        // engine (deleting it fails the transaction), or one a dropped
-        // event left out: not an error if the sets can be repaired from
-        // the engine.
-        tracing::debug!(error = %e, "nftables update failed; reconciling");
-        let want = wanted(&guard);
-        present = want.keys().map(|k| (*k, ())).collect();
-        let m = mirror.clone();
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || m.reconcile(&want)).await {
-            status().error(&e);
-            tracing::warn!(error = %e, "nftables update failed; retrying later");
+            // Most often an element the kernel expired a moment before the
+            // engine (deleting it fails the transaction), or one a dropped
+            // event left out: not an error if the sets can be repaired from
+            // the engine.
+            tracing::debug!(error = %e, "nftables update failed; reconciling");
+            let want = wanted(guard);
+            present = want.keys().map(|k| (*k, ())).collect();
+            let m = mirror.clone();
+            match tokio::task::spawn_blocking(move || m.reconcile(&want)).await {
+                Ok(Err(e)) => {
+                    mirror.status().error(&e);
+                    job.failed(&e);
+                    tracing::warn!(error = %e, "nftables update failed; retrying later");
+                }
+                _ => job.succeeded(),
+            }
         }
     }
 }

@@ -8,14 +8,14 @@
 //! token's integrity key, generated inside the token and never extractable,
 //! so whoever can write the file but not use the token cannot forge a seal.
 //!
-//! Without a sealer installed, files are written and read plain, as before;
-//! a sealed file is then refused (the key that vouches for it is missing).
+//! Without a sealer, files are written and read plain, as before; a sealed
+//! file is then refused (the key that vouches for it is missing).
 //!
 //! Callers that load or save a file go through [`seal_file`] and
-//! [`open_file`], which use the sealer [`install`]ed at start; both block
-//! (a token operation) and belong on a blocking thread.
+//! [`open_file`] with the node's sealer (`crate::node::Handles::sealer`);
+//! both block (a token operation) and belong on a blocking thread.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::anyhow;
 use hmac::{Hmac, Mac};
@@ -161,27 +161,14 @@ pub fn is_sealed(file: &[u8]) -> bool {
     file.len() >= HEADER && file.starts_with(MAGIC)
 }
 
-static SEALER: RwLock<Option<Arc<Sealer>>> = RwLock::new(None);
-
-/// Makes `sealer` the one [`seal_file`] and [`open_file`] use (at start,
-/// when an `[hsm]` is configured); `None` goes back to plain files.
-pub fn install(sealer: Option<Sealer>) {
-    install_shared(sealer.map(Arc::new));
-}
-
-/// [`install`] of a sealer shared with others (the plan's keyring).
-pub fn install_shared(sealer: Option<Arc<Sealer>>) {
-    *SEALER.write().unwrap_or_else(|e| e.into_inner()) = sealer;
-}
-
-fn installed() -> Option<Arc<Sealer>> {
-    SEALER.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
 /// What to write for a file of `purpose` holding `payload`: sealed with
-/// the installed sealer, or `payload` itself without one.
-pub fn seal_file(purpose: Purpose, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
-    match installed() {
+/// `sealer`, or `payload` itself without one.
+pub fn seal_file(
+    sealer: Option<&Sealer>,
+    purpose: Purpose,
+    payload: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    match sealer {
         Some(sealer) => sealer
             .seal(purpose, payload)
             .map_err(|e| anyhow!("sealing the {} file: {e}", name(purpose))),
@@ -190,16 +177,9 @@ pub fn seal_file(purpose: Purpose, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The payload of a file of `purpose` read from disk, after checking its
-/// seal with the installed sealer; without one, a plain file is its own
-/// payload and a sealed one is refused.
-pub fn open_file(purpose: Purpose, file: &[u8]) -> Result<Vec<u8>, IntegrityError> {
-    open_file_with(installed().as_deref(), purpose, file)
-}
-
-/// [`open_file`] with `sealer` instead of the installed one: how a config
-/// is checked before anything of it is put in force (`check-config`, a
-/// reload, the start before the sealer is installed).
-pub fn open_file_with(
+/// seal with `sealer`; without one, a plain file is its own payload and a
+/// sealed one is refused (the key that vouches for it is missing).
+pub fn open_file(
     sealer: Option<&Sealer>,
     purpose: Purpose,
     file: &[u8],
@@ -254,14 +234,13 @@ mod tests {
 
     #[test]
     fn without_a_sealer_plain_files_pass_and_sealed_ones_are_refused() {
-        // Nothing in this crate's unit tests installs a sealer.
-        assert_eq!(open_file(Purpose::State, b"plain").unwrap(), b"plain");
-        assert_eq!(seal_file(Purpose::State, b"plain").unwrap(), b"plain");
+        assert_eq!(open_file(None, Purpose::State, b"plain").unwrap(), b"plain");
+        assert_eq!(seal_file(None, Purpose::State, b"plain").unwrap(), b"plain");
         let sealed = Sealer::Software([1; 32])
             .seal(Purpose::State, b"x")
             .unwrap();
         assert_eq!(
-            open_file(Purpose::State, &sealed),
+            open_file(None, Purpose::State, &sealed),
             Err(IntegrityError::NoKey)
         );
     }

@@ -8,7 +8,6 @@
 //! PKCS#11 token for `hsm:` secrets, whose operations run on blocking
 //! threads, see [`feed`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mtguard_core::mtproto::replay::{Entry, Fingerprint, ReplayRefusal, SERVER_CAPACITY};
@@ -19,6 +18,7 @@ use mtguard_core::mtproto::{
 
 use crate::config::OnProbe;
 use crate::hsm::Keys;
+use crate::telemetry::HandshakeFailures;
 
 /// The replay cache of the server: 6 MiB on the heap.
 pub type Replay = ReplayCache<Box<[Entry]>>;
@@ -133,7 +133,7 @@ impl Mtproto {
     }
 
     /// Feeds the next bytes of a connection to its inspector, at the current
-    /// wall-clock time; counts a refusal by reason. With token keys
+    /// wall-clock time. With token keys
     /// ([`Mtproto::uses_token`]) this blocks: call it on a blocking thread,
     /// or through [`feed`].
     pub fn feed(&self, inspector: &mut Inspector, bytes: &[u8]) -> Verdict {
@@ -144,11 +144,7 @@ impl Mtproto {
             cache: &self.replay,
             window: self.window,
         };
-        let verdict = inspector.feed(bytes, now_unix, &self.secrets, &self.keys, &mut replay);
-        if let Verdict::Invalid(reason) = verdict {
-            FAILURES[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
-        }
-        verdict
+        inspector.feed(bytes, now_unix, &self.secrets, &self.keys, &mut replay)
     }
 }
 
@@ -176,8 +172,22 @@ impl ReplayStore for Locked<'_> {
 /// keys answer at once, inline; token keys block, so the inspector (moved,
 /// not copied: it is boxed) and the bytes go to a blocking thread and come
 /// back. `inspector` is `None` only if a previous call was cancelled
-/// midway; the handshake is then refused.
+/// midway; the handshake is then refused. A refusal is counted by reason
+/// in `failures`.
 pub async fn feed(
+    mtproto: &Arc<Mtproto>,
+    inspector: &mut Option<Box<Inspector>>,
+    bytes: &[u8],
+    failures: &HandshakeFailures,
+) -> Verdict {
+    let verdict = feed_uncounted(mtproto, inspector, bytes).await;
+    if let Verdict::Invalid(reason) = verdict {
+        failures.record(reason);
+    }
+    verdict
+}
+
+async fn feed_uncounted(
     mtproto: &Arc<Mtproto>,
     inspector: &mut Option<Box<Inspector>>,
     bytes: &[u8],
@@ -219,54 +229,6 @@ fn new_replay_cache(window: TimeWindow) -> Replay {
     ReplayCache::new(slots, key, window).expect("the server preset is a valid capacity")
 }
 
-/// Every refusal reason with its metric label, in declaration order.
-pub const REASONS: [(Invalid, &str); 12] = [
-    (Invalid::BadSecretOrTag, "bad_secret_or_tag"),
-    (Invalid::OtherProtocol, "other_protocol"),
-    (Invalid::TagNotAllowed, "tag_not_allowed"),
-    (Invalid::BadDc, "bad_dc"),
-    (Invalid::MalformedHello, "malformed_hello"),
-    (Invalid::OversizedHello, "oversized_hello"),
-    (Invalid::HmacMismatch, "hmac_mismatch"),
-    (Invalid::Timestamp, "timestamp"),
-    (Invalid::WrongSni, "wrong_sni"),
-    (Invalid::Replay, "replay"),
-    (Invalid::ReplayCacheFull, "replay_cache_full"),
-    (Invalid::KeyUnavailable, "key_unavailable"),
-];
-
-fn reason_index(reason: Invalid) -> usize {
-    // An exhaustive match: a new reason in the core fails to compile here
-    // until it has a label.
-    match reason {
-        Invalid::BadSecretOrTag => 0,
-        Invalid::OtherProtocol => 1,
-        Invalid::TagNotAllowed => 2,
-        Invalid::BadDc => 3,
-        Invalid::MalformedHello => 4,
-        Invalid::OversizedHello => 5,
-        Invalid::HmacMismatch => 6,
-        Invalid::Timestamp => 7,
-        Invalid::WrongSni => 8,
-        Invalid::Replay => 9,
-        Invalid::ReplayCacheFull => 10,
-        Invalid::KeyUnavailable => 11,
-    }
-}
-
-/// Refused handshakes since the process started, by reason (all listeners).
-static FAILURES: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
-
-/// `(label, count)` of every refusal reason, for the metrics.
-pub fn failure_counts() -> [(&'static str, u64); 12] {
-    REASONS.map(|(reason, label)| {
-        (
-            label,
-            FAILURES[reason_index(reason)].load(Ordering::Relaxed),
-        )
-    })
-}
-
 /// The `tg://proxy` and `https://t.me/proxy` links of a proxy at
 /// `server:port` with `secret` (written in its canonical hex form).
 pub fn links(server: &str, port: u16, secret: &Secret) -> [String; 2] {
@@ -280,13 +242,6 @@ pub fn links(server: &str, port: u16, secret: &Secret) -> [String; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_reason_has_its_own_slot() {
-        for (i, (reason, _)) in REASONS.iter().enumerate() {
-            assert_eq!(reason_index(*reason), i);
-        }
-    }
 
     #[test]
     fn links_carry_the_canonical_secret() {

@@ -25,10 +25,10 @@ use mtguard_core::Policy;
 use crate::config::{Config, ConfigError, Lists, OnExpired, PinningConfig, Trust};
 use crate::engine::Guard;
 use crate::hsm::{Keys, Token};
-use crate::integrity::{self, Purpose, Sealer};
-use crate::mtproto::Mtproto;
+use crate::persist::seal::{self as integrity, Purpose, Sealer};
+use crate::pinning::verifier::{PinSource, PinnedVerifier};
+use crate::proxy::inspect::Mtproto;
 use crate::proxy::{BackendTls, ProxySettings};
-use crate::tls::{PinSource, PinnedVerifier};
 
 /// The `[hsm]` token of a config, opened, and the sealer made of its
 /// integrity key. `run` opens it once at start (`[hsm]` changes need a
@@ -152,12 +152,11 @@ pub fn load_pins(
     Ok(pins.as_slice().to_vec())
 }
 
-/// One pins file, its seal checked with `sealer` (rather than the process's
-/// installed one, which only `run` sets, and only once the plan is applied).
+/// One pins file, its seal checked with `sealer`.
 pub fn load_pins_file(path: &Path, sealer: Option<&Sealer>) -> anyhow::Result<Vec<Pin>> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the pins file {}", path.display()))?;
-    let payload = integrity::open_file_with(sealer, Purpose::Pins, &bytes).map_err(|e| {
+    let payload = integrity::open_file(sealer, Purpose::Pins, &bytes).map_err(|e| {
         let hint = match e {
             integrity::IntegrityError::NoKey => {
                 "; give the config whose [hsm] token sealed it".to_owned()
@@ -171,7 +170,7 @@ pub fn load_pins_file(path: &Path, sealer: Option<&Sealer>) -> anyhow::Result<Ve
     })?;
     let text = String::from_utf8(payload)
         .map_err(|_| anyhow::anyhow!("pins file {} is not UTF-8 text", path.display()))?;
-    crate::pinfile::parse(&text, &path.display().to_string())
+    crate::persist::pinfile::parse(&text, &path.display().to_string())
 }
 
 /// What `[server.backend_tls]` becomes: everything the verifier needs,
@@ -256,7 +255,7 @@ impl Plan {
                 let pins = load_pins(p, sealer, "[server.backend_tls]")
                     .context("[server.backend_tls] pins")?;
                 let roots = match p.trust {
-                    Trust::WebPki => crate::tls::roots(p.ca_file.as_deref())
+                    Trust::WebPki => crate::pinning::verifier::roots(p.ca_file.as_deref())
                         .context("[server.backend_tls] ca_file")?,
                     Trust::PinsOnly => rustls::RootCertStore::empty(),
                 };
@@ -277,7 +276,7 @@ impl Plan {
                 let pins =
                     load_pins(&refresh.pinning, sealer, "[refresh]").context("[refresh] pins")?;
                 for (url, _, _) in &refresh.files {
-                    crate::tls::check_backup_pins(level, url, &pins)?;
+                    crate::pinning::verifier::check_backup_pins(level, url, &pins)?;
                 }
                 let mut set = PinSet::new();
                 for pin in pins {
@@ -359,7 +358,7 @@ impl Plan {
             all.push(pin.clone());
         }
         let host = format!("backend {}", self.config.server.backend);
-        crate::tls::check_backup_pins(self.policy.level.number(), &host, &all)
+        crate::pinning::verifier::check_backup_pins(self.policy.level.number(), &host, &all)
     }
 
     /// Applies the plan to the node. Only the list swap can fail, and it

@@ -4,7 +4,7 @@
 //!
 //! Every read goes through [`load`] and every write through [`save`]: with
 //! an `[hsm]` token configured the file carries the token's integrity seal
-//! (see `integrity`), checked on every read and made on every write, so a
+//! (see `seal`, the caller passes the node's sealer), checked on every read and made on every write, so a
 //! pins file changed behind mtguard's back is refused rather than trusted.
 
 use std::fmt::Write as _;
@@ -13,26 +13,26 @@ use std::path::Path;
 use anyhow::Context as _;
 use mtguard_core::pins::{parse_pin_line, Pin};
 
-use crate::tls::MAX_PINS;
+use crate::persist::seal::{self, Purpose, Sealer};
+use crate::pinning::verifier::MAX_PINS;
 
 /// The pins of the file at `path`, in file order. A malformed line, a
 /// duplicate or a pin beyond [`MAX_PINS`] is an error naming the file and
 /// the line.
-pub fn load(path: &Path) -> anyhow::Result<Vec<Pin>> {
-    let bytes = crate::state::read_regular(path, "pins file")
+pub fn load(path: &Path, sealer: Option<&Sealer>) -> anyhow::Result<Vec<Pin>> {
+    let bytes = crate::persist::atomic::read_regular(path, "pins file")
         .with_context(|| format!("cannot read the pins file {}", path.display()))?
         .ok_or_else(|| {
             anyhow::anyhow!("cannot read the pins file {}: no such file", path.display())
         })?;
-    let payload =
-        crate::integrity::open_file(crate::integrity::Purpose::Pins, &bytes).map_err(|e| {
-            anyhow::anyhow!(
-                "pins file {} is refused: {e}; after checking its pins, seal it with \
+    let payload = seal::open_file(sealer, Purpose::Pins, &bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "pins file {} is refused: {e}; after checking its pins, seal it with \
                  `mtguard hsm --config FILE seal-pins {}`",
-                path.display(),
-                path.display()
-            )
-        })?;
+            path.display(),
+            path.display()
+        )
+    })?;
     let text = String::from_utf8(payload)
         .map_err(|_| anyhow::anyhow!("pins file {} is not UTF-8 text", path.display()))?;
     parse(&text, &path.display().to_string())
@@ -63,13 +63,13 @@ pub fn parse(text: &str, name: &str) -> anyhow::Result<Vec<Pin>> {
 
 /// Writes `pins` to `path` atomically (the file holds the old pins or the
 /// new ones, never a mix), one line each, as [`load`] reads them.
-pub fn save(path: &Path, pins: &[Pin]) -> anyhow::Result<()> {
+pub fn save(path: &Path, pins: &[Pin], sealer: Option<&Sealer>) -> anyhow::Result<()> {
     let mut text = String::from("# mtguard pins: one per line, written by mtguard\n");
     for pin in pins {
         let _ = writeln!(text, "{}", pin.display_line());
     }
-    let bytes = crate::integrity::seal_file(crate::integrity::Purpose::Pins, text.as_bytes())?;
-    crate::state::write_atomic(path, &bytes)
+    let bytes = seal::seal_file(sealer, Purpose::Pins, text.as_bytes())?;
+    crate::persist::atomic::write_atomic(path, &bytes)
         .with_context(|| format!("writing the pins file {}", path.display()))
 }
 
@@ -89,8 +89,8 @@ mod tests {
                 .with_expiry(Some(1_798_761_600)),
             Pin::new(PinKind::Certificate, [2; 32]),
         ];
-        save(&path, &pins).unwrap();
-        assert_eq!(load(&path).unwrap(), pins);
+        save(&path, &pins, None).unwrap();
+        assert_eq!(load(&path, None).unwrap(), pins);
     }
 
     #[test]

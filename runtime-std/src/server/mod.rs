@@ -1,6 +1,9 @@
 //! `mtguard run`: wires config, engine, listeners, admin API, persistence
 //! and signals together.
 
+pub mod bootstrap;
+mod signals;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,15 +14,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminSettings};
-use crate::config::{Config, RefreshConfig};
+use crate::config::Config;
 use crate::engine::{Capacity, Guard, LogEvents};
-use crate::fetch::FetchOptions;
-use crate::integrity;
-use crate::mtproto::Mtproto;
-use crate::plan::{Keyring, Node, Plan};
-use crate::proxy::{self, ProxySettings};
-use crate::state;
-use mtguard_core::pins::PinSet;
+use crate::hsm::Token;
+use crate::jobs::{self, Job, Shutdown};
+use crate::node::Handles;
+use crate::persist::state;
+use crate::pinning::refresh::Refresh;
+use crate::proxy;
+use crate::server::bootstrap::{Keyring, Plan};
+use crate::telemetry::{JobKind, Telemetry};
+use signals::{signals, Senders};
 
 /// Options of `mtguard run` beyond the config file.
 #[derive(Clone, Debug, Default)]
@@ -36,50 +41,8 @@ pub struct RunOptions {
 
 fn load(opts: &RunOptions) -> anyhow::Result<Config> {
     match &opts.config {
-        Some(path) => Ok(crate::plan::load_config(path)?),
+        Some(path) => Ok(crate::server::bootstrap::load_config(path)?),
         None => Ok(Config::embedded_default()),
-    }
-}
-
-/// Fetches every `[refresh]` file, then again every `interval` plus a
-/// random part of `jitter`. A failed fetch leaves the file as it was and is
-/// retried at the next round.
-async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8, guard: Arc<Guard>) {
-    loop {
-        for (url, out, kind) in &refresh.files {
-            let opts = FetchOptions {
-                url: url.clone(),
-                pins: pins.iter().cloned().collect(),
-                trust: refresh.pinning.trust,
-                ca_file: refresh.pinning.ca_file.clone(),
-                on_expired: refresh.pinning.on_expired(level),
-                out: out.clone(),
-                kind: *kind,
-                timeout: Duration::from_secs(60),
-            };
-            match crate::fetch::fetch(&opts, Some(guard.clone())).await {
-                Ok(f) => tracing::info!(
-                    url = %url,
-                    file = %out.display(),
-                    bytes = f.bytes,
-                    changed = f.changed,
-                    "refreshed"
-                ),
-                Err(e) => tracing::error!(
-                    url = %url,
-                    file = %out.display(),
-                    error = %format!("{e:#}"),
-                    "refresh failed; the file is unchanged"
-                ),
-            }
-        }
-        let jitter_ms = u64::try_from(refresh.jitter.as_millis()).unwrap_or(u64::MAX);
-        let mut random = [0u8; 8];
-        let extra = match getrandom::fill(&mut random) {
-            Ok(()) if jitter_ms > 0 => u64::from_le_bytes(random) % jitter_ms,
-            _ => 0,
-        };
-        tokio::time::sleep(refresh.interval + Duration::from_millis(extra)).await;
     }
 }
 
@@ -87,13 +50,30 @@ async fn refresh_loop(refresh: RefreshConfig, pins: Arc<PinSet>, level: u8, guar
 /// noticed (and logged) without waiting for a handshake.
 const HSM_PROBE: Duration = Duration::from_secs(1);
 
-/// Everything the listeners read per connection, sent on a reload.
-struct Senders {
-    guard: Arc<Guard>,
-    settings: watch::Sender<Arc<ProxySettings>>,
-    mtproto: watch::Sender<Option<Arc<Mtproto>>>,
-    /// The `[hsm]` token opened at start; `[hsm]` changes need a restart.
-    keyring: Keyring,
+/// The token monitor job: probes the `[hsm]` token every [`HSM_PROBE`]
+/// (on a blocking thread: a probe waits for the token).
+struct TokenMonitor {
+    token: Arc<Token>,
+}
+
+impl Job for TokenMonitor {
+    const KIND: JobKind = JobKind::TokenMonitor;
+
+    async fn run(self, node: Arc<Handles>, mut shutdown: Shutdown) {
+        let job = node.telemetry.jobs.get(Self::KIND);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(HSM_PROBE) => {}
+                () = jobs::stopped(&mut shutdown) => return,
+            }
+            let token = self.token.clone();
+            match tokio::task::spawn_blocking(move || token.check()).await {
+                Ok(true) => job.succeeded(),
+                Ok(false) => job.failed("the token is unavailable"),
+                Err(e) => job.failed(&format!("the probe task failed: {e}")),
+            }
+        }
+    }
 }
 
 /// Runs the guard until SIGTERM or SIGINT.
@@ -111,14 +91,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         Some(path) => tracing::info!(config = %path.display(), "starting"),
     }
     let keyring = Keyring::open(&config)?;
-    if let (Some(hsm), Some(token)) = (&config.hsm, &keyring.token) {
+    if let (Some(hsm), Some(_)) = (&config.hsm, &keyring.token) {
         tracing::info!(
             module = %hsm.module.display(),
             token = %hsm.token,
             integrity_key = %hsm.integrity_key,
             "HSM token open; the state file is sealed with its integrity key"
         );
-        token.spawn_monitor(HSM_PROBE);
     }
     let plan = Plan::build(config, opts.level, &keyring, None)?;
     let config = &plan.config;
@@ -133,25 +112,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let state_dir = config.state.dir.clone();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
-    integrity::install_shared(keyring.sealer.clone());
-    state::restore(&guard, &state_dir, opts.reset_state)?;
+    // The handles of this node: everything below gets what it needs from
+    // them, nothing from process-global state.
+    let node = Arc::new(Handles::with(
+        guard.clone(),
+        keyring.sealer.clone(),
+        Arc::new(Telemetry::default()),
+    ));
+    state::restore(&guard, &state_dir, opts.reset_state, node.sealer())?;
     // The pins of the state join the plan's: only now can their sum be
     // checked against the table and the level policy.
     plan.check_pins(&guard)?;
     let applied = plan.apply(&guard)?;
     let level = policy.level.number();
     tokio::spawn(guard.clone().drive());
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    if let Some(token) = &keyring.token {
+        jobs::spawn(
+            TokenMonitor {
+                token: token.clone(),
+            },
+            &node,
+            &shutdown,
+        );
+    }
     // After the restore, so the kernel's sets start equal to the engine's
     // blocks; both read their secrets and check their sets now, so a
     // mistake stops the start instead of surfacing under attack.
     if let Some(set) = &config.kernel.nft_set {
-        crate::kernel::start(&guard, set.clone())?;
+        crate::fleet::nftables::start(&node, set.clone(), &shutdown)?;
     }
     if let Some(crowdsec) = &config.crowdsec {
-        crate::crowdsec::start(crowdsec, &guard)?;
+        crate::fleet::crowdsec::start(crowdsec, &node, &shutdown)?;
     }
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
     let (settings_tx, settings) = watch::channel(applied.settings);
     let inspection = applied.mtproto;
     if let Some(m) = &inspection {
@@ -178,6 +172,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             guard.clone(),
             settings.clone(),
             mtproto.clone(),
+            node.telemetry.clone(),
             shutdown.clone(),
         )));
     }
@@ -196,7 +191,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         });
         tokio::spawn(admin::serve(
             listener,
-            guard.clone(),
+            node.clone(),
             settings,
             shutdown.clone(),
         ));
@@ -207,13 +202,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             interval = %crate::config::format_duration(refresh.interval),
             "refreshing Telegram's proxy files, pinned"
         );
-        tokio::spawn(refresh_loop(refresh.clone(), pins, level, guard.clone()));
+        let job = Refresh {
+            refresh: refresh.clone(),
+            pins,
+            level,
+        };
+        jobs::spawn(job, &node, &shutdown);
     }
-    tokio::spawn(state::persist_loop(
-        guard.clone(),
-        state_dir.clone(),
-        Duration::from_millis(500),
-    ));
+    let persist = state::Persist {
+        dir: state_dir.clone(),
+        interval: Duration::from_millis(500),
+    };
+    jobs::spawn(persist, &node, &shutdown);
 
     let config = plan.config;
     signals(&opts, &senders, config).await?;
@@ -231,8 +231,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             "drain deadline passed; closing the rest"
         );
     }
-    let g = guard.clone();
-    tokio::task::spawn_blocking(move || state::save(&g, &state_dir))
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || state::save(&n, &state_dir))
         .await
         .context("state save task")??;
     tracing::info!("state saved; bye");
@@ -243,53 +243,4 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))
-}
-
-/// Waits for SIGTERM or SIGINT; reloads on SIGHUP.
-async fn signals(opts: &RunOptions, senders: &Senders, mut current: Config) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match reload(opts, senders, &current) {
-                Ok(new) => {
-                    tracing::info!("configuration reloaded");
-                    current = new;
-                }
-                Err(e) => tracing::error!(
-                    error = %format!("{e:#}"),
-                    "reload refused; the previous configuration stays in force"
-                ),
-            },
-        }
-    }
-}
-
-/// Applies a new config without dropping connections: the whole plan is
-/// built and checked against the node first, so a refused reload changes
-/// nothing.
-fn reload(opts: &RunOptions, senders: &Senders, current: &Config) -> anyhow::Result<Config> {
-    let new = load(opts)?;
-    let node = Node {
-        guard: &senders.guard,
-        config: current,
-        mtproto: senders.mtproto.borrow().clone(),
-    };
-    // List files, pins files and `hsm:` labels in the token: blocking
-    // work, so this worker hands its other tasks to another thread first
-    // (the server runs on the multi-threaded runtime).
-    let plan = tokio::task::block_in_place(|| {
-        Plan::build(new, opts.level, &senders.keyring, Some(&node))
-    })?;
-    let applied = plan.apply(&senders.guard)?;
-    for what in &plan.restart_only {
-        tracing::warn!("{what} changed: applies only on restart");
-    }
-    let _ = senders.settings.send(applied.settings);
-    let _ = senders.mtproto.send(applied.mtproto);
-    Ok(plan.config)
 }

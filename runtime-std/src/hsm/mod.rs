@@ -72,6 +72,9 @@ pub struct Token {
     integrity_key: String,
     state: Mutex<State>,
     returned: Condvar,
+    /// Numbers each opening of the module, so a session lent out by one
+    /// opening is never returned into the next.
+    epochs: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Token {
@@ -176,6 +179,7 @@ impl Token {
                 last_error: None,
             }),
             returned: Condvar::new(),
+            epochs: std::sync::atomic::AtomicU64::new(0),
         };
         let open = token.connect()?;
         token.lock().open = Some(open);
@@ -276,14 +280,15 @@ impl Token {
             ),
             Err(e) => bail!("[hsm] token {:?}: login failed: {e}", self.label),
         }
-        static EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Open {
             ctx: ctx.clone(),
             slot,
             idle: vec![session],
             lent: 0,
             handles: HashMap::new(),
-            epoch: EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            epoch: self
+                .epochs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -448,22 +453,6 @@ impl Token {
                 self.returned.notify_all();
                 false
             }
-        }
-    }
-
-    /// Runs [`Token::check`] every `interval` on a thread of its own until
-    /// the token is dropped.
-    pub fn spawn_monitor(self: &Arc<Self>, interval: Duration) {
-        let weak = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name("mtguard-hsm-monitor".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                let Some(token) = weak.upgrade() else { return };
-                token.check();
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the HSM monitor thread");
         }
     }
 

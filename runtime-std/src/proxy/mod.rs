@@ -27,6 +27,11 @@
 //! and then either reset without contacting the backend, or relayed to the
 //! mask backend as an ordinary connection.
 
+pub mod header;
+pub mod inspect;
+
+pub use header::proxy_header;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +48,8 @@ use tokio::time::Instant;
 use crate::config::{OnProbe, ProxyProtocol};
 use crate::engine::{Admitted, Guard};
 use crate::episode::{self, is_connection_error, AcceptTrouble};
-use crate::mtproto::Mtproto;
+use crate::proxy::inspect::Mtproto;
+use crate::telemetry::Telemetry;
 
 /// How admitted connections are forwarded. Read once per connection, at
 /// accept: a reload applies to new connections.
@@ -135,21 +141,24 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let (_none, mtproto) = watch::channel(None);
-    serve_inspected(listener, guard, settings, mtproto, shutdown).await
+    let telemetry = Arc::new(Telemetry::default());
+    serve_inspected(listener, guard, settings, mtproto, telemetry, shutdown).await
 }
 
 /// [`serve`] with MTProto handshake inspection while `mtproto` holds a
 /// state (read once per connection, at accept, like `settings`: a reload
-/// applies to new connections); `None` forwards any first bytes.
+/// applies to new connections); `None` forwards any first bytes. Refused
+/// handshakes are counted in `telemetry`.
 pub async fn serve_inspected(
     listener: TcpListener,
     guard: Arc<Guard>,
     settings: watch::Receiver<Arc<ProxySettings>>,
     mtproto: watch::Receiver<Option<Arc<Mtproto>>>,
+    telemetry: Arc<Telemetry>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listening = listener.local_addr()?;
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(telemetry));
     let mut trouble = AcceptTrouble::new("");
     // The kernel takes a descriptor before it looks at the queue, so the
     // last try of a burst at the limit can fail on an empty queue; the try
@@ -211,13 +220,16 @@ struct Shared {
     /// When the last backend warning was logged, in ms since `epoch`, plus
     /// one (zero: never).
     backend_warned: AtomicU64,
+    /// Where refused handshakes are counted.
+    telemetry: Arc<Telemetry>,
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(telemetry: Arc<Telemetry>) -> Self {
         Shared {
             epoch: Instant::now(),
             backend_warned: AtomicU64::new(0),
+            telemetry,
         }
     }
 
@@ -311,7 +323,7 @@ fn reset_on_close(stream: &TcpStream) {
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack listener) as IPv4.
-fn canonical(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
@@ -407,10 +419,10 @@ impl Connection {
         let mut inspector = self
             .mtproto
             .as_ref()
-            .map(|_| crate::mtproto::new_inspector());
+            .map(|_| crate::proxy::inspect::new_inspector());
         let inspection = self.mtproto.as_ref().map(|m| (m, &mut inspector));
         let first = tokio::select! {
-            read = read_handshake(client, &mut buf, inspection) => read,
+            read = read_handshake(client, &mut buf, inspection, &self.shared.telemetry) => read,
             _ = deadline(timed_out) => Err(End::HandshakeTimeout),
             _ = shutdown.wait_for(|&stop| stop) => Err(End::Shutdown),
             _ = idle_before_judgement(guard, self.settings.idle_timeout) => Err(End::Idle),
@@ -578,6 +590,7 @@ async fn read_handshake(
     client: &mut TcpStream,
     buf: &mut Vec<u8>,
     mut inspection: Option<(&Arc<Mtproto>, &mut Option<Box<Inspector>>)>,
+    telemetry: &Telemetry,
 ) -> Result<usize, End> {
     loop {
         if buf.len() == buf.capacity() {
@@ -592,7 +605,14 @@ async fn read_handshake(
         }
         let len = buf.len();
         if let Some((mtproto, inspector)) = inspection.as_mut() {
-            match crate::mtproto::feed(mtproto, inspector, &buf[len - n..len]).await {
+            match crate::proxy::inspect::feed(
+                mtproto,
+                inspector,
+                &buf[len - n..len],
+                &telemetry.handshake_failures,
+            )
+            .await
+            {
                 Verdict::NeedMore => continue,
                 Verdict::Valid(_) => return Ok(len),
                 Verdict::Invalid(reason) => return Err(End::Probe { reason, len }),
@@ -635,45 +655,6 @@ async fn deadline(timed_out: oneshot::Receiver<()>) {
     if timed_out.await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-/// The PROXY protocol header announcing `client` connected to `local`.
-/// Public so the fuzz target can round-trip it through `ppp`'s parser.
-pub fn proxy_header(
-    version: ProxyProtocol,
-    client: SocketAddr,
-    local: SocketAddr,
-) -> io::Result<Option<Vec<u8>>> {
-    let (client, local) = same_family(canonical(client), canonical(local));
-    Ok(match version {
-        ProxyProtocol::None => None,
-        ProxyProtocol::V1 => Some(
-            ppp::v1::Addresses::from((client, local))
-                .to_string()
-                .into_bytes(),
-        ),
-        ProxyProtocol::V2 => Some(
-            ppp::v2::Builder::with_addresses(
-                ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-                ppp::v2::Protocol::Stream,
-                (client, local),
-            )
-            .build()?,
-        ),
-    })
-}
-
-/// A header carries two addresses of one family: if they differ, both are
-/// written as IPv6 (IPv4 as IPv4-mapped).
-fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
-    if a.is_ipv4() == b.is_ipv4() {
-        return (a, b);
-    }
-    let v6 = |s: SocketAddr| match s {
-        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
-        v6 => v6,
-    };
-    (v6(a), v6(b))
 }
 
 /// When a byte last moved, either way, for the idle timeout.
@@ -735,67 +716,5 @@ where
         writer.write_all(&buf[..n]).await?;
         activity.touch();
         total += n as u64;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn v1_header_carries_both_addresses() {
-        let h = proxy_header(
-            ProxyProtocol::V1,
-            addr("127.0.0.9:40000"),
-            addr("127.0.0.1:443"),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(h, b"PROXY TCP4 127.0.0.9 127.0.0.1 40000 443\r\n");
-    }
-
-    #[test]
-    fn mapped_addresses_of_a_dual_stack_listener_are_written_as_ipv4() {
-        let h = proxy_header(
-            ProxyProtocol::V2,
-            addr("[::ffff:192.0.2.7]:5000"),
-            addr("[::ffff:198.51.100.1]:443"),
-        )
-        .unwrap()
-        .unwrap();
-        let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
-        assert_eq!(
-            parsed.addresses,
-            ppp::v2::Addresses::from((addr("192.0.2.7:5000"), addr("198.51.100.1:443")))
-        );
-    }
-
-    #[test]
-    fn mixed_families_become_ipv6() {
-        let h = proxy_header(
-            ProxyProtocol::V1,
-            addr("192.0.2.7:5000"),
-            addr("[2001:db8::1]:443"),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            h,
-            b"PROXY TCP6 ::ffff:192.0.2.7 2001:db8::1 5000 443\r\n".as_slice()
-        );
-    }
-
-    #[test]
-    fn no_header_without_proxy_protocol() {
-        let h = proxy_header(
-            ProxyProtocol::None,
-            addr("192.0.2.7:5000"),
-            addr("192.0.2.1:443"),
-        );
-        assert!(h.unwrap().is_none());
     }
 }

@@ -1,0 +1,365 @@
+//! What the admin API and the metrics read about the running node, beyond
+//! the engine: handshake refusals by reason, the CrowdSec link, the
+//! nftables mirror, the background jobs and the state saves.
+//!
+//! One [`Telemetry`] is built at start and handed down (inside
+//! [`crate::node::Handles`]) to whatever writes or reads it; nothing here is
+//! process-global, so two guards in one process (the tests) keep apart.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mtguard_core::mtproto::Invalid;
+use serde_json::{json, Value};
+
+use crate::episode::Episode;
+
+/// Everything the node reports besides the engine's own numbers.
+pub struct Telemetry {
+    /// MTProto handshakes refused by the inspection, by reason.
+    pub handshake_failures: HandshakeFailures,
+    /// The CrowdSec bouncer and watcher.
+    pub crowdsec: CrowdsecStatus,
+    /// The nftables mirror.
+    pub nftables: NftablesStatus,
+    /// Every background job, running or not.
+    pub jobs: Jobs,
+    /// Failed state saves, from the persistence job and the admin API
+    /// together: one line when saving starts failing, one with the count
+    /// when a save works again.
+    pub save_trouble: Mutex<Episode>,
+}
+
+/// The first and the longest pause of the persistence job after a failed
+/// save.
+pub const SAVE_BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// See [`SAVE_BACKOFF_MIN`].
+pub const SAVE_BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").finish_non_exhaustive()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            handshake_failures: HandshakeFailures::default(),
+            crowdsec: CrowdsecStatus::default(),
+            nftables: NftablesStatus::default(),
+            jobs: Jobs::default(),
+            save_trouble: Mutex::new(Episode::new(
+                SAVE_BACKOFF_MIN,
+                SAVE_BACKOFF_MAX,
+                Duration::ZERO,
+            )),
+        }
+    }
+}
+
+/// Refused handshakes since the node started, by reason (all listeners).
+#[derive(Default)]
+pub struct HandshakeFailures([AtomicU64; REASONS.len()]);
+
+impl HandshakeFailures {
+    /// Counts one refusal.
+    pub fn record(&self, reason: Invalid) {
+        self.0[reason_index(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(label, count)` of every refusal reason, for the metrics.
+    pub fn counts(&self) -> [(&'static str, u64); REASONS.len()] {
+        REASONS.map(|(reason, label)| (label, self.0[reason_index(reason)].load(Ordering::Relaxed)))
+    }
+}
+
+/// Every refusal reason with its metric label, in declaration order.
+pub const REASONS: [(Invalid, &str); 12] = [
+    (Invalid::BadSecretOrTag, "bad_secret_or_tag"),
+    (Invalid::OtherProtocol, "other_protocol"),
+    (Invalid::TagNotAllowed, "tag_not_allowed"),
+    (Invalid::BadDc, "bad_dc"),
+    (Invalid::MalformedHello, "malformed_hello"),
+    (Invalid::OversizedHello, "oversized_hello"),
+    (Invalid::HmacMismatch, "hmac_mismatch"),
+    (Invalid::Timestamp, "timestamp"),
+    (Invalid::WrongSni, "wrong_sni"),
+    (Invalid::Replay, "replay"),
+    (Invalid::ReplayCacheFull, "replay_cache_full"),
+    (Invalid::KeyUnavailable, "key_unavailable"),
+];
+
+fn reason_index(reason: Invalid) -> usize {
+    // An exhaustive match: a new reason in the core fails to compile here
+    // until it has a label.
+    match reason {
+        Invalid::BadSecretOrTag => 0,
+        Invalid::OtherProtocol => 1,
+        Invalid::TagNotAllowed => 2,
+        Invalid::BadDc => 3,
+        Invalid::MalformedHello => 4,
+        Invalid::OversizedHello => 5,
+        Invalid::HmacMismatch => 6,
+        Invalid::Timestamp => 7,
+        Invalid::WrongSni => 8,
+        Invalid::Replay => 9,
+        Invalid::ReplayCacheFull => 10,
+        Invalid::KeyUnavailable => 11,
+    }
+}
+
+/// The background jobs of a node (see [`crate::jobs`]), each with a slot of
+/// its own: a fixed set, so the table cannot grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// Saves the engine's state shortly after each change.
+    Persist,
+    /// Refreshes Telegram's proxy files.
+    Refresh,
+    /// Pulls CrowdSec's decision stream into the engine.
+    CrowdsecBouncer,
+    /// Sends the engine's blocks to CrowdSec as alerts.
+    CrowdsecWatcher,
+    /// Mirrors the engine's blocks into nftables sets.
+    Nftables,
+    /// Probes the `[hsm]` token so its loss and return are noticed.
+    TokenMonitor,
+}
+
+impl JobKind {
+    /// Every job, in slot order.
+    pub const ALL: [JobKind; 6] = [
+        JobKind::Persist,
+        JobKind::Refresh,
+        JobKind::CrowdsecBouncer,
+        JobKind::CrowdsecWatcher,
+        JobKind::Nftables,
+        JobKind::TokenMonitor,
+    ];
+
+    /// The job's name in `/v1/status` and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Persist => "persist",
+            JobKind::Refresh => "refresh",
+            JobKind::CrowdsecBouncer => "crowdsec_bouncer",
+            JobKind::CrowdsecWatcher => "crowdsec_watcher",
+            JobKind::Nftables => "nftables",
+            JobKind::TokenMonitor => "token_monitor",
+        }
+    }
+}
+
+/// How one job is doing.
+#[derive(Default)]
+pub struct JobStatus {
+    /// The job runs (started and not yet stopped).
+    pub running: AtomicBool,
+    /// Rounds of work that failed since the last that worked.
+    pub consecutive_failures: AtomicU64,
+    /// The last failure, kept after a success for the operator to read.
+    pub last_error: Mutex<String>,
+}
+
+impl JobStatus {
+    /// A round of work worked.
+    pub fn succeeded(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// A round of work failed with `error`.
+    pub fn failed(&self, error: &str) {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error.to_owned();
+    }
+}
+
+/// The status of every job.
+#[derive(Default)]
+pub struct Jobs([JobStatus; JobKind::ALL.len()]);
+
+impl Jobs {
+    /// The status of `job`.
+    pub fn get(&self, job: JobKind) -> &JobStatus {
+        &self.0[job as usize]
+    }
+
+    /// The jobs that ran at some point, as `/v1/status` shows them.
+    pub fn json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for job in JobKind::ALL {
+            let s = self.get(job);
+            let error = s
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            out.insert(
+                job.as_str().to_owned(),
+                json!({
+                    "running": s.running.load(Ordering::Relaxed),
+                    "consecutive_failures": s.consecutive_failures.load(Ordering::Relaxed),
+                    "last_error": (!error.is_empty()).then_some(error),
+                }),
+            );
+        }
+        Value::Object(out)
+    }
+}
+
+/// How the CrowdSec link is doing, for the status and the metrics.
+#[derive(Default)]
+pub struct CrowdsecStatus {
+    /// The bouncer runs.
+    pub bouncer: AtomicBool,
+    /// The watcher runs.
+    pub watcher: AtomicBool,
+    /// The last pull of the decision stream succeeded.
+    pub lapi_up: AtomicBool,
+    /// Pulls that failed since the last success.
+    pub consecutive_failures: AtomicU64,
+    /// Unix time of the last successful pull.
+    pub last_pull_unix: AtomicU64,
+    /// Successful pulls.
+    pub pulls: AtomicU64,
+    /// Failed pulls.
+    pub pull_failures: AtomicU64,
+    /// Decisions held now.
+    pub decisions: AtomicU64,
+    /// Ban decisions applied.
+    pub applied: AtomicU64,
+    /// Decisions removed because the stream deleted them.
+    pub removed: AtomicU64,
+    /// Decisions ignored: not a ban, an unknown scope, a bad value, or no
+    /// room.
+    pub ignored: AtomicU64,
+    /// Alerts accepted by the Local API.
+    pub alerts_sent: AtomicU64,
+    /// Alerts given up after retries.
+    pub alerts_failed: AtomicU64,
+    /// The last error, for the status.
+    pub last_error: Mutex<String>,
+}
+
+impl CrowdsecStatus {
+    pub(crate) fn error(&self, e: &str) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_owned();
+    }
+
+    /// The status as `/v1/status` shows it; `None` when CrowdSec is off.
+    pub fn json(&self) -> Option<Value> {
+        let bouncer = self.bouncer.load(Ordering::Relaxed);
+        let watcher = self.watcher.load(Ordering::Relaxed);
+        if !bouncer && !watcher {
+            return None;
+        }
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(json!({
+            "bouncer": bouncer,
+            "watcher": watcher,
+            "lapi_up": self.lapi_up.load(Ordering::Relaxed),
+            "consecutive_failures": n(&self.consecutive_failures),
+            "last_pull_unix": n(&self.last_pull_unix),
+            "pulls": n(&self.pulls),
+            "pull_failures": n(&self.pull_failures),
+            "decisions": n(&self.decisions),
+            "decisions_applied": n(&self.applied),
+            "decisions_removed": n(&self.removed),
+            "decisions_ignored": n(&self.ignored),
+            "alerts_sent": n(&self.alerts_sent),
+            "alerts_failed": n(&self.alerts_failed),
+            "last_error": (!error.is_empty()).then_some(error),
+        }))
+    }
+}
+
+/// How the mirror is doing, for the status and the metrics.
+#[derive(Default)]
+pub struct NftablesStatus {
+    /// The mirror runs.
+    pub enabled: AtomicBool,
+    /// Elements in the sets, as last written or listed.
+    pub elements: AtomicU64,
+    /// Successful `nft` runs that changed the sets.
+    pub updates: AtomicU64,
+    /// Failed `nft` runs.
+    pub errors: AtomicU64,
+    /// Reconciliations done.
+    pub reconciles: AtomicU64,
+    /// The last error.
+    pub last_error: Mutex<String>,
+}
+
+impl NftablesStatus {
+    pub(crate) fn error(&self, e: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_owned();
+    }
+
+    /// The status as `/v1/status` shows it; `None` when the mirror is off.
+    pub fn json(&self) -> Option<Value> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Some(json!({
+            "elements": n(&self.elements),
+            "updates": n(&self.updates),
+            "errors": n(&self.errors),
+            "reconciles": n(&self.reconciles),
+            "last_error": (!error.is_empty()).then_some(error),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot() {
+        for (i, (reason, _)) in REASONS.iter().enumerate() {
+            assert_eq!(reason_index(*reason), i);
+        }
+    }
+
+    #[test]
+    fn two_nodes_count_apart() {
+        let (a, b) = (Telemetry::default(), Telemetry::default());
+        a.handshake_failures.record(Invalid::Replay);
+        let count = |t: &Telemetry| {
+            t.handshake_failures
+                .counts()
+                .iter()
+                .find(|(label, _)| *label == "replay")
+                .unwrap()
+                .1
+        };
+        assert_eq!((count(&a), count(&b)), (1, 0));
+    }
+
+    #[test]
+    fn every_job_has_its_own_slot() {
+        let jobs = Jobs::default();
+        jobs.get(JobKind::Nftables).failed("nft: no such set");
+        for job in JobKind::ALL {
+            let failures = jobs.get(job).consecutive_failures.load(Ordering::Relaxed);
+            assert_eq!(failures, u64::from(job == JobKind::Nftables), "{job:?}");
+        }
+        jobs.get(JobKind::Nftables).succeeded();
+        assert_eq!(jobs.json()["nftables"]["consecutive_failures"], 0);
+        assert_eq!(jobs.json()["nftables"]["last_error"], "nft: no such set");
+    }
+}
