@@ -113,6 +113,9 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Write the config block an appliance image reads at boot (address or
+    /// DHCP, backend, secrets, policy, NTP server).
+    ApplianceConfig(mtguard::appliance::ApplianceConfigArgs),
     /// A self-contained run on loopback: the guard, an echo backend,
     /// legitimate clients, a flood and a scanner; ends with a report.
     Demo {
@@ -221,6 +224,7 @@ fn main() -> ExitCode {
         }
         Command::Hsm { config, command } => hsm(&config, command),
         Command::Pin { file } => print_pins(&file),
+        Command::ApplianceConfig(args) => mtguard::appliance::run(args),
         Command::Fetch {
             url,
             pins,

@@ -217,6 +217,8 @@ pub fn run<const SLOTS: usize>(
             backend: IpEndpoint::new(BACKEND.into(), PORT),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
+            window: mtguard_core::mtproto::TimeWindow::default(),
+            clock_max_age: Duration::from_secs(3600),
         },
     )
     .expect("a valid guard");
