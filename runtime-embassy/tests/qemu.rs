@@ -359,6 +359,24 @@ fn only_a_good_config_block_serves() {
     assert!(!a.logged("guard: listening"));
 }
 
+#[test]
+fn dhcp_gives_the_appliance_its_address() {
+    let block = block_with("level = 1\n", &[], false, true);
+    let leased = Ipv4Addr::new(10, 19, 0, 50);
+    let ns = NetNs::create("dhcp");
+    let _dhcp = Dhcp::start(&ns, leased);
+    let mut a = Appliance::boot_in(ns, Some(&block), image());
+    a.expect("config: address dhcp");
+    a.expect(&format!("net: up, address {leased}/24"));
+    a.expect("guard: listening");
+    let _backend = Backend::start();
+    let mut s = connect_to(client(90), std::net::SocketAddrV4::new(leased, PORT))
+        .expect("served at the leased address");
+    let data = b"hello over a leased address";
+    s.write_all(data).unwrap();
+    assert_eq!(read_exact(&mut s, data.len()), xor(data));
+}
+
 /// Figures, printed (run with --nocapture): boot time, connections per
 /// second and throughput through the emulated appliance. They measure
 /// QEMU on this host, not a Cortex-M7 board. Only correctness is asserted.

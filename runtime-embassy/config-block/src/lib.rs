@@ -410,7 +410,13 @@ impl ApplianceConfig {
         let address = r.ip()?;
         let prefix = r.u8()?;
         let gateway = r.ip()?;
+        // Every block has one encoding (the fuzz target checks that a block
+        // writes itself back unchanged): fields a setting leaves unused
+        // must be zero.
         let network = if dhcp {
+            if !address.is_unspecified() || prefix != 0 || !gateway.is_unspecified() {
+                return Err(BlockError::Field("network"));
+            }
             Network::Dhcp
         } else {
             Network::Static {
@@ -423,7 +429,11 @@ impl ApplianceConfig {
         let listen_port = r.u16()?;
         let backend = r.endpoint()?;
         let ntp = r.endpoint()?;
-        let ntp = (ntp.port() != 0).then_some(ntp);
+        let ntp = match (ntp.ip().is_unspecified(), ntp.port()) {
+            (true, 0) => None,
+            (false, 0) => return Err(BlockError::Field("ntp")),
+            _ => Some(ntp),
+        };
         let connect_timeout = Duration::from_millis(r.u32()?.into());
         let idle_timeout = Duration::from_millis(r.u32()?.into());
         let window = TimeWindow {

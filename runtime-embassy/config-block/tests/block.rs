@@ -165,3 +165,38 @@ fn sixteen_long_domains_do_not_fit_and_say_so() {
     }
     assert_eq!(c.encode(&mut [0; BLOCK_MAX]), Err(EncodeError::TooLarge));
 }
+
+#[test]
+fn unused_fields_must_be_zero_so_each_block_has_one_encoding() {
+    let mut c = sample();
+    c.network = Network::Dhcp;
+    let block = encoded(&c);
+    // Byte 8 is the DHCP flag, 9..13 the (unused) static address.
+    let mut bad = block.clone();
+    bad[9] = 10;
+    assert_eq!(
+        ApplianceConfig::decode(&fix_digest(bad)).unwrap_err(),
+        BlockError::Field("network")
+    );
+    // The NTP server's address with port 0 ("none").
+    let mut c = sample();
+    c.ntp = None;
+    let block = encoded(&c);
+    let ntp_at = 8 + 1 + 4 + 1 + 4 + 6 + 2 + 6;
+    assert_eq!(&block[ntp_at..ntp_at + 6], &[0; 6]);
+    let mut bad = block.clone();
+    bad[ntp_at] = 10;
+    assert_eq!(
+        ApplianceConfig::decode(&fix_digest(bad)).unwrap_err(),
+        BlockError::Field("ntp")
+    );
+}
+
+/// Recomputes the digest of a block edited on purpose.
+fn fix_digest(mut block: Vec<u8>) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let n = block.len() - 32;
+    let d = Sha256::digest(&block[..n]);
+    block[n..].copy_from_slice(&d);
+    block
+}

@@ -154,7 +154,12 @@ impl Appliance {
     /// no loader at all), and moves the calling thread into its namespace.
     pub fn boot(test: &str, block: Option<&[u8]>) -> Appliance {
         let elf = image();
-        let ns = NetNs::create(test);
+        Appliance::boot_in(NetNs::create(test), block, elf)
+    }
+
+    /// [`Appliance::boot`] in a namespace made (and perhaps populated)
+    /// beforehand.
+    pub fn boot_in(ns: NetNs, block: Option<&[u8]>, elf: &Path) -> Appliance {
         ns.enter();
         let mut cmd = Command::new("nice");
         cmd.args([
@@ -396,6 +401,11 @@ impl Sntp {
 /// config text `toml` (level, [limits], [mtproto]) and the appliance's
 /// address, backend and NTP server in the namespace.
 pub fn block(toml: &str, secrets: &[&str], ntp: bool) -> Vec<u8> {
+    block_with(toml, secrets, ntp, false)
+}
+
+/// [`block`], with the address from DHCP if `dhcp`.
+pub fn block_with(toml: &str, secrets: &[&str], ntp: bool, dhcp: bool) -> Vec<u8> {
     let dir = std::env::temp_dir().join(format!(
         "mtgq-block-{}-{}",
         std::process::id(),
@@ -409,8 +419,8 @@ pub fn block(toml: &str, secrets: &[&str], ntp: bool) -> Vec<u8> {
         out: out.clone(),
         config: Some(config),
         level: None,
-        address: Some(format!("{APPLIANCE}/24")),
-        dhcp: false,
+        address: (!dhcp).then(|| format!("{APPLIANCE}/24")),
+        dhcp,
         gateway: None,
         backend: Some(SocketAddrV4::new(HOST, BACKEND_PORT)),
         port: Some(PORT),
@@ -467,4 +477,41 @@ pub fn obfs2_header(key: &[u8; 16], seed: u64) -> [u8; 64] {
     ctr::Ctr128BE::<aes::Aes256>::new(&k.into(), &iv.into()).apply_keystream(&mut enc);
     h[56..64].copy_from_slice(&enc[56..64]);
     h
+}
+
+/// A DHCPv4 server (dnsmasq) on the namespace's tap, leasing one address;
+/// killed on drop.
+pub struct Dhcp {
+    child: Child,
+    leases: PathBuf,
+}
+
+impl Dhcp {
+    pub fn start(ns: &NetNs, address: Ipv4Addr) -> Dhcp {
+        let leases = std::env::temp_dir().join(format!("{}.leases", ns.name));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "dnsmasq", "--keep-in-foreground"])
+            .args([
+                "--port=0",
+                "--interface=tap0",
+                "--bind-interfaces",
+                "--no-resolv",
+            ])
+            .args(["--no-hosts", "--log-dhcp", "--pid-file="])
+            .arg(format!("--dhcp-range={address},{address},255.255.255.0,1h"))
+            .arg(format!("--dhcp-leasefile={}", leases.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base)");
+        Dhcp { child, leases }
+    }
+}
+
+impl Drop for Dhcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.leases);
+    }
 }
