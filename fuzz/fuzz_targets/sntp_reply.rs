@@ -15,9 +15,17 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(&sent[40..48], nonce);
     if let Ok(unix) = parse_reply(reply, *nonce) {
         assert_eq!(&reply[24..32], nonce, "accepted a reply to another request");
-        assert_eq!(reply[0] & 7, 4, "accepted a packet that is not a server reply");
+        assert_eq!(
+            reply[0] & 7,
+            4,
+            "accepted a packet that is not a server reply"
+        );
         assert!(reply[0] >> 6 != 3, "accepted an unsynchronised server");
-        assert!((1..=15).contains(&reply[1]), "accepted stratum {}", reply[1]);
+        assert!(
+            (1..=15).contains(&reply[1]),
+            "accepted stratum {}",
+            reply[1]
+        );
         // NTP time fits 136 years from its era's start.
         assert!(unix < (1u64 << 33), "time beyond the NTP eras: {unix}");
     }

@@ -12,9 +12,9 @@
 #![no_std]
 #![no_main]
 
+use core::fmt::{self, Write as _};
 use defmt::{info, unwrap};
 use embassy_executor::Spawner;
-use core::fmt::{self, Write as _};
 
 use embassy_net::{IpEndpoint, StackResources};
 use embassy_stm32::eth::{Ethernet, GenericPhy, PacketQueue, Sma};
