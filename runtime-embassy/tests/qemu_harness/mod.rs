@@ -147,6 +147,8 @@ pub struct Appliance {
     pub started: Instant,
     /// Log lines already matched by [`Appliance::expect`].
     cursor: usize,
+    /// The block file QEMU loaded, removed on drop.
+    block_file: Option<PathBuf>,
     pub ns: NetNs,
 }
 
@@ -179,12 +181,13 @@ impl Appliance {
             "-nic",
             "tap,ifname=tap0,script=no,downscript=no,model=lan9118",
         ]);
-        if let Some(block) = block {
+        let block_file = block.map(|block| {
             let path = std::env::temp_dir().join(format!("{}.block", ns.name));
             std::fs::write(&path, block).unwrap();
             cmd.arg("-device")
                 .arg(format!("loader,file={},addr=0x3ff000", path.display()));
-        }
+            path
+        });
         let started = Instant::now();
         let mut qemu = cmd
             .stdin(Stdio::null())
@@ -207,6 +210,7 @@ impl Appliance {
             log,
             started,
             cursor: 0,
+            block_file,
             ns,
         }
     }
@@ -259,6 +263,9 @@ impl Drop for Appliance {
     fn drop(&mut self) {
         let _ = self.qemu.kill();
         let _ = self.qemu.wait();
+        if let Some(f) = &self.block_file {
+            let _ = std::fs::remove_file(f);
+        }
         if std::thread::panicking() {
             eprintln!("--- appliance log ---");
             for l in self.log.lines() {
