@@ -20,6 +20,11 @@ command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
+# runtime-embassy/tests/qemu.rs boots the mps2-an500 appliance image (built
+# for thumbv7em-none-eabihf by the test itself) in QEMU, on a tap device...
+command -v qemu-system-arm >/dev/null 2>&1 || need_apt+=(qemu-system-arm)
+# ...and its DHCP option against dnsmasq in the test's namespace.
+command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
 if ((${#need_apt[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
@@ -35,5 +40,8 @@ if [ ! -x "$crowdsec_dir/root/usr/bin/crowdsec" ]; then
         { apt-get update -qq && apt-get download crowdsec; }; } &&
         dpkg -x crowdsec_*.deb root)
 fi
+
+rustup target list --installed 2>/dev/null | grep -qx thumbv7em-none-eabihf ||
+    rustup target add thumbv7em-none-eabihf
 
 cargo test --workspace

@@ -121,3 +121,28 @@ put = target("proxy_header")
 put("v4-v4", bytes([0, 127, 0, 0, 1, 0x1f, 0x90, 0, 192, 0, 2, 1, 1, 187]))
 put("v6-mapped", bytes([1]) + bytes(range(16)) + bytes([0, 80, 2, 10, 0, 0, 1, 0, 25]))
 put("zeros", bytes(40))
+
+# sntp_reply: 8 bytes of nonce, then the reply (a good one, a kiss-o'-death).
+put = target("sntp_reply")
+nonce = bytes(range(1, 9))
+reply = bytearray(48)
+reply[0] = (4 << 3) | 4
+reply[1] = 2
+reply[24:32] = nonce
+for at in (16, 32, 40):
+    reply[at:at + 8] = struct.pack(">II", 1_750_000_000 + 2_208_988_800, 0x80000000)
+put("reply", nonce + bytes(reply))
+kiss = bytearray(reply)
+kiss[1] = 0
+kiss[12:16] = b"RATE"
+put("kiss", nonce + bytes(kiss))
+
+# config_block's seeds are written by the host command itself (this script
+# leaves them alone), so they follow the format with no second encoder:
+#   mtguard appliance-config --config CONFIG --out fuzz/corpus/config_block/seed-static \
+#       --address 192.168.1.20/24 --gateway 192.168.1.1 --backend 192.168.1.21:443 \
+#       --ntp 192.168.1.1 --mac 02:00:6d:74:67:01
+#   mtguard appliance-config --out fuzz/corpus/config_block/seed-dhcp --dhcp \
+#       --backend 10.0.0.5:8443 --mac 02:00:6d:74:67:02
+# (CONFIG: level 2, max_connections_per_ip 4, handshake_timeout "off", one
+# secret of each kind.)

@@ -32,6 +32,9 @@
 // On the library only: the tests' shared helpers are `pub` by need.
 #![warn(unreachable_pub)]
 
+pub mod app;
+pub mod sntp;
+
 use core::cell::RefCell;
 use core::net::IpAddr;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -59,6 +62,10 @@ pub use mtguard_core as core_engine;
 /// not stall the guard.
 pub const EVENT_QUEUE: usize = 32;
 
+/// The first bytes of a TLS handshake record, as the core's inspector
+/// recognises a fake-TLS client.
+const TLS_START: [u8; 3] = [0x16, 0x03, 0x01];
+
 /// How long closing a socket may wait for the peer to acknowledge what was
 /// still in flight (or for the reset to leave) before the slot is reused.
 const LINGER: Duration = Duration::from_secs(2);
@@ -85,6 +92,14 @@ pub struct Config {
     /// (also bounds the wait for the first bytes when the policy has no
     /// handshake deadline).
     pub idle_timeout: Duration,
+    /// How far fake-TLS timestamps may stray from the wall clock (also how
+    /// long accepted handshakes are remembered against replays).
+    pub window: TimeWindow,
+    /// How long a wall-clock time given to [`Guard::set_unix_time`] is
+    /// trusted. Past it, with no newer time, fake-TLS handshakes are
+    /// refused as [`End::NoClock`]: a clock that drifts unchecked would
+    /// slowly accept hellos recorded long ago, or refuse everyone.
+    pub clock_max_age: Duration,
 }
 
 /// Why a connection ended.
@@ -106,6 +121,10 @@ pub enum End {
     Idle,
     /// A peer reset the connection.
     Reset,
+    /// A fake-TLS handshake arrived while the guard has no fresh wall
+    /// clock (never set, or older than [`Config::clock_max_age`]); reset
+    /// without judging it, and not held against the client.
+    NoClock,
 }
 
 /// What the guard reports, besides the engine's own events.
@@ -191,8 +210,29 @@ struct Inner<'a, S: Storage, const SLOTS: usize> {
     replay: ReplayCache<&'a mut [Entry]>,
     /// The connection each slot serves, so a handshake timeout reaches it.
     serving: [Option<ConnectionId>; SLOTS],
-    /// Unix seconds at embassy-time's zero, once the wall clock is known.
-    unix_at_zero: Option<u64>,
+    /// The wall clock, once known.
+    clock: Option<WallClock>,
+}
+
+/// What the last clock update said.
+#[derive(Clone, Copy)]
+struct WallClock {
+    /// Unix seconds at embassy-time's zero.
+    unix_at_zero: u64,
+    /// When it was set, to tell a stale clock.
+    set_at: EmbassyInstant,
+}
+
+impl<S: Storage, const SLOTS: usize> Inner<'_, S, SLOTS> {
+    /// Unix seconds now, if the clock is set and not older than `max_age`.
+    fn unix_now(&self, max_age: Duration) -> Option<u64> {
+        let clock = self.clock?;
+        let now = EmbassyInstant::now();
+        if now.saturating_duration_since(clock.set_at) > max_age {
+            return None;
+        }
+        Some(clock.unix_at_zero.saturating_add(now.as_secs()))
+    }
 }
 
 /// The guard: the engine, the MTProto state and the event channel, shared
@@ -242,7 +282,7 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
         {
             *b ^= j ^ 0x5c;
         }
-        let replay = ReplayCache::new(replay, replay_key, TimeWindow::default())
+        let replay = ReplayCache::new(replay, replay_key, config.window)
             .map_err(|_| NewError::ReplayCache)?;
         let inspect = !secrets.as_slice().is_empty();
         Ok(Guard {
@@ -251,7 +291,7 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
                 secrets,
                 replay,
                 serving: [None; SLOTS],
-                unix_at_zero: None,
+                clock: None,
             })),
             config,
             inspect,
@@ -263,12 +303,22 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
     }
 
     /// Tells the guard the wall-clock time (Unix seconds), from SNTP or an
-    /// RTC. Fake-TLS handshakes carry a timestamp, so until this is called
-    /// they are judged against embassy-time's uptime and refused.
+    /// RTC. Fake-TLS handshakes carry a timestamp, so until this is called,
+    /// and again once the last call is older than
+    /// [`Config::clock_max_age`], they are refused as [`End::NoClock`].
     pub fn set_unix_time(&self, now_unix: u64) {
-        let up = EmbassyInstant::now().as_secs();
-        self.inner
-            .lock(|c| c.borrow_mut().unix_at_zero = Some(now_unix.saturating_sub(up)));
+        let now = EmbassyInstant::now();
+        let clock = WallClock {
+            unix_at_zero: now_unix.saturating_sub(now.as_secs()),
+            set_at: now,
+        };
+        self.inner.lock(|c| c.borrow_mut().clock = Some(clock));
+    }
+
+    /// The wall-clock time (Unix seconds), if it is set and fresh.
+    pub fn unix_time(&self) -> Option<u64> {
+        let max_age = self.config.clock_max_age;
+        self.inner.lock(|c| c.borrow().unix_now(max_age))
     }
 
     /// Runs `f` on the engine (for getters and operator commands such as
@@ -478,6 +528,9 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
     ) -> (End, u64, u64) {
         // Phase 2: the first bytes, until they are judged.
         let mut len = 0;
+        // Bytes the inspector has seen (it is not fed while the no-clock
+        // check waits for the first three).
+        let mut fed = 0;
         let first = loop {
             if len == up.len() {
                 // The inspector refuses an over-long record from its
@@ -503,26 +556,41 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
             if !self.inspect {
                 break len;
             }
+            let max_age = self.config.clock_max_age;
             let verdict = self.with(|inner| {
-                let now_unix = inner
-                    .unix_at_zero
-                    .unwrap_or(0)
-                    .saturating_add(EmbassyInstant::now().as_secs());
-                inspector.feed(
-                    &up[len - n..len],
-                    now_unix,
+                let now_unix = inner.unix_now(max_age);
+                if now_unix.is_none() && inner.secrets.has_fake_tls() {
+                    // The inspector's own test for a fake-TLS client: a
+                    // TLS handshake record. Without a clock its timestamp
+                    // cannot be judged, and a refusal as "out of window"
+                    // would count against a client that did nothing wrong.
+                    let k = len.min(TLS_START.len());
+                    if up[..k] == TLS_START[..k] {
+                        return if k < TLS_START.len() {
+                            None
+                        } else {
+                            Some(Err(()))
+                        };
+                    }
+                }
+                let verdict = inspector.feed(
+                    &up[fed..len],
+                    now_unix.unwrap_or(0),
                     &inner.secrets,
                     &inner.secrets,
                     &mut inner.replay,
-                )
+                );
+                fed = len;
+                Some(Ok(verdict))
             });
             match verdict {
-                Verdict::NeedMore => continue,
-                Verdict::Valid(_) => break len,
-                Verdict::Invalid(reason) => {
+                None | Some(Ok(Verdict::NeedMore)) => continue,
+                Some(Ok(Verdict::Valid(_))) => break len,
+                Some(Ok(Verdict::Invalid(reason))) => {
                     self.handshake(id, reason.outcome());
                     return (End::Probe(reason), 0, 0);
                 }
+                Some(Err(())) => return (End::NoClock, 0, 0),
             }
         };
         self.handshake(id, HandshakeOutcome::Valid);

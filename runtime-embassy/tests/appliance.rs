@@ -314,6 +314,8 @@ fn unusable_settings_are_refused_at_construction() {
         backend: embassy_net::IpEndpoint::new(BACKEND.into(), 443),
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
+        window: mtguard_core::mtproto::TimeWindow::default(),
+        clock_max_age: Duration::from_secs(3600),
     };
     let build = |config: Config, policy: Policy, replay: &mut [Entry]| {
         Guard::<Small, 2>::new(

@@ -4,107 +4,16 @@
 //! the same policy, and the two must refuse, admit and block alike.
 
 mod common;
-
-use std::net::IpAddr;
+mod script;
 
 use common::*;
-use mtguard::engine::{Capacity, EventSink, Guard as ServerGuard};
-use mtguard_core::mtproto::{Secret, SecretSet};
-use mtguard_core::{Event, HandshakeOutcome, RejectReason};
+use mtguard_core::RejectReason;
 use mtguard_embassy::{End, GuardEvent};
-
-#[derive(Clone, Copy, Debug)]
-enum Step {
-    /// Connects with a valid handshake and keeps the connection.
-    Hold(usize),
-    /// Connects and sends bytes that are no handshake.
-    Probe(usize),
-    /// Closes every held connection.
-    Release,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Seen {
-    Admitted,
-    Refused(RejectReason),
-    ProbeClosed,
-    Released,
-}
-
-const SCRIPT: [Step; 12] = [
-    Step::Hold(0),
-    Step::Hold(0),
-    Step::Hold(0),  // over the per-client limit
-    Step::Probe(1), // one failed handshake
-    Step::Hold(2),
-    Step::Hold(0),  // second refusal: blocked
-    Step::Probe(1), // second failure: a scanner, blocked
-    Step::Probe(1), // refused before a byte is read
-    Step::Release,
-    Step::Hold(0), // still blocked with no connection left
-    Step::Hold(3),
-    Step::Hold(2),
-];
-
-fn secrets() -> SecretSet {
-    let mut set = SecretSet::new();
-    for s in [
-        "0123456789abcdef0123456789abcdef",
-        "dd0123456789abcdef0123456789abcdef",
-    ] {
-        set.push(Secret::parse(s).unwrap()).unwrap();
-    }
-    set
-}
-
-struct Quiet;
-impl EventSink for Quiet {
-    fn event(&self, _: &Event) {}
-}
-
-/// The script against the server runtime's guard.
-fn on_server() -> Vec<Seen> {
-    let guard = ServerGuard::new(
-        small_policy(),
-        Capacity {
-            clients: 64,
-            connections: 16,
-            prefixes: 8,
-        },
-        Box::new(Quiet),
-    )
-    .unwrap();
-    let mut held = Vec::new();
-    SCRIPT
-        .iter()
-        .map(|step| match *step {
-            Step::Hold(c) | Step::Probe(c) => match guard.connect(IpAddr::V4(client_ip(c))) {
-                Err(reason) => Seen::Refused(reason),
-                Ok(admitted) => {
-                    if matches!(step, Step::Hold(_)) {
-                        guard.handshake(admitted.id, HandshakeOutcome::Valid);
-                        held.push(admitted.id);
-                        Seen::Admitted
-                    } else {
-                        guard.handshake(admitted.id, HandshakeOutcome::Invalid);
-                        guard.close(admitted.id);
-                        Seen::ProbeClosed
-                    }
-                }
-            },
-            Step::Release => {
-                for id in held.drain(..) {
-                    guard.close(id);
-                }
-                Seen::Released
-            }
-        })
-        .collect()
-}
+use script::*;
 
 #[test]
 fn the_appliance_decides_as_the_server_runtime() {
-    let want = on_server();
+    let want = on_server(small_policy(), client_ip);
     // The script does what it is meant to: limits, both kinds of block.
     assert_eq!(want[2], Seen::Refused(RejectReason::TooManyConnections));
     assert_eq!(want[7], Seen::Refused(RejectReason::Blocked));

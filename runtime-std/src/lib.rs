@@ -4,6 +4,7 @@
 //! the integration tests in `tests/` can drive the same code.
 
 pub mod admin;
+pub mod appliance;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -2,37 +2,34 @@
 //! MTProto proxy, admits clients through the core's engine, inspects their
 //! handshakes and forwards the good ones.
 //!
-//! Network settings, the secret and the backend are constants below: an
-//! appliance image is built for its place in the network. Flash and watch
-//! the defmt log with `cargo run --release` (probe-rs).
+//! It runs the same application as the QEMU image (`mtguard_embassy::app`):
+//! address or DHCP, backend, secrets, policy and NTP server come from the
+//! config block at 0x081E_0000 (the last 128 KiB sector), written by
+//! `mtguard appliance-config` and flashed once per appliance; one image
+//! serves every appliance. Without a valid block it logs why and serves
+//! nobody. Flash and watch the defmt log with `cargo run --release`
+//! (probe-rs).
 #![no_std]
 #![no_main]
 
+use core::fmt::{self, Write as _};
 use defmt::{info, unwrap};
 use embassy_executor::Spawner;
-use embassy_net::{Ipv4Address, Ipv4Cidr, StackResources, StaticConfigV4};
+
+use embassy_net::{IpEndpoint, StackResources};
 use embassy_stm32::eth::{Ethernet, GenericPhy, PacketQueue, Sma};
 use embassy_stm32::peripherals::{ETH, ETH_SMA};
 use embassy_stm32::rng::Rng;
 use embassy_stm32::{bind_interrupts, eth, peripherals, rng, Config as HalConfig};
-use embassy_time::Duration;
 use mtguard_core::mtproto::replay::{Entry, APPLIANCE_CAPACITY};
-use mtguard_core::mtproto::{Secret, SecretSet};
 use mtguard_core::storage::{AppliancePreset, Borrowed};
-use mtguard_core::{Policy, Seed, Tables};
-use mtguard_embassy::{Config, Guard, Slot};
+use mtguard_core::{Seed, Tables};
+use mtguard_embassy::app::block::{ApplianceConfig, BLOCK_MAX};
+use mtguard_embassy::app::{self, Summary};
+use mtguard_embassy::sntp::{self, SntpConfig};
+use mtguard_embassy::{Guard, Slot};
 use static_cell::{ConstStaticCell, StaticCell};
 use {defmt_rtt as _, panic_probe as _};
-
-/// The appliance's address and the proxy it guards.
-const ADDRESS: Ipv4Address = Ipv4Address::new(192, 168, 1, 20);
-const PREFIX: u8 = 24;
-const GATEWAY: Ipv4Address = Ipv4Address::new(192, 168, 1, 1);
-const BACKEND: Ipv4Address = Ipv4Address::new(192, 168, 1, 21);
-const PORT: u16 = 443;
-/// The proxy's secret (empty: no inspection, every client's first bytes
-/// are forwarded).
-const SECRET: &str = "dd0123456789abcdef0123456789abcdef";
 
 /// Concurrent connections the appliance serves; one more client is
 /// refused by the stack (a reset) until a slot frees up.
@@ -56,7 +53,7 @@ static TABLES: StaticCell<Tables<AppliancePreset>> = StaticCell::new();
 static REPLAY: StaticCell<[Entry; APPLIANCE_CAPACITY]> = StaticCell::new();
 static SLOT_BUFFERS: StaticCell<[AppSlot; SLOTS]> = StaticCell::new();
 static PACKETS: ConstStaticCell<PacketQueue<4, 4>> = ConstStaticCell::new(PacketQueue::new());
-// Two sockets per slot, and room for a DHCP or DNS socket later.
+// Two sockets per slot, the SNTP socket and the DHCP socket.
 static RESOURCES: ConstStaticCell<StackResources<{ 2 * SLOTS + 2 }>> =
     ConstStaticCell::new(StackResources::new());
 static GUARD: StaticCell<AppGuard> = StaticCell::new();
@@ -80,10 +77,50 @@ async fn log_task(guard: &'static AppGuard) -> ! {
     guard.log_events().await
 }
 
+#[embassy_executor::task]
+async fn sntp_task(
+    stack: embassy_net::Stack<'static>,
+    config: SntpConfig,
+    guard: &'static AppGuard,
+    nonce: u64,
+) -> ! {
+    sntp::run(stack, config, guard, nonce, log_line).await
+}
+
+/// The shared application's lines, through defmt.
+fn log_line(args: fmt::Arguments<'_>) {
+    let mut line = heapless::String::<160>::new();
+    // A longer line is cut, not lost.
+    let _ = line.write_fmt(args);
+    info!("{=str}", line.as_str());
+}
+
+/// The config block's sector, at `__config_block` (memory.x).
+fn config_block() -> &'static [u8; BLOCK_MAX] {
+    extern "C" {
+        static __config_block: [u8; BLOCK_MAX];
+    }
+    // SAFETY: memory.x reserves the last flash sector at __config_block,
+    // outside the image; flash is memory-mapped and only read here (reads
+    // as FF when erased), so a shared reference for the whole run aliases
+    // no write.
+    unsafe { &*core::ptr::addr_of!(__config_block) }
+}
+
 #[embassy_executor::main]
 async fn main(spawner: Spawner) {
     let p = embassy_stm32::init(hal_config());
-    info!("mtguard appliance starting");
+    info!("mtguard: boot, NUCLEO-H743ZI");
+    let config = match ApplianceConfig::decode(config_block()) {
+        Ok(config) => config,
+        Err(e) => {
+            // Serving with a half-read or default config would put an
+            // unintended guard on the wire; none at all is noticed.
+            defmt::error!("config: refused: {}; serving nobody", e);
+            return;
+        }
+    };
+    log_line(format_args!("config: {}", Summary(&config)));
 
     // Hash keys and jitter must be unpredictable: the hardware RNG.
     let mut rng = Rng::new(p.RNG, Irqs);
@@ -94,9 +131,10 @@ async fn main(spawner: Spawner) {
         jitter: rng.next_u64(),
     };
     let stack_seed = rng.next_u64();
+    let nonce_seed = rng.next_u64();
 
     // The NUCLEO-H743ZI wiring of its LAN8742A PHY (RMII).
-    let mac_addr = [0x02, 0x00, 0x6d, 0x74, 0x67, 0x01];
+    let mac_addr = config.mac;
     let device = Ethernet::new(
         PACKETS.take(),
         p.ETH,
@@ -113,18 +151,14 @@ async fn main(spawner: Spawner) {
         p.PA2,
         p.PC1,
     );
-    let net_config = embassy_net::Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(ADDRESS, PREFIX),
-        gateway: Some(GATEWAY),
-        dns_servers: heapless::Vec::new(),
-    });
-    let (stack, runner) = embassy_net::new(device, net_config, RESOURCES.take(), stack_seed);
+    let (stack, runner) = embassy_net::new(
+        device,
+        app::net_config(&config),
+        RESOURCES.take(),
+        stack_seed,
+    );
     spawner.spawn(unwrap!(net_task(runner)));
 
-    let mut secrets = SecretSet::new();
-    if !SECRET.is_empty() {
-        unwrap!(secrets.push(unwrap!(Secret::parse(SECRET).ok())).ok());
-    }
     let tables = TABLES.init_with(AppliancePreset::tables);
     let guard = GUARD.init(unwrap!(Guard::new(
         Tables {
@@ -134,21 +168,25 @@ async fn main(spawner: Spawner) {
             allow: &mut tables.allow[..],
             deny: &mut tables.deny[..],
         },
-        Policy::default(),
+        config.policy,
         seed,
-        secrets,
+        config.secrets.clone(),
         &mut REPLAY.init_with(|| [Entry::EMPTY; APPLIANCE_CAPACITY])[..],
-        Config {
-            port: PORT,
-            backend: (BACKEND, PORT).into(),
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(300),
-        },
+        app::guard_config(&config),
     )));
     spawner.spawn(unwrap!(log_task(guard)));
+    if let Some(ntp) = config.ntp {
+        let server = IpEndpoint::new((*ntp.ip()).into(), ntp.port());
+        spawner.spawn(unwrap!(sntp_task(
+            stack,
+            SntpConfig::new(server),
+            guard,
+            nonce_seed
+        )));
+    }
 
-    stack.wait_config_up().await;
-    info!("listening on port {}, forwarding to {}", PORT, BACKEND);
+    app::announce(stack, log_line).await;
+    info!("guard: listening on port {}", config.listen_port);
     let slots = SLOT_BUFFERS.init_with(|| [const { AppSlot::new() }; SLOTS]);
     spawner.spawn(unwrap!(guard_task(guard, stack, slots)));
 }

@@ -69,6 +69,10 @@ pub struct Env<'a, const SLOTS: usize> {
     /// Events received but not yet asked for: the order between the
     /// engine's events and the guard's own is not part of the contract.
     pub pending: RefCell<Vec<GuardEvent>>,
+    /// The appliance's own stack (for its SNTP client).
+    pub appliance: Stack<'a>,
+    /// The backend's stack (for a server beside the proxy).
+    pub backend_stack: Stack<'a>,
 }
 
 /// Forwards IP packets between the channel drivers by destination address,
@@ -165,6 +169,16 @@ pub fn run<const SLOTS: usize>(
     secrets: SecretSet,
     body: impl AsyncFnOnce(&Env<'_, SLOTS>),
 ) {
+    run_with(policy, secrets, |_| {}, body)
+}
+
+/// [`run`], with the guard's settings changed by `edit` first.
+pub fn run_with<const SLOTS: usize>(
+    policy: Policy,
+    secrets: SecretSet,
+    edit: impl FnOnce(&mut Config),
+    body: impl AsyncFnOnce(&Env<'_, SLOTS>),
+) {
     let mut states: Vec<ch::State<MTU, 16, 16>> = (0..STACKS).map(|_| ch::State::new()).collect();
     let mut resources: Vec<StackResources<16>> =
         (0..STACKS).map(|_| StackResources::new()).collect();
@@ -203,6 +217,15 @@ pub fn run<const SLOTS: usize>(
     }
 
     let mut replay = vec![Entry::EMPTY; 256];
+    let mut config = Config {
+        port: PORT,
+        backend: IpEndpoint::new(BACKEND.into(), PORT),
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+        window: mtguard_core::mtproto::TimeWindow::default(),
+        clock_max_age: Duration::from_secs(3600),
+    };
+    edit(&mut config);
     let guard: TestGuard<'_, SLOTS> = Guard::new(
         Small::tables(),
         policy,
@@ -212,12 +235,7 @@ pub fn run<const SLOTS: usize>(
         },
         secrets,
         &mut replay,
-        Config {
-            port: PORT,
-            backend: IpEndpoint::new(BACKEND.into(), PORT),
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-        },
+        config,
     )
     .expect("a valid guard");
     let mut slots: Box<[TestSlot; SLOTS]> = Box::new(std::array::from_fn(|_| TestSlot::new()));
@@ -228,6 +246,8 @@ pub fn run<const SLOTS: usize>(
         guard: &guard,
         backend: &log,
         pending: RefCell::new(Vec::new()),
+        appliance: stacks[0],
+        backend_stack: stacks[1],
     };
     let appliance = stacks[0];
     let backend = stacks[1];

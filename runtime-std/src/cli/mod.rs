@@ -50,6 +50,9 @@ enum Command {
     /// Telegram proxy config or secret, and replace OUT atomically. On any
     /// failure OUT is left untouched and the exit status is non-zero.
     Fetch(fetch::FetchArgs),
+    /// Write the config block an appliance image reads at boot (address or
+    /// DHCP, backend, secrets, policy, NTP server).
+    ApplianceConfig(mtguard::appliance::ApplianceConfigArgs),
     /// A self-contained run on loopback: the guard, an echo backend,
     /// legitimate clients, a flood and a scanner; ends with a report.
     Demo(demo::DemoArgs),
@@ -67,6 +70,7 @@ impl Cli {
             Command::Hsm(args) => hsm::hsm(args),
             Command::Pin(args) => pin::print_pins(args),
             Command::Fetch(args) => fetch::fetch(args, format),
+            Command::ApplianceConfig(args) => mtguard::appliance::run(args),
             Command::Demo(args) => demo::demo(args),
         };
         match result {
