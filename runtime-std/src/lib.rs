@@ -2,6 +2,10 @@
 //!
 //! The binary (`src/main.rs`) is a thin command line over these modules, so
 //! the integration tests in `tests/` can drive the same code.
+//!
+//! No `unsafe` here: the one raw socket option the load tools need
+//! (`IP_BIND_ADDRESS_NO_PORT`) lives in the tests crate.
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod appliance;

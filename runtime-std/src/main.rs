@@ -1,5 +1,6 @@
 //! The `mtguard` command line: parse the arguments, run the command (see
 //! `cli/`, one module per command).
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
