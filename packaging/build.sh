@@ -148,8 +148,8 @@ if ((image)); then
     if ((stale)); then
         step "OCI image (buildah, vfs storage): ${arches[*]}"
         rm -rf "$dist/image"
-        mkdir -p "$dist/image/state"
-        chmod 700 "$dist/image/state"
+        mkdir -p "$dist/image/empty" "$dist/image/state/mtguard"
+        chmod 700 "$dist/image/state/mtguard"
         cp "$dist/mtguard-$version-x86_64-unknown-linux-musl/mtguard" "$dist/image/mtguard-amd64"
         ((aarch64)) && cp "$dist/mtguard-$version-aarch64-unknown-linux-musl/mtguard" "$dist/image/mtguard-arm64"
         # Storage of its own, thrown away after: nothing lands in (or
