@@ -21,6 +21,18 @@ for arg in "$@"; do
     esac
 done
 
+# Run from a cargo test (tests/tests/packaging.rs), the environment carries
+# the test crate's CARGO_PKG_NAME, CARGO_MANIFEST_DIR and the like. ring's
+# build script asks to rerun when those change, and cargo compares them as
+# its own environment has them, so every call from a test would rebuild
+# everything from ring up. Cargo sets them itself for each crate it builds.
+while read -r var; do
+    case "$var" in
+    CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_CRATE_NAME | CARGO_BIN_* | CARGO_PRIMARY_PACKAGE | OUT_DIR)
+        unset "$var" ;;
+    esac
+done < <(compgen -e)
+
 # Fixed, not configurable: the cargo-deb metadata names the packaged config
 # by its path here.
 dist="$root/target/packaging"
@@ -46,7 +58,7 @@ if ((${#missing[@]})); then
 fi
 
 mkdir -p "$dist"
-step_start=0
+step_name=
 step() {
     step_end
     echo "== $1"
@@ -54,8 +66,8 @@ step() {
     step_start=$SECONDS
 }
 step_end() {
-    if ((step_start)); then echo "   ($step_name: $((SECONDS - step_start)) s)"; fi
-    step_start=0
+    if [ -n "$step_name" ]; then echo "   ($step_name: $((SECONDS - step_start)) s)"; fi
+    step_name=
 }
 
 # Fails unless `file` calls the binary static (static-pie counts: it loads
@@ -83,7 +95,10 @@ stage_binary() {
     "$strip" --strip-debug -o "$dist/$name/mtguard" "$built"
     cp README.md LICENSE-MIT LICENSE-APACHE runtime-std/dist/mtguard.example.toml \
         runtime-std/dist/mtguard.service runtime-std/dist/mtguard.nft "$dist/$name/"
-    tar -C "$dist" --owner=0 --group=0 --sort=name -czf "$dist/$name.tar.gz" "$name"
+    # Fixed owners, order and times, so the same binary gives the same
+    # tarball byte for byte.
+    tar -C "$dist" --owner=0 --group=0 --numeric-owner --sort=name \
+        --mtime="@${SOURCE_DATE_EPOCH:-0}" -cf - "$name" | gzip -9n >"$dist/$name.tar.gz"
 }
 
 step "static binary: x86_64-unknown-linux-musl"
