@@ -81,6 +81,12 @@ check_static() {
     esac
 }
 
+# Moves FILE.new over FILE unless they are the same bytes, so an unchanged
+# file keeps its time and what is built from it is not rebuilt.
+update() {
+    if cmp -s "$1.new" "$1"; then rm -f "$1.new"; else mv -f "$1.new" "$1"; fi
+}
+
 # Stages one target's binary, stripped, as mtguard-VERSION-TRIPLE/ plus a
 # tarball holding it with the licenses, the example config and the unit.
 stage_binary() {
@@ -88,11 +94,11 @@ stage_binary() {
     local built="$target_dir/$triple/release/mtguard"
     local name="mtguard-$version-$triple"
     check_static "$built"
-    rm -rf "${dist:?}/$name"
     mkdir -p "$dist/$name"
     # Debug info out (54 MB to 11 MB), symbols kept: a panic's backtrace
     # still names its functions (fully stripped it would be 9 MB).
-    "$strip" --strip-debug -o "$dist/$name/mtguard" "$built"
+    "$strip" --strip-debug -o "$dist/$name/mtguard.new" "$built"
+    update "$dist/$name/mtguard"
     cp README.md LICENSE-MIT LICENSE-APACHE runtime-std/dist/mtguard.example.toml \
         runtime-std/dist/mtguard.service runtime-std/dist/mtguard.nft "$dist/$name/"
     # Fixed owners, order and times, so the same binary gives the same
@@ -137,10 +143,21 @@ grep -qxF "$state_line" "$example" ||
     echo "#"
     sed "s|^$state_line\$|dir = \"/var/lib/mtguard\"|" "$example"
 } >"$dist/deb/mtguard.toml.new"
-mv "$dist/deb/mtguard.toml.new" "$dist/deb/mtguard.toml"
-cp "$dist/mtguard-$version-x86_64-unknown-linux-musl/mtguard" "$dist/deb/mtguard"
-rm -f "$dist"/mtguard_*.deb
-cargo deb -p mtguard --target x86_64-unknown-linux-musl --no-build --output "$dist/"
+update "$dist/deb/mtguard.toml"
+cp "$dist/mtguard-$version-x86_64-unknown-linux-musl/mtguard" "$dist/deb/mtguard.new"
+update "$dist/deb/mtguard"
+# cargo deb spends its time compressing (25 s here), so it runs only when
+# something the package is made of is newer than the package.
+deb="$dist/mtguard_$version-1_amd64.deb"
+if [ ! -e "$deb" ] || [ -n "$(find "$dist/deb/mtguard" "$dist/deb/mtguard.toml" Cargo.toml runtime-std/Cargo.toml \
+    runtime-std/dist README.md docs LICENSE-MIT LICENSE-APACHE -newer "$deb" -print -quit)" ]; then
+    rm -f "$dist"/mtguard_*.deb
+    # Its two warnings about paths outside target/release/ are expected:
+    # those assets are build.sh's, not cargo's, to make.
+    cargo deb -p mtguard --target x86_64-unknown-linux-musl --no-build --output "$dist/"
+else
+    echo "   up to date: $deb"
+fi
 
 if ((image)); then
     # Rebuilt only when its inputs are newer than the archives: buildah's
