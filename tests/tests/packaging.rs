@@ -360,11 +360,22 @@ fn debian_package_installs_checks_runs_and_removes_keeping_config_and_state() {
     // for the service's user; a packaged one would be dpkg's to delete.
     assert!(!contents.contains("./var/lib/mtguard"), "{contents}");
 
+    // The test installs, runs and purges the real package, so it must not
+    // meet a real installation: the README's setup by hand uses these same
+    // paths, and purging would delete its config and state.
     if let Some(status) = package_status() {
-        println!("mtguard was left installed ({status}); purging it first");
-        run(&["dpkg", "--purge", "mtguard"]);
+        panic!(
+            "an mtguard package is installed here ({status}); this test would purge it. \
+             If a killed test run left it, remove it with `dpkg --purge mtguard`"
+        );
     }
-    let _ = fs::remove_dir_all("/var/lib/mtguard");
+    for path in ["/etc/mtguard", "/var/lib/mtguard"] {
+        assert!(
+            fs::symlink_metadata(path).is_err(),
+            "{path} exists: mtguard seems installed by hand here, and this test would \
+             install over it and delete it; move it away or run the test on another machine"
+        );
+    }
     let installed = Installed {
         netns: format!("mtguard-pkg-{}", std::process::id()),
     };
