@@ -3,8 +3,8 @@
 # x86_64 and aarch64 (musl), the Debian package and the OCI image. One
 # release build per target serves them all (the .deb and the image carry
 # the very x86_64 binary the tests run). Run again, it rebuilds only what
-# changed. tests/tests/packaging.rs checks what it produces; test.sh runs
-# it first. Tools it needs: see `need` below (test.sh installs them).
+# changed. packaging/tests/packaging.rs checks what it produces; packaging/check.sh runs
+# it first. Tools it needs: see `need` below (packaging/check.sh installs them).
 #
 #   packaging/build.sh [--no-aarch64] [--no-image]
 set -euo pipefail
@@ -21,7 +21,7 @@ for arg in "$@"; do
     esac
 done
 
-# Run from a cargo test (tests/tests/packaging.rs), the environment carries
+# Run from a cargo test (packaging/tests/packaging.rs), the environment carries
 # the test crate's CARGO_PKG_NAME, CARGO_MANIFEST_DIR and the like. ring's
 # build script asks to rerun when those change, and cargo compares them as
 # its own environment has them, so every call from a test would rebuild
@@ -53,7 +53,7 @@ for t in x86_64-unknown-linux-musl $( ((aarch64)) && echo aarch64-unknown-linux-
 done
 if ((${#missing[@]})); then
     printf 'packaging/build.sh: missing %s\n' "${missing[@]}" >&2
-    echo "./test.sh installs all of them." >&2
+    echo "packaging/check.sh installs all of them." >&2
     exit 1
 fi
 

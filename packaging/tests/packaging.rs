@@ -6,7 +6,7 @@
 //! rebuilds only what changed, so a plain `cargo test` never checks stale
 //! artifacts, and fails (rather than skips) when a tool is missing.
 //!
-//! Needs root (dpkg, a network namespace, podman) and what `./test.sh`
+//! Needs root (dpkg, a network namespace, podman) and what `packaging/check.sh`
 //! installs: musl-tools, gcc-aarch64-linux-gnu, qemu-user-static, buildah,
 //! podman, runc, cargo-deb and the two musl targets.
 
@@ -49,7 +49,7 @@ fn artifacts() -> PathBuf {
             Ok(())
         } else {
             Err(format!(
-                "packaging/build.sh failed ({}); run ./test.sh once to install its tools:\n{}{}",
+                "packaging/build.sh failed ({}); run packaging/check.sh once to install its tools:\n{}{}",
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
