@@ -115,12 +115,12 @@ fn fetch_options(
     timeout: u64,
 ) -> anyhow::Result<mtguard::pinning::fetch::FetchOptions> {
     use mtguard::config::{ContentKind, OnExpired, Trust};
-    let mut all = Vec::new();
+    let mut given = Vec::new();
     for text in &pins {
         let pin = mtguard_core::pins::parse_pin_line(text)
             .map_err(|e| anyhow::anyhow!("--pin {text:?}: {e}"))?
             .ok_or_else(|| anyhow::anyhow!("--pin {text:?}: empty"))?;
-        all.push(pin);
+        given.push(pin);
     }
     if let Some(path) = pins_file {
         // The seal is checked with the config's token, opened as `run`
@@ -131,21 +131,31 @@ fn fetch_options(
             )?,
             None => mtguard::server::bootstrap::Keyring::default(),
         };
-        all.extend(mtguard::server::bootstrap::load_pins_file(
+        given.extend(mtguard::server::bootstrap::load_pins_file(
             path,
             keyring.sealer.as_deref(),
         )?);
     }
     anyhow::ensure!(
-        !all.is_empty(),
+        !given.is_empty(),
         "give at least one --pin (or --pins-file); `mtguard pin CERT.pem` prints a certificate's pins"
     );
-    anyhow::ensure!(
-        all.len() <= mtguard::pinning::verifier::MAX_PINS,
-        "{} pins given: at most {} per host",
-        all.len(),
-        mtguard::pinning::verifier::MAX_PINS
-    );
+    // The set the fetch will verify with decides what is too many or twice.
+    let mut set: mtguard_core::pins::PinSet = mtguard_core::pins::PinSet::new();
+    let total = given.len();
+    for pin in given {
+        let shown = pin.to_string();
+        match set.add(pin) {
+            Ok(()) => {}
+            Err(mtguard_core::pins::PinSetError::Full { capacity }) => {
+                anyhow::bail!("{total} pins given: at most {capacity} per host")
+            }
+            Err(e @ mtguard_core::pins::PinSetError::Duplicate) => {
+                anyhow::bail!("pin {shown}: {e}")
+            }
+        }
+    }
+    let all = set.as_slice().to_vec();
     let trust = if pins_only {
         Trust::PinsOnly
     } else {

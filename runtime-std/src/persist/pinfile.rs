@@ -11,13 +11,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use mtguard_core::pins::{parse_pin_line, Pin};
+use mtguard_core::pins::{parse_pin_line, Pin, PinSet, PinSetError};
 
 use crate::persist::seal::{self, Purpose, Sealer};
-use crate::pinning::verifier::MAX_PINS;
 
 /// The pins of the file at `path`, in file order. A malformed line, a
-/// duplicate or a pin beyond [`MAX_PINS`] is an error naming the file and
+/// duplicate or a pin beyond a [`PinSet`]'s capacity is an error naming the file and
 /// the line.
 pub fn load(path: &Path, sealer: Option<&Sealer>) -> anyhow::Result<Vec<Pin>> {
     let bytes = crate::persist::atomic::read_regular(path, "pins file")
@@ -40,25 +39,24 @@ pub fn load(path: &Path, sealer: Option<&Sealer>) -> anyhow::Result<Vec<Pin>> {
 
 /// [`load`] on text already read; `name` names it in errors.
 pub fn parse(text: &str, name: &str) -> anyhow::Result<Vec<Pin>> {
-    let mut pins: Vec<Pin> = Vec::new();
+    let mut pins: PinSet = PinSet::new();
     for (n, line) in text.lines().enumerate() {
         let pin = parse_pin_line(line).map_err(|e| anyhow::anyhow!("{name}:{}: {e}", n + 1))?;
         let Some(pin) = pin else { continue };
-        if pins
-            .iter()
-            .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
-        {
-            anyhow::bail!("{name}:{}: {pin} is listed twice", n + 1);
+        let shown = pin.to_string();
+        match pins.add(pin) {
+            Ok(()) => {}
+            Err(PinSetError::Duplicate) => {
+                anyhow::bail!("{name}:{}: {shown} is listed twice", n + 1)
+            }
+            Err(PinSetError::Full { capacity }) => anyhow::bail!(
+                "{name}:{}: too many pins: at most {capacity} per host (the {}st is refused)",
+                n + 1,
+                capacity + 1
+            ),
         }
-        if pins.len() == MAX_PINS {
-            anyhow::bail!(
-                "{name}:{}: too many pins: at most {MAX_PINS} per host (the 101st is refused)",
-                n + 1
-            );
-        }
-        pins.push(pin);
     }
-    Ok(pins)
+    Ok(pins.as_slice().to_vec())
 }
 
 /// Writes `pins` to `path` atomically (the file holds the old pins or the
@@ -76,6 +74,7 @@ pub fn save(path: &Path, pins: &[Pin], sealer: Option<&Sealer>) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pinning::verifier::MAX_PINS;
     use mtguard_core::pins::PinKind;
 
     #[test]
@@ -99,10 +98,7 @@ mod tests {
         let e = parse(&format!("# c\n{good}\nsha256/nope\n"), "f").unwrap_err();
         assert!(e.to_string().starts_with("f:3: "), "{e}");
         let e = parse(&format!("{good}\n\n{good}\n"), "f").unwrap_err();
-        assert!(
-            e.to_string().contains("f:3: ") && e.to_string().contains("twice"),
-            "{e}"
-        );
+        assert_eq!(e.to_string(), format!("f:3: {good} is listed twice"));
         let many: String = (0..=MAX_PINS)
             .map(|i| {
                 let mut h = [0u8; 32];
@@ -111,6 +107,9 @@ mod tests {
             })
             .collect();
         let e = parse(&many, "f").unwrap_err();
-        assert!(e.to_string().contains("f:101: too many pins"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "f:101: too many pins: at most 100 per host (the 101st is refused)"
+        );
     }
 }

@@ -130,16 +130,12 @@ pub fn load_pins(
 ) -> anyhow::Result<Vec<Pin>> {
     let mut pins = pinning.pins.clone();
     if let Some(path) = &pinning.pins_file {
-        // Pins past the capacity, kept only to count them in the error.
-        let mut over: Vec<Pin> = Vec::new();
+        // Pins past the capacity, kept only to count them in the error: a
+        // file holds at most a set's worth, so they fit one more set.
+        let mut over: PinSet = PinSet::new();
         for pin in load_pins_file(path, sealer)? {
             if let Err(PinSetError::Full { .. }) = pins.add(pin.clone()) {
-                if !over
-                    .iter()
-                    .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
-                {
-                    over.push(pin);
-                }
+                let _ = over.add(pin);
             }
         }
         anyhow::ensure!(
@@ -339,26 +335,22 @@ impl Plan {
         if self.backend_tls.is_none() {
             return Ok(());
         }
-        let (mut all, capacity): (Vec<Pin>, usize) =
-            guard.with(|e, _| (e.pins().iter().cloned().collect(), e.pins().capacity()));
+        let mut all = guard.with(|e, _| e.pins().clone());
         for pin in &self.backend_pins {
-            if all
-                .iter()
-                .any(|p| p.kind() == pin.kind() && p.hash() == pin.hash())
-            {
-                continue;
-            }
-            if all.len() == capacity {
-                anyhow::bail!(
-                    "[server.backend_tls] pin {pin}: {} (the {}st is refused)",
-                    PinSetError::Full { capacity },
+            match all.add(pin.clone()) {
+                Ok(()) | Err(PinSetError::Duplicate) => {}
+                Err(full @ PinSetError::Full { capacity }) => anyhow::bail!(
+                    "[server.backend_tls] pin {pin}: {full} (the {}st is refused)",
                     capacity + 1
-                );
+                ),
             }
-            all.push(pin.clone());
         }
         let host = format!("backend {}", self.config.server.backend);
-        crate::pinning::verifier::check_backup_pins(self.policy.level.number(), &host, &all)
+        crate::pinning::verifier::check_backup_pins(
+            self.policy.level.number(),
+            &host,
+            all.as_slice(),
+        )
     }
 
     /// Applies the plan to the node. Only the list swap can fail, and it

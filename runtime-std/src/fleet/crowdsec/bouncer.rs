@@ -1,5 +1,6 @@
 //! The bouncer: follows the Local API's decision stream into the engine.
 
+use super::ledger::{Action, Ban, Ledger, Lift, New, Outcome, Target};
 use super::*;
 
 /// A decision as the stream carries it (other fields are ignored).
@@ -24,17 +25,6 @@ pub(super) struct Stream {
     deleted: Option<Vec<Decision>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum Target {
-    Client(ClientKey),
-    Range(Cidr),
-}
-
-pub(super) struct Held {
-    target: Target,
-    until: Instant,
-}
-
 pub(super) struct Bouncer {
     pub(super) guard: Arc<Guard>,
     pub(super) telemetry: Arc<Telemetry>,
@@ -42,7 +32,7 @@ pub(super) struct Bouncer {
     pub(super) url: String,
     pub(super) key: String,
     pub(super) poll: Duration,
-    pub(super) decisions: HashMap<u64, Held>,
+    pub(super) ledger: Ledger,
 }
 
 impl Job for Bouncer {
@@ -84,7 +74,7 @@ impl Job for Bouncer {
                     status.error(&e);
                     job.failed(&e);
                     if failures == 0 {
-                        tracing::warn!(error = %e, held = self.decisions.len(),
+                        tracing::warn!(error = %e, held = self.ledger.len(),
                             "CrowdSec Local API unreachable: keeping the decisions held, retrying");
                     }
                     startup = true;
@@ -135,197 +125,129 @@ impl Bouncer {
         serde_json::from_slice(&body).map_err(|e| format!("GET {url}: bad answer: {e}"))
     }
 
+    /// Decodes an answer, feeds it to the ledger and applies what it says.
     pub(super) fn apply(&mut self, stream: Stream, startup: bool) {
-        let telemetry = self.telemetry.clone();
-        let status = &telemetry.crowdsec;
-        let now = Instant::now();
         let prefix = self.guard.with(|e, _| e.policy().ipv6_prefix);
-        let mut touched: HashSet<Target> = HashSet::new();
-        let mut ranges_changed = false;
+        let new: Vec<New> = stream
+            .new
+            .unwrap_or_default()
+            .iter()
+            .map(|d| match parse_decision(d, prefix) {
+                Some((target, duration)) => New::Ban(Ban {
+                    id: d.id,
+                    target,
+                    duration,
+                }),
+                None => New::Unusable,
+            })
+            .collect();
+        let deleted: Vec<u64> = stream
+            .deleted
+            .unwrap_or_default()
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        let now = Instant::now();
+        let outcome = if startup {
+            let external: Vec<ClientKey> = self.guard.with(|e, _| {
+                e.blocks()
+                    .filter(|b| b.cause == BlockCause::External)
+                    .map(|b| b.client)
+                    .collect()
+            });
+            self.ledger.full(now, &new, &deleted, &external)
+        } else {
+            self.ledger.delta(now, &new, &deleted)
+        };
+        self.enact(outcome, prefix);
+    }
 
-        let new = stream.new.unwrap_or_default();
-        if startup {
-            let listed: HashSet<u64> = new.iter().map(|d| d.id).collect();
-            let gone: Vec<u64> = self
-                .decisions
-                .keys()
-                .filter(|id| !listed.contains(id))
-                .copied()
-                .collect();
-            for id in gone {
-                if let Some(held) = self.decisions.remove(&id) {
-                    status.removed.fetch_add(1, Ordering::Relaxed);
-                    touched.insert(held.target);
+    /// Forgets decisions past their end.
+    pub(super) fn expire(&mut self) {
+        let actions = self.ledger.expire(Instant::now());
+        let prefix = self.guard.with(|e, _| e.policy().ipv6_prefix);
+        self.enact(
+            Outcome {
+                actions,
+                ..Outcome::default()
+            },
+            prefix,
+        );
+    }
+
+    fn enact(&self, outcome: Outcome, prefix: u8) {
+        let status = &self.telemetry.crowdsec;
+        status.applied.fetch_add(outcome.applied, Ordering::Relaxed);
+        status.ignored.fetch_add(outcome.ignored, Ordering::Relaxed);
+        status.removed.fetch_add(outcome.removed, Ordering::Relaxed);
+        // The engine's blocks, read once per answer and kept current, so
+        // that a first pull of thousands of bans is not thousands of scans.
+        let mut blocks: Option<HashMap<ClientKey, Option<mtguard_core::Instant>>> = None;
+        for action in outcome.actions {
+            match action {
+                Action::Block { client, duration } => {
+                    let blocks = blocks.get_or_insert_with(|| {
+                        self.guard
+                            .with(|e, _| e.blocks().map(|b| (b.client, b.until)).collect())
+                    });
+                    let result = self.guard.with(|e, now| {
+                        let end = now.saturating_add(duration);
+                        match blocks.get(&client) {
+                            // Already blocked at least as long: a local
+                            // block keeps its cause, and our own reports
+                            // coming back change nothing.
+                            Some(None) => return Ok(false),
+                            Some(Some(until)) if *until >= end => return Ok(false),
+                            _ => {}
+                        }
+                        e.block_key(now, client, Some(duration), BlockCause::External)
+                            .map(|()| true)
+                    });
+                    match result {
+                        Ok(true) => {
+                            blocks.insert(client, Some(self.guard.now().saturating_add(duration)));
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            status.ignored.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(client = %client.display(prefix), error = %e,
+                                "CrowdSec decision not applied");
+                        }
+                    }
                 }
-            }
-        }
-        for d in stream.deleted.unwrap_or_default() {
-            if let Some(held) = self.decisions.remove(&d.id) {
-                status.removed.fetch_add(1, Ordering::Relaxed);
-                touched.insert(held.target);
-            }
-        }
-        // Lift what no remaining decision covers; only blocks this bouncer
-        // made (cause `external`): a local block runs its own course.
-        let still: HashSet<Target> = self.decisions.values().map(|h| h.target).collect();
-        for target in touched.iter().filter(|t| !still.contains(t)) {
-            match *target {
-                Target::Client(key) => {
+                Action::Unblock { client, why } => {
+                    // Only blocks this bouncer made (cause `external`): a
+                    // local block runs its own course.
                     let lifted = self.guard.with(|e, now| {
                         let external = e
                             .blocks()
-                            .any(|b| b.client == key && b.cause == BlockCause::External);
-                        external && e.unblock_key(now, key)
+                            .any(|b| b.client == client && b.cause == BlockCause::External);
+                        external && e.unblock_key(now, client)
                     });
-                    if lifted {
-                        tracing::info!(client = %key.display(prefix), "CrowdSec decision deleted: unblocked");
+                    if let Some(blocks) = blocks.as_mut().filter(|_| lifted) {
+                        blocks.remove(&client);
+                    }
+                    match (lifted, why) {
+                        (false, _) => {}
+                        (true, Lift::Deleted) => {
+                            tracing::info!(client = %client.display(prefix), "CrowdSec decision deleted: unblocked");
+                        }
+                        (true, Lift::Uncovered) => {
+                            tracing::info!(client = %client.display(prefix), "no CrowdSec decision covers this block any more: unblocked");
+                        }
                     }
                 }
-                Target::Range(_) => ranges_changed = true,
-            }
-        }
-
-        let mut blocks: Option<HashMap<ClientKey, Option<mtguard_core::Instant>>> = None;
-        for d in new {
-            let Some((target, duration)) = parse_decision(&d, prefix) else {
-                status.ignored.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            if !self.decisions.contains_key(&d.id) && self.decisions.len() >= MAX_DECISIONS {
-                status.ignored.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if matches!(target, Target::Range(_)) {
-                let ranges = self
-                    .decisions
-                    .values()
-                    .filter(|h| matches!(h.target, Target::Range(_)))
-                    .count();
-                if ranges >= MAX_RANGES {
-                    status.ignored.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                ranges_changed = true;
-            }
-            self.decisions.insert(
-                d.id,
-                Held {
-                    target,
-                    until: now + duration,
-                },
-            );
-            status.applied.fetch_add(1, Ordering::Relaxed);
-            if let Target::Client(key) = target {
-                let blocks = blocks.get_or_insert_with(|| {
-                    self.guard
-                        .with(|e, _| e.blocks().map(|b| (b.client, b.until)).collect())
-                });
-                let result = self.guard.with(|e, now| {
-                    let end = now.saturating_add(duration);
-                    match blocks.get(&key) {
-                        // Already blocked at least as long: a local block
-                        // keeps its cause, and our own reports coming back
-                        // change nothing.
-                        Some(None) => return Ok(false),
-                        Some(Some(until)) if *until >= end => return Ok(false),
-                        _ => {}
-                    }
-                    e.block_key(now, key, Some(duration), BlockCause::External)
-                        .map(|()| true)
-                });
-                match result {
-                    Ok(true) => {
-                        blocks.insert(key, Some(self.guard.now().saturating_add(duration)));
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        status.ignored.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(client = %key.display(prefix), error = %e,
-                            "CrowdSec decision not applied");
+                Action::SetRanges(ranges) => {
+                    if let Err(e) = self.guard.set_external_deny(&ranges) {
+                        status.error(&format!("{e:#}"));
+                        tracing::warn!(error = %format!("{e:#}"), "CrowdSec ranges not applied");
                     }
                 }
             }
-        }
-        if startup {
-            self.lift_uncovered(prefix);
-        }
-        if ranges_changed {
-            self.apply_ranges();
         }
         status
             .decisions
-            .store(self.decisions.len() as u64, Ordering::Relaxed);
-    }
-
-    /// After a full list: lifts the engine's `external` blocks no decision
-    /// covers any more, such as those restored from the state of a run
-    /// whose decisions were deleted while the guard was down.
-    pub(super) fn lift_uncovered(&self, prefix: u8) {
-        let covered: HashSet<ClientKey> = self
-            .decisions
-            .values()
-            .filter_map(|h| match h.target {
-                Target::Client(k) => Some(k),
-                Target::Range(_) => None,
-            })
-            .collect();
-        let lifted = self.guard.with(|e, now| {
-            let stale: Vec<ClientKey> = e
-                .blocks()
-                .filter(|b| b.cause == BlockCause::External && !covered.contains(&b.client))
-                .map(|b| b.client)
-                .collect();
-            for key in &stale {
-                e.unblock_key(now, *key);
-            }
-            stale
-        });
-        for key in lifted {
-            self.telemetry
-                .crowdsec
-                .removed
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(client = %key.display(prefix), "no CrowdSec decision covers this block any more: unblocked");
-        }
-    }
-
-    /// Forgets decisions past their end (the engine ends the blocks on its
-    /// own clock; ranges are lifted here).
-    pub(super) fn expire(&mut self) {
-        let now = Instant::now();
-        let before = self.decisions.len();
-        let mut ranges = false;
-        self.decisions.retain(|_, h| {
-            let keep = h.until > now;
-            ranges |= !keep && matches!(h.target, Target::Range(_));
-            keep
-        });
-        if ranges {
-            self.apply_ranges();
-        }
-        if self.decisions.len() != before {
-            self.telemetry
-                .crowdsec
-                .decisions
-                .store(self.decisions.len() as u64, Ordering::Relaxed);
-        }
-    }
-
-    pub(super) fn apply_ranges(&self) {
-        let mut ranges: Vec<Cidr> = self
-            .decisions
-            .values()
-            .filter_map(|h| match h.target {
-                Target::Range(c) => Some(c),
-                Target::Client(_) => None,
-            })
-            .collect();
-        ranges.sort_unstable();
-        ranges.dedup();
-        if let Err(e) = self.guard.set_external_deny(&ranges) {
-            self.telemetry.crowdsec.error(&format!("{e:#}"));
-            tracing::warn!(error = %format!("{e:#}"), "CrowdSec ranges not applied");
-        }
+            .store(self.ledger.len() as u64, Ordering::Relaxed);
     }
 }
 

@@ -17,6 +17,7 @@
 //! how they are doing in `/v1/status` and the metrics.
 
 mod bouncer;
+mod ledger;
 mod watcher;
 
 pub use bouncer::parse_go_duration;
@@ -24,7 +25,7 @@ use bouncer::Bouncer;
 use watcher::Watcher;
 
 use crate::unix_now;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -103,7 +104,7 @@ pub fn start(
             url: config.lapi_url.clone(),
             key,
             poll: config.poll_interval,
-            decisions: HashMap::new(),
+            ledger: Default::default(),
         };
         jobs::spawn(bouncer, node, shutdown);
     }
