@@ -101,6 +101,9 @@ impl Node {
             "observer_events_dropped",
             "crowdsec",
             "kernel",
+            // Background jobs report each try (a state save after the
+            // probes above, say): telemetry that moves on its own.
+            "jobs",
         ] {
             obj.remove(moving);
         }
