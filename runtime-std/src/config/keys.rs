@@ -545,3 +545,97 @@ mod tests {
         assert_eq!(declared, parsed);
     }
 }
+
+#[cfg(test)]
+mod default_tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A table that parses on its own, so that one key can be added to it:
+    /// the keys each table requires, none of them with a plain default.
+    fn table_text(table: &str) -> String {
+        match table {
+            "" => String::new(),
+            "[hsm]" => "[hsm]\nmodule = \"m.so\"\ntoken = \"t\"\npin_env = \"PIN\"\n".into(),
+            "[crowdsec]" => {
+                "[crowdsec]\nlapi_url = \"http://127.0.0.1:8080/\"\napi_key_file = \"k\"\n".into()
+            }
+            "[refresh]" => "[refresh]\nconfig_url = \"https://core.telegram.org/getProxyConfig\"\n\
+                            config_out = \"o\"\npins_file = \"p\"\n"
+                .into(),
+            t => format!("{t}\n"),
+        }
+    }
+
+    /// The value of a default the reference writes as one TOML value in
+    /// backticks (`` `"5s"` ``); `None` for one it describes in words.
+    fn plain_default(key: &Key) -> Option<&'static str> {
+        let inner = key.default.strip_prefix('`')?.strip_suffix('`')?;
+        (!inner.contains('`')).then_some(inner)
+    }
+
+    fn parse(text: &str) -> (Config, mtguard_core::Policy) {
+        let mut config = Config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{text}: {e}"));
+        let policy = config.effective_policy(None).unwrap();
+        // Only where a value came from may differ; a `[limits]` key is
+        // compared through the policy it makes (set or left to level 1's
+        // preset, the reference's default).
+        config.lines.clear();
+        config.limits = LimitsConfig::default();
+        (config, policy)
+    }
+
+    /// Writing a key's documented default changes nothing: the default the
+    /// reference states is the one the parser and `embedded_default` use.
+    #[test]
+    fn writing_every_documented_default_changes_nothing() {
+        let mut described = Vec::new();
+        for key in KEYS {
+            let Some(value) = plain_default(key) else {
+                described.push(key.path());
+                continue;
+            };
+            let base = table_text(key.table);
+            let with = format!("{base}{} = {value}\n", key.name);
+            assert_eq!(
+                parse(&with),
+                parse(&base),
+                "{}: the documented default {} is not the default",
+                key.path(),
+                key.default
+            );
+        }
+        // Every other default is described in words: each must be one the
+        // parser cannot be told in the file, listed here on purpose.
+        assert_eq!(
+            described,
+            [
+                "[server.backend_tls] server_name",
+                "[server.backend_tls] pins_file",
+                "[server.backend_tls] ca_file",
+                "[server.backend_tls] on_expired",
+                "[mtproto] inspect",
+                "[mtproto] mask_backend",
+                "[mtproto] handshake_timeout",
+                "[refresh] config_url",
+                "[refresh] config_out",
+                "[refresh] secret_url",
+                "[refresh] secret_out",
+                "[refresh] jitter",
+                "[refresh] pins_file",
+                "[refresh] ca_file",
+                "[refresh] on_expired",
+                "[admin] token_file",
+                "[state] dir",
+                "[hsm] module",
+                "[hsm] token",
+                "[hsm] pin_file",
+                "[hsm] pin_env",
+                "[crowdsec] lapi_url",
+                "[crowdsec] api_key_file",
+                "[crowdsec] machine_id",
+                "[crowdsec] password_file",
+            ]
+        );
+    }
+}
