@@ -495,6 +495,35 @@ keys! {
     }
 }
 
+/// The defaults that are plain values, in one place: `embedded_default`
+/// and the parser take them from here, and the test
+/// `writing_every_documented_default_changes_nothing` holds them to the
+/// declarations' `default` text.
+pub(super) mod default {
+    use std::time::Duration;
+
+    /// `[server] connect_timeout`.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `[server] idle_timeout`.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    /// `[server] listen`'s one address, on loopback.
+    pub const LISTEN_PORT: u16 = 4443;
+    /// `[server] backend`.
+    pub const BACKEND: &str = "127.0.0.1:8443";
+    /// `[admin] listen`'s port, on loopback.
+    pub const ADMIN_PORT: u16 = 9900;
+    /// `level`.
+    pub const LEVEL: u8 = 1;
+    /// `[mtproto] time_skew`.
+    pub const TIME_SKEW: Duration = Duration::from_secs(120);
+    /// `[mtproto] time_skew_ahead`.
+    pub const TIME_SKEW_AHEAD: Duration = Duration::from_secs(3);
+    /// `[crowdsec] poll_interval`.
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+    /// `[refresh] interval`.
+    pub const REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+}
+
 /// The keys `[server.backend_tls]` and `[refresh]` share, so the code that
 /// reads and shows them takes one table's declarations.
 pub(super) struct PinningKeys {

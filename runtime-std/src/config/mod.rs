@@ -216,8 +216,8 @@ impl Default for MtprotoConfig {
             on_probe: OnProbe::Close,
             mask_backend: None,
             handshake_timeout: None,
-            time_skew: Duration::from_secs(120),
-            time_skew_ahead: Duration::from_secs(3),
+            time_skew: keys::default::TIME_SKEW,
+            time_skew_ahead: keys::default::TIME_SKEW_AHEAD,
         }
     }
 }
@@ -402,20 +402,21 @@ impl Config {
     /// 10 min idle timeout, state in [`default_state_dir`].
     pub fn embedded_default() -> Config {
         let local = |port| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port);
+        use keys::default as d;
         Config {
-            level: 1,
+            level: d::LEVEL,
             server: ServerConfig {
-                listen: vec![local(4443)],
-                backend: "127.0.0.1:8443".into(),
+                listen: vec![local(d::LISTEN_PORT)],
+                backend: d::BACKEND.into(),
                 proxy_protocol: ProxyProtocol::None,
-                connect_timeout: Duration::from_secs(5),
-                idle_timeout: Duration::from_secs(600),
+                connect_timeout: d::CONNECT_TIMEOUT,
+                idle_timeout: d::IDLE_TIMEOUT,
                 backend_tls: None,
             },
             limits: LimitsConfig::default(),
             lists: ListsConfig::default(),
             admin: AdminConfig {
-                listen: Some(local(9900)),
+                listen: Some(local(d::ADMIN_PORT)),
                 token_file: None,
             },
             state: StateConfig {

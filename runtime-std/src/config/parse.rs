@@ -521,7 +521,7 @@ impl Parse<'_> {
         let mut out = CrowdsecConfig {
             lapi_url: format!("{text}/"),
             api_key_file: None,
-            poll_interval: Duration::from_secs(10),
+            poll_interval: super::keys::default::POLL_INTERVAL,
             machine_id: None,
             password_file: None,
         };
@@ -647,7 +647,7 @@ impl Parse<'_> {
         }
         let interval = self
             .duration(raw.interval, k::refresh::interval.path())?
-            .unwrap_or(Duration::from_secs(24 * 3600));
+            .unwrap_or(super::keys::default::REFRESH_INTERVAL);
         if interval < Duration::from_secs(60) {
             let m = "at least \"60s\": Telegram's files change rarely";
             let line = self.lines.get(k::refresh::interval.path()).copied();
