@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use mtguard_core::{Level, Policy};
 
+use super::keys::{PinningKeys, BACKEND_TLS_PINNING, REFRESH_PINNING};
 use super::*;
+use key as k;
 
 fn proxy_protocol_name(pp: ProxyProtocol) -> &'static str {
     match pp {
@@ -57,53 +59,57 @@ impl Config {
             p.as_ref()
                 .map_or("(none)".into(), |p| p.display().to_string())
         };
-        row("[server]", String::new(), "");
-        row("listen", listen.join(", "), &origin("[server] listen"));
+        row(k::server::TABLE, String::new(), "");
         row(
-            "backend",
+            k::server::listen.name,
+            listen.join(", "),
+            &origin(k::server::listen.path()),
+        );
+        row(
+            k::server::backend.name,
             self.server.backend.clone(),
-            &origin("[server] backend"),
+            &origin(k::server::backend.path()),
         );
         row(
-            "proxy_protocol",
+            k::server::proxy_protocol.name,
             proxy_protocol_name(self.server.proxy_protocol).to_owned(),
-            &origin("[server] proxy_protocol"),
+            &origin(k::server::proxy_protocol.path()),
         );
         row(
-            "connect_timeout",
+            k::server::connect_timeout.name,
             format_duration(self.server.connect_timeout),
-            &origin("[server] connect_timeout"),
+            &origin(k::server::connect_timeout.path()),
         );
         row(
-            "idle_timeout",
+            k::server::idle_timeout.name,
             format_duration(self.server.idle_timeout),
-            &origin("[server] idle_timeout"),
+            &origin(k::server::idle_timeout.path()),
         );
         row(
-            "handshake_timeout",
+            k::limits::handshake_timeout.name,
             policy
                 .handshake_timeout
                 .map_or("off".into(), format_duration),
             &self.handshake_timeout_source(policy),
         );
-        row("[admin]", String::new(), "");
+        row(k::admin::TABLE, String::new(), "");
         row(
-            "listen",
+            k::admin::listen.name,
             self.admin.listen.map_or("off".into(), |a| a.to_string()),
-            &origin("[admin] listen"),
+            &origin(k::admin::listen.path()),
         );
         row(
-            "token_file",
+            k::admin::token_file.name,
             path_or_none(&self.admin.token_file),
-            &origin("[admin] token_file"),
+            &origin(k::admin::token_file.path()),
         );
-        row("[state]", String::new(), "");
+        row(k::state::TABLE, String::new(), "");
         row(
-            "dir",
+            k::state::dir.name,
             self.state.dir.display().to_string(),
-            &origin("[state] dir"),
+            &origin(k::state::dir.path()),
         );
-        row("[lists]", String::new(), "");
+        row(k::lists::TABLE, String::new(), "");
         let files = |f: &[PathBuf]| {
             if f.is_empty() {
                 "(none)".into()
@@ -114,14 +120,26 @@ impl Config {
                     .join(", ")
             }
         };
-        row("allow", format!("{} inline", self.lists.allow.len()), "");
-        row("allow_files", files(&self.lists.allow_files), "");
-        row("deny", format!("{} inline", self.lists.deny.len()), "");
-        row("deny_files", files(&self.lists.deny_files), "");
-        let m = &self.mtproto;
-        row("[mtproto]", String::new(), "");
         row(
-            "secrets",
+            k::lists::allow.name,
+            format!("{} inline", self.lists.allow.len()),
+            "",
+        );
+        row(
+            k::lists::allow_files.name,
+            files(&self.lists.allow_files),
+            "",
+        );
+        row(
+            k::lists::deny.name,
+            format!("{} inline", self.lists.deny.len()),
+            "",
+        );
+        row(k::lists::deny_files.name, files(&self.lists.deny_files), "");
+        let m = &self.mtproto;
+        row(k::mtproto::TABLE, String::new(), "");
+        row(
+            k::mtproto::secrets.name,
             if m.hsm_secrets.is_empty() {
                 m.secrets.len().to_string()
             } else {
@@ -131,180 +149,189 @@ impl Config {
                     m.hsm_secrets.len()
                 )
             },
-            &origin("[mtproto] secrets"),
+            &origin(k::mtproto::secrets.path()),
         );
         row(
-            "inspect",
+            k::mtproto::inspect.name,
             m.inspecting().to_string(),
-            &origin("[mtproto] inspect"),
+            &origin(k::mtproto::inspect.path()),
         );
         row(
-            "on_probe",
+            k::mtproto::on_probe.name,
             m.on_probe.as_str().to_owned(),
-            &origin("[mtproto] on_probe"),
+            &origin(k::mtproto::on_probe.path()),
         );
         row(
-            "mask_backend",
+            k::mtproto::mask_backend.name,
             m.mask_backend.clone().unwrap_or_else(|| "(none)".into()),
-            &origin("[mtproto] mask_backend"),
+            &origin(k::mtproto::mask_backend.path()),
         );
         row(
-            "time_skew",
+            k::mtproto::time_skew.name,
             format_duration(m.time_skew),
-            &origin("[mtproto] time_skew"),
+            &origin(k::mtproto::time_skew.path()),
         );
         row(
-            "time_skew_ahead",
+            k::mtproto::time_skew_ahead.name,
             format_duration(m.time_skew_ahead),
-            &origin("[mtproto] time_skew_ahead"),
+            &origin(k::mtproto::time_skew_ahead.path()),
         );
-        row("[crowdsec]", String::new(), "");
+        row(k::crowdsec::TABLE, String::new(), "");
         match &self.crowdsec {
-            None => row("lapi_url", "(off)".into(), "default"),
+            None => row(k::crowdsec::lapi_url.name, "(off)".into(), "default"),
             Some(c) => {
                 row(
-                    "lapi_url",
+                    k::crowdsec::lapi_url.name,
                     c.lapi_url.clone(),
-                    &origin("[crowdsec] lapi_url"),
+                    &origin(k::crowdsec::lapi_url.path()),
                 );
                 row(
-                    "api_key_file",
+                    k::crowdsec::api_key_file.name,
                     path_or_none(&c.api_key_file),
-                    &origin("[crowdsec] api_key_file"),
+                    &origin(k::crowdsec::api_key_file.path()),
                 );
                 row(
-                    "poll_interval",
+                    k::crowdsec::poll_interval.name,
                     format_duration(c.poll_interval),
-                    &origin("[crowdsec] poll_interval"),
+                    &origin(k::crowdsec::poll_interval.path()),
                 );
                 row(
-                    "machine_id",
+                    k::crowdsec::machine_id.name,
                     c.machine_id.clone().unwrap_or_else(|| "(none)".into()),
-                    &origin("[crowdsec] machine_id"),
+                    &origin(k::crowdsec::machine_id.path()),
                 );
                 row(
-                    "password_file",
+                    k::crowdsec::password_file.name,
                     path_or_none(&c.password_file),
-                    &origin("[crowdsec] password_file"),
+                    &origin(k::crowdsec::password_file.path()),
                 );
             }
         }
-        row("[kernel]", String::new(), "");
+        row(k::kernel::TABLE, String::new(), "");
         row(
-            "nft_set",
+            k::kernel::nft_set.name,
             self.kernel
                 .nft_set
                 .as_ref()
                 .map_or("off".into(), |s| s.to_string()),
-            &origin("[kernel] nft_set"),
+            &origin(k::kernel::nft_set.path()),
         );
         if let Some(h) = &self.hsm {
-            row("[hsm]", String::new(), "");
+            row(k::hsm::TABLE, String::new(), "");
             row(
-                "module",
+                k::hsm::module.name,
                 h.module.display().to_string(),
-                &origin("[hsm] module"),
+                &origin(k::hsm::module.path()),
             );
-            row("token", h.token.clone(), &origin("[hsm] token"));
+            row(
+                k::hsm::token.name,
+                h.token.clone(),
+                &origin(k::hsm::token.path()),
+            );
             let pin = match &h.pin {
                 PinSource::File(p) => format!("file {}", p.display()),
                 PinSource::Env(v) => format!("environment variable {v}"),
             };
             let pin_key = match &h.pin {
-                PinSource::File(_) => "[hsm] pin_file",
-                PinSource::Env(_) => "[hsm] pin_env",
+                PinSource::File(_) => k::hsm::pin_file.path(),
+                PinSource::Env(_) => k::hsm::pin_env.path(),
             };
             row("pin", pin, &origin(pin_key));
             row(
-                "integrity_key",
+                k::hsm::integrity_key.name,
                 h.integrity_key.clone(),
-                &origin("[hsm] integrity_key"),
+                &origin(k::hsm::integrity_key.path()),
             );
         }
         // `extra`: the table's own rows, `(key, value, source)`.
-        let mut pinned = |table: &str, p: &PinningConfig, extra: &[(&str, String, String)]| {
-            row(table, String::new(), "");
-            for (key, value, source) in extra {
-                row(key, value.clone(), source);
-            }
-            row(
-                "pins",
-                format!("{} inline", p.pins.len()),
-                &origin(&format!("{table} pins")),
-            );
-            row(
-                "pins_file",
-                path_or_none(&p.pins_file),
-                &origin(&format!("{table} pins_file")),
-            );
-            row(
-                "trust",
-                p.trust.as_str().to_owned(),
-                &origin(&format!("{table} trust")),
-            );
-            row(
-                "ca_file",
-                p.ca_file
-                    .as_ref()
-                    .map_or("(built-in roots)".into(), |f| f.display().to_string()),
-                &origin(&format!("{table} ca_file")),
-            );
-            row(
-                "on_expired",
-                p.on_expired(level).as_str().to_owned(),
-                &at(&format!("{table} on_expired"))
-                    .unwrap_or_else(|| format!("level {level} default")),
-            );
-        };
+        let mut pinned =
+            |keys: &PinningKeys, p: &PinningConfig, extra: &[(&str, String, String)]| {
+                row(keys.table(), String::new(), "");
+                for (key, value, source) in extra {
+                    row(key, value.clone(), source);
+                }
+                row(
+                    keys.pins.name,
+                    format!("{} inline", p.pins.len()),
+                    &origin(keys.pins.path()),
+                );
+                row(
+                    keys.pins_file.name,
+                    path_or_none(&p.pins_file),
+                    &origin(keys.pins_file.path()),
+                );
+                row(
+                    keys.trust.name,
+                    p.trust.as_str().to_owned(),
+                    &origin(keys.trust.path()),
+                );
+                row(
+                    keys.ca_file.name,
+                    p.ca_file
+                        .as_ref()
+                        .map_or("(built-in roots)".into(), |f| f.display().to_string()),
+                    &origin(keys.ca_file.path()),
+                );
+                row(
+                    keys.on_expired.name,
+                    p.on_expired(level).as_str().to_owned(),
+                    &at(keys.on_expired.path()).unwrap_or_else(|| format!("level {level} default")),
+                );
+            };
         if let Some(tls) = &self.server.backend_tls {
-            let source = at("[server.backend_tls] server_name")
-                .unwrap_or_else(|| "default (the host of [server] backend)".into());
+            let name = k::backend_tls::server_name;
+            let source = at(name.path())
+                .unwrap_or_else(|| format!("default (the host of {})", k::server::backend.path()));
             pinned(
-                "[server.backend_tls]",
+                &BACKEND_TLS_PINNING,
                 &tls.pinning,
-                &[("server_name", tls.server_name.clone(), source)],
+                &[(name.name, tls.server_name.clone(), source)],
             );
         }
         if let Some(refresh) = &self.refresh {
             let mut extra = Vec::new();
             for (url, out, kind) in &refresh.files {
-                let name = match kind {
-                    ContentKind::ProxyConfig => "config",
-                    ContentKind::ProxySecret => "secret",
+                let url_key = match kind {
+                    ContentKind::ProxyConfig => k::refresh::config_url,
+                    ContentKind::ProxySecret => k::refresh::secret_url,
                 };
                 extra.push((
                     "fetch",
                     format!("{url} -> {}", out.display()),
-                    origin(&format!("[refresh] {name}_url")),
+                    origin(url_key.path()),
                 ));
             }
             extra.push((
-                "interval",
+                k::refresh::interval.name,
                 format_duration(refresh.interval),
-                origin("[refresh] interval"),
+                origin(k::refresh::interval.path()),
             ));
             extra.push((
-                "jitter",
+                k::refresh::jitter.name,
                 format_duration(refresh.jitter),
-                at("[refresh] jitter").unwrap_or_else(|| "default (a tenth of interval)".into()),
+                at(k::refresh::jitter.path()).unwrap_or_else(|| {
+                    format!("default (a tenth of {})", k::refresh::interval.name)
+                }),
             ));
-            pinned("[refresh]", &refresh.pinning, &extra);
+            pinned(&REFRESH_PINNING, &refresh.pinning, &extra);
         }
-        row("[limits]", String::new(), "");
+        row(k::limits::TABLE, String::new(), "");
         let preset = format!("level {level} preset");
         for (key, value, from_file) in self.limits.rows(policy) {
             // `[mtproto] handshake_timeout` overrides the `[limits]` key
             // (see `effective_policy`), so it is the true source when set.
-            let mtproto_key = "[mtproto] handshake_timeout";
-            let source = match at(&format!("[limits] {key}")) {
-                _ if key == "handshake_timeout" && self.mtproto.handshake_timeout.is_some() => {
+            let mtproto_key = k::mtproto::handshake_timeout.path();
+            let source = match at(key.path()) {
+                _ if key == k::limits::handshake_timeout
+                    && self.mtproto.handshake_timeout.is_some() =>
+                {
                     format!("{mtproto_key}, {}", origin(mtproto_key))
                 }
                 Some(at) if from_file => at,
                 _ if from_file => self.source_name.clone(),
                 _ => preset.clone(),
             };
-            row(key, value, &source);
+            row(key.name, value, &source);
         }
         out
     }
@@ -318,12 +345,12 @@ impl Config {
                 .map(|line| format!("{key}, {}:{line}", self.source_name))
         };
         if self.mtproto.handshake_timeout.is_some() {
-            if let Some(s) = at("[mtproto] handshake_timeout") {
+            if let Some(s) = at(k::mtproto::handshake_timeout.path()) {
                 return s;
             }
         }
         if self.limits.handshake_timeout.is_some() {
-            if let Some(s) = at("[limits] handshake_timeout") {
+            if let Some(s) = at(k::limits::handshake_timeout.path()) {
                 return s;
             }
         }

@@ -101,15 +101,17 @@ macro_rules! limits {
 
         impl LimitsConfig {
             /// `(config key, Policy field)` of every key, in file order.
-            pub(super) const KEYS: &'static [(&'static str, &'static str)] =
-                &[$( (stringify!($key), stringify!($field)), )*];
+            pub(super) const KEYS: &'static [(Key, &'static str)] =
+                &[$( (key::limits::$key, stringify!($field)), )*];
 
             pub(super) fn from_raw(raw: RawLimits, cx: &mut Parse<'_>) -> Result<Self, ConfigError> {
                 Ok(LimitsConfig {
                     $( $key: match raw.$key {
                         None => None,
                         Some(value) => {
-                            let key = concat!("[limits] ", stringify!($key));
+                            // Names the key through its declaration, so a
+                            // `[limits]` key without one does not compile.
+                            let key = key::limits::$key.path();
                             let span = value.span();
                             cx.note(key, &span);
                             let value = <$ty as LimitValue>::convert(value.into_inner())
@@ -128,9 +130,9 @@ macro_rules! limits {
             }
 
             /// `(key, value in policy, set in the file)` of every key.
-            pub(super) fn rows(&self, policy: &Policy) -> Vec<(&'static str, String, bool)> {
+            pub(super) fn rows(&self, policy: &Policy) -> Vec<(Key, String, bool)> {
                 vec![$(
-                    (stringify!($key), LimitValue::show(&policy.$field), self.$key.is_some()),
+                    (key::limits::$key, LimitValue::show(&policy.$field), self.$key.is_some()),
                 )*]
             }
         }
@@ -195,499 +197,367 @@ pub struct Key {
     pub default: &'static str,
     /// The reference's description.
     pub doc: &'static str,
+    /// `table name` (`name` at the top level), spelt once by `keys!`.
+    path: &'static str,
 }
 
 impl Key {
     /// The key as errors and `check-config` name it: `level`,
     /// `[limits] rate_window`.
-    pub fn path(&self) -> String {
-        if self.table.is_empty() {
-            self.name.to_owned()
-        } else {
-            format!("{} {}", self.table, self.name)
-        }
+    pub const fn path(&self) -> &'static str {
+        self.path
     }
 }
 
-/// Every key of the config file, table by table in the reference's order.
-pub const KEYS: &[Key] = &[
-    Key {
-        table: "",
-        name: "level",
-        ty: r#"integer 0–3"#,
-        default: r#"`1`"#,
-        doc: r#"Security level: 0 minimal, for testing (generous limits, nobody is blocked); 1 standard, recommended; 2 high; 3 maximum, may refuse heavy legitimate users. Every `[limits]` key left out takes this level's preset (see [Security levels](#security-levels)). `--level` overrides it."#,
-    },
-    Key {
-        table: "[server]",
-        name: "listen",
-        ty: r#"array of strings"#,
-        default: r#"`["127.0.0.1:4443"]`"#,
-        doc: r#"Addresses that accept clients: one or more `IP:port` (IPv6: `"[::]:443"`)."#,
-    },
-    Key {
-        table: "[server]",
-        name: "backend",
-        ty: r#"string"#,
-        default: r#"`"127.0.0.1:8443"`"#,
-        doc: r#"The MTProto proxy behind the guard, `host:port`. A host name is resolved when connecting. IPv6 is written `"[::1]:8443"`."#,
-    },
-    Key {
-        table: "[server]",
-        name: "proxy_protocol",
-        ty: r#"string"#,
-        default: r#"`"none"`"#,
-        doc: r#"The PROXY protocol header sent to the backend with the client's address: `"none"`, `"v1"` (text) or `"v2"` (binary). mtg and telemt accept it; the original MTProxy does not."#,
-    },
-    Key {
-        table: "[server]",
-        name: "connect_timeout",
-        ty: r#"duration"#,
-        default: r#"`"5s"`"#,
-        doc: r#"How long connecting to the backend may take. With `[server.backend_tls]`, the TLS handshake has the same limit."#,
-    },
-    Key {
-        table: "[server]",
-        name: "idle_timeout",
-        ty: r#"duration"#,
-        default: r#"`"10m"`"#,
-        doc: r#"A connection with no traffic in either direction for this long is closed."#,
-    },
-    Key {
-        table: "[server.backend_tls]",
-        name: "server_name",
-        ty: r#"string"#,
-        default: r#"host of `backend`"#,
-        doc: r#"The name the backend's certificate must be valid for, also sent as SNI: a DNS name or an IP address."#,
-    },
-    Key {
-        table: "[server.backend_tls]",
-        name: "pins",
-        ty: r#"array of strings"#,
-        default: r#"`[]`"#,
-        doc: r#"Pins, each `"sha256/<base64>"` (SPKI) or `"cert-sha256/<hex>"` (whole certificate), optionally followed by ` expires=YYYY-MM-DD` and `# label`. At most 100."#,
-    },
-    Key {
-        table: "[server.backend_tls]",
-        name: "pins_file",
-        ty: r#"path"#,
-        default: r#"unset"#,
-        doc: r#"A pins file (one pin a line, same syntax). It is read at start and **rewritten** after every change made through `/v1/pins`."#,
-    },
-    Key {
-        table: "[server.backend_tls]",
-        name: "trust",
-        ty: r#"string"#,
-        default: r#"`"webpki"`"#,
-        doc: r#"`"webpki"`: a chain to a trusted root, valid for `server_name`, and a pin on that validated chain. `"pins-only"`: no CA check and no name check; the leaf certificate must match a pin (for self-signed or private-CA backends)."#,
-    },
-    Key {
-        table: "[server.backend_tls]",
-        name: "ca_file",
-        ty: r#"path"#,
-        default: r#"built-in Mozilla roots"#,
-        doc: r#"A PEM or DER file of the CAs to trust instead of the roots compiled in from `webpki-roots` (not allowed with `"pins-only"`)."#,
-    },
-    Key {
-        table: "[server.backend_tls]",
-        name: "on_expired",
-        ty: r#"string"#,
-        default: r#"`"webpki"` at levels 0–1, `"fail-closed"` at 2–3"#,
-        doc: r#"What happens once no unexpired pin is left: `"fail-closed"` refuses every connection; `"webpki"` accepts on CA validation alone and logs an error at every connection. With `"pins-only"` trust it always fails closed."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "max_connections_per_ip",
-        ty: r#"integer 1–65535"#,
-        default: r#"`100`"#,
-        doc: r#"Concurrent connections one client may hold."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "rate_window",
-        ty: r#"duration"#,
-        default: r#"`"60s"`"#,
-        doc: r#"Length of the per-client rate window (at most `"1d"`)."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "max_new_connections_per_window",
-        ty: r#"integer 1–65535"#,
-        default: r#"`300`"#,
-        doc: r#"New connections one client may open per rate window."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "ip_blocking",
-        ty: r#"boolean"#,
-        default: r#"`true`"#,
-        doc: r#"Whether clients that keep violating limits are blocked. When `false`, violations are still refused, but nobody is blocked automatically."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "block_after_violations",
-        ty: r#"integer 1–255"#,
-        default: r#"`20`"#,
-        doc: r#"Refused connections within one rate window after which a client is blocked."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "block_duration",
-        ty: r#"duration"#,
-        default: r#"`"5m"`"#,
-        doc: r#"Length of a first automatic block. Each repeat offence doubles it."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "max_block_duration",
-        ty: r#"duration"#,
-        default: r#"`"1d"`"#,
-        doc: r#"Cap of an escalated block. It must not be shorter than `block_duration`."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "block_jitter_permille",
-        ty: r#"integer 0–1000"#,
-        default: r#"`100`"#,
-        doc: r#"Each block is lengthened by a random part of up to this many thousandths of its duration, so a botnet cannot predict the unban."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "offence_memory",
-        ty: r#"duration"#,
-        default: r#"`"1d"`"#,
-        doc: r#"How long a client's offence history is kept after it was last seen. Escalation starts over after that."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "ipv6_prefix",
-        ty: r#"integer 1–128"#,
-        default: r#"`64`"#,
-        doc: r#"IPv6 clients are counted per prefix of this many bits."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "global_max_connections",
-        ty: r#"integer ≥ 1"#,
-        default: r#"`50000`"#,
-        doc: r#"Concurrent connections across all clients (also capped by the connection table's size)."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "global_max_new_per_second",
-        ty: r#"integer ≥ 1"#,
-        default: r#"`5000`"#,
-        doc: r#"New connections per second across all clients."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "scanner_failures",
-        ty: r#"integer 1–255"#,
-        default: r#"`10`"#,
-        doc: r#"Failed handshakes within one rate window that mark a client as a scanner."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "handshake_timeout",
-        ty: r#"duration or `"off"`"#,
-        default: r#"`"10s"`"#,
-        doc: r#"A connection that has not completed its handshake after this long is closed (slowloris defence). `"off"` disables the deadline. `[mtproto] handshake_timeout` replaces it when set."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "slowloris_timeouts",
-        ty: r#"integer 1–255"#,
-        default: r#"`10`"#,
-        doc: r#"Handshake timeouts within one rate window that mark a slowloris client."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "block_on_replay",
-        ty: r#"boolean"#,
-        default: r#"`false`"#,
-        doc: r#"Whether a replayed handshake blocks the client at once. Otherwise it counts as a failed handshake."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "attack_enter_per_second",
-        ty: r#"integer, `0` = off"#,
-        default: r#"`2000`"#,
-        doc: r#"Under-attack mode starts when new connections across all clients reach this rate per second. Per-client limits then shrink to `attack_limit_percent`. `0` turns the mode off."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "attack_exit_per_second",
-        ty: r#"integer"#,
-        default: r#"`1000`"#,
-        doc: r#"The mode ends once the rate stays below this for `attack_cooldown`. It must not exceed `attack_enter_per_second`."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "attack_cooldown",
-        ty: r#"duration"#,
-        default: r#"`"30s"`"#,
-        doc: r#"How long the rate must stay below `attack_exit_per_second`."#,
-    },
-    Key {
-        table: "[limits]",
-        name: "attack_limit_percent",
-        ty: r#"integer 1–100"#,
-        default: r#"`50`"#,
-        doc: r#"Under attack, per-client limits are scaled to this percentage."#,
-    },
-    Key {
-        table: "[lists]",
-        name: "allow",
-        ty: r#"array of strings"#,
-        default: r#"`[]`"#,
-        doc: r#"Addresses or CIDR prefixes (`"192.0.2.7"`, `"10.0.0.0/8"`, `"2001:db8::/32"`) that are never limited or blocked."#,
-    },
-    Key {
-        table: "[lists]",
-        name: "deny",
-        ty: r#"array of strings"#,
-        default: r#"`[]`"#,
-        doc: r#"Addresses or CIDR prefixes that are always refused."#,
-    },
-    Key {
-        table: "[lists]",
-        name: "allow_files",
-        ty: r#"array of paths"#,
-        default: r#"`[]`"#,
-        doc: r#"Netset files of allowed prefixes."#,
-    },
-    Key {
-        table: "[lists]",
-        name: "deny_files",
-        ty: r#"array of paths"#,
-        default: r#"`[]`"#,
-        doc: r#"Netset files of denied prefixes, for example FireHOL's `firehol_level1.netset`."#,
-    },
-    Key {
-        table: "[mtproto]",
-        name: "secrets",
-        ty: r#"array of strings"#,
-        default: r#"`[]`"#,
-        doc: r#"The proxy's secrets: classic (32 hex digits), `"dd"` + 32 hex digits, or `"ee"` + 32 hex digits + the hex of the fake-TLS domain. Base64url of the same bytes also works. With `[hsm]`, an entry may also be `"hsm:<label>"`, a key in the token; these follow the inline secrets, each label once. At most 16."#,
-    },
-    Key {
-        table: "[mtproto]",
-        name: "inspect",
-        ty: r#"boolean"#,
-        default: r#"`true` when `secrets` is set, else `false`"#,
-        doc: r#"Whether handshakes are inspected. `false` keeps the secrets in the file but forwards every connection uninspected. `true` without secrets is an error."#,
-    },
-    Key {
-        table: "[mtproto]",
-        name: "on_probe",
-        ty: r#"string"#,
-        default: r#"`"close"`"#,
-        doc: r#"What happens to a connection whose handshake is refused. `"close"` resets it and the backend is never contacted. `"mask"` relays it byte for byte to `mask_backend`."#,
-    },
-    Key {
-        table: "[mtproto]",
-        name: "mask_backend",
-        ty: r#"string"#,
-        default: r#"unset"#,
-        doc: r#"`host:port` of the real website of the fake-TLS domain. Required with `on_probe = "mask"`."#,
-    },
-    Key {
-        table: "[mtproto]",
-        name: "handshake_timeout",
-        ty: r#"duration or `"off"`"#,
-        default: r#"unset (`[limits] handshake_timeout` applies)"#,
-        doc: r#"The deadline for the first bytes. When set, it replaces `[limits] handshake_timeout`."#,
-    },
-    Key {
-        table: "[mtproto]",
-        name: "time_skew",
-        ty: r#"duration"#,
-        default: r#"`"120s"`"#,
-        doc: r#"How far a fake-TLS ClientHello's timestamp may lag behind the guard's clock. Whole seconds."#,
-    },
-    Key {
-        table: "[mtproto]",
-        name: "time_skew_ahead",
-        ty: r#"duration"#,
-        default: r#"`"3s"`"#,
-        doc: r#"How far the timestamp may run ahead of the guard's clock. Whole seconds."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "config_url",
-        ty: r#"string"#,
-        default: r#"unset"#,
-        doc: r#"The URL of `proxy-multi.conf` (for example `"https://core.telegram.org/getProxyConfig"`). Set it together with `config_out`, or neither."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "config_out",
-        ty: r#"path"#,
-        default: r#"unset"#,
-        doc: r#"The file `config_url` replaces."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "secret_url",
-        ty: r#"string"#,
-        default: r#"unset"#,
-        doc: r#"The URL of the proxy secret (`"https://core.telegram.org/getProxySecret"`). Set it together with `secret_out`, or neither. At least one of the two pairs is needed."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "secret_out",
-        ty: r#"path"#,
-        default: r#"unset"#,
-        doc: r#"The file `secret_url` replaces."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "interval",
-        ty: r#"duration"#,
-        default: r#"`"1d"`"#,
-        doc: r#"Time between rounds, at least `"60s"`."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "jitter",
-        ty: r#"duration"#,
-        default: r#"a tenth of `interval`"#,
-        doc: r#"Each round starts up to this much later, at random, so guards do not fetch in step."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "pins",
-        ty: r#"array of strings"#,
-        default: r#"`[]`"#,
-        doc: r#"Pins for the hosts of the URLs, as in `[server.backend_tls]`. Pins (or a pins file) are required."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "pins_file",
-        ty: r#"path"#,
-        default: r#"unset"#,
-        doc: r#"A pins file for those hosts, as in `[server.backend_tls]`."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "trust",
-        ty: r#"string"#,
-        default: r#"`"webpki"`"#,
-        doc: r#"As in `[server.backend_tls]`."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "ca_file",
-        ty: r#"path"#,
-        default: r#"built-in Mozilla roots"#,
-        doc: r#"As in `[server.backend_tls]`."#,
-    },
-    Key {
-        table: "[refresh]",
-        name: "on_expired",
-        ty: r#"string"#,
-        default: r#"`"webpki"` at levels 0–1, `"fail-closed"` at 2–3"#,
-        doc: r#"As in `[server.backend_tls]`."#,
-    },
-    Key {
-        table: "[admin]",
-        name: "listen",
-        ty: r#"string"#,
-        default: r#"`"127.0.0.1:9900"`"#,
-        doc: r#"The address of the admin API and the Prometheus metrics; `"off"` disables it. A non-loopback address is allowed, but then the bearer token is all that protects `/v1/` (and `/metrics` needs none), so keep it on loopback unless you must."#,
-    },
-    Key {
-        table: "[admin]",
-        name: "token_file",
-        ty: r#"path"#,
-        default: r#"unset (`<state dir>/admin.token`)"#,
-        doc: r#"A file holding the admin API's bearer token (not readable by group or others). Without it, the token is `<state dir>/admin.token`, generated on the first start. See [admin-api.md](admin-api.md#authentication)."#,
-    },
-    Key {
-        table: "[state]",
-        name: "dir",
-        ty: r#"path"#,
-        default: r#"per-user data directory"#,
-        doc: r#"The directory of the persisted state (and of the generated admin token). The default is the platform's local data directory plus `mtguard` (on Linux `$XDG_DATA_HOME/mtguard` or `~/.local/share/mtguard`), else `$HOME/.local/share/mtguard`, else `./mtguard-state`. With the shipped systemd unit, set `"/var/lib/mtguard"`."#,
-    },
-    Key {
-        table: "[hsm]",
-        name: "module",
-        ty: r#"path"#,
-        default: r#"required"#,
-        doc: r#"Path of the token vendor's PKCS#11 module (SoftHSM2 on Debian: `/usr/lib/softhsm/libsofthsm2.so`)."#,
-    },
-    Key {
-        table: "[hsm]",
-        name: "token",
-        ty: r#"string"#,
-        default: r#"required"#,
-        doc: r#"The token's label (1 to 32 printable ASCII characters)."#,
-    },
-    Key {
-        table: "[hsm]",
-        name: "pin_file",
-        ty: r#"path"#,
-        default: r#"unset"#,
-        doc: r#"A file holding the user PIN (surrounding whitespace ignored). Exactly one of `pin_file` and `pin_env` must be set."#,
-    },
-    Key {
-        table: "[hsm]",
-        name: "pin_env",
-        ty: r#"string"#,
-        default: r#"unset"#,
-        doc: r#"The name of the environment variable holding the user PIN."#,
-    },
-    Key {
-        table: "[hsm]",
-        name: "integrity_key",
-        ty: r#"string"#,
-        default: r#"`"mtguard-integrity"`"#,
-        doc: r#"The label of the token key that seals the state file and pins files. It is generated in the token on first use."#,
-    },
-    Key {
-        table: "[crowdsec]",
-        name: "lapi_url",
-        ty: r#"string"#,
-        default: r#"required"#,
-        doc: r#"The CrowdSec Local API, `http://HOST:PORT`, on loopback or a private network. `https://` is refused for now, because the client has no CA setting yet."#,
-    },
-    Key {
-        table: "[crowdsec]",
-        name: "api_key_file",
-        ty: r#"path"#,
-        default: r#"unset"#,
-        doc: r#"A file holding a bouncer key (`cscli bouncers add mtguard -o raw`). With it, the guard follows the decision stream."#,
-    },
-    Key {
-        table: "[crowdsec]",
-        name: "poll_interval",
-        ty: r#"duration"#,
-        default: r#"`"10s"`"#,
-        doc: r#"How often the decision stream is polled."#,
-    },
-    Key {
-        table: "[crowdsec]",
-        name: "machine_id",
-        ty: r#"string"#,
-        default: r#"unset"#,
-        doc: r#"A machine registered with `cscli machines add NAME --password ...`. With it, the guard reports its blocks and detections as alerts. Needs `password_file`."#,
-    },
-    Key {
-        table: "[crowdsec]",
-        name: "password_file",
-        ty: r#"path"#,
-        default: r#"unset"#,
-        doc: r#"A file holding that machine's password."#,
-    },
-    Key {
-        table: "[kernel]",
-        name: "nft_set",
-        ty: r#"string"#,
-        default: r#"`"off"`"#,
-        doc: r#"`"FAMILY TABLE SET"` (`"inet mtguard blocked"` with the shipped ruleset). Every block is mirrored into that nftables set (IPv4 clients) and into `SET6` (IPv6 client prefixes), with the block's remaining time as the element's timeout. FAMILY is `ip`, `ip6` or `inet`. It needs the `nft` command and `CAP_NET_ADMIN`, and the sets must exist at start."#,
-    },
-];
+/// Declares every key once: a constant per key in a module per table
+/// (`key::server::listen`), so the parser, `check-config` and the
+/// reference name a key through its declaration and a typo does not
+/// compile; and [`KEYS`], all of them in the reference's order.
+macro_rules! keys {
+    ($( $(#[doc = $mdoc:literal])* $module:ident $table:tt {
+        $( $name:ident: $ty:literal, $default:literal, $doc:literal; )*
+    } )*) => {
+        /// The declarations one by one, a module per table
+        /// (`key::server::listen`).
+        pub mod key {
+            $(
+                $(#[doc = $mdoc])*
+                // Each constant is spelt as the file spells its key, so the
+                // name cannot drift from the key.
+                #[allow(non_upper_case_globals)]
+                pub mod $module {
+                    use super::super::Key;
+
+                    /// The table as the file and errors write it.
+                    pub const TABLE: &str = $table;
+                    $(
+                        #[doc = $doc]
+                        pub const $name: Key = Key {
+                            table: $table,
+                            name: stringify!($name),
+                            ty: $ty,
+                            default: $default,
+                            doc: $doc,
+                            path: keys!(@path $table $name),
+                        };
+                    )*
+                }
+            )*
+        }
+
+        /// Every key of the config file, table by table in the reference's order.
+        pub const KEYS: &[Key] = &[$( $( key::$module::$name, )* )*];
+    };
+    (@path "" $name:ident) => { stringify!($name) };
+    (@path $table:tt $name:ident) => { concat!($table, " ", stringify!($name)) };
+}
+
+keys! {
+    /// The top-level keys.
+    top "" {
+        level: r#"integer 0–3"#,
+            r#"`1`"#,
+            r#"Security level: 0 minimal, for testing (generous limits, nobody is blocked); 1 standard, recommended; 2 high; 3 maximum, may refuse heavy legitimate users. Every `[limits]` key left out takes this level's preset (see [Security levels](#security-levels)). `--level` overrides it."#;
+    }
+    /// The keys of `[server]`.
+    server "[server]" {
+        listen: r#"array of strings"#,
+            r#"`["127.0.0.1:4443"]`"#,
+            r#"Addresses that accept clients: one or more `IP:port` (IPv6: `"[::]:443"`)."#;
+        backend: r#"string"#,
+            r#"`"127.0.0.1:8443"`"#,
+            r#"The MTProto proxy behind the guard, `host:port`. A host name is resolved when connecting. IPv6 is written `"[::1]:8443"`."#;
+        proxy_protocol: r#"string"#,
+            r#"`"none"`"#,
+            r#"The PROXY protocol header sent to the backend with the client's address: `"none"`, `"v1"` (text) or `"v2"` (binary). mtg and telemt accept it; the original MTProxy does not."#;
+        connect_timeout: r#"duration"#,
+            r#"`"5s"`"#,
+            r#"How long connecting to the backend may take. With `[server.backend_tls]`, the TLS handshake has the same limit."#;
+        idle_timeout: r#"duration"#,
+            r#"`"10m"`"#,
+            r#"A connection with no traffic in either direction for this long is closed."#;
+    }
+    /// The keys of `[server.backend_tls]`.
+    backend_tls "[server.backend_tls]" {
+        server_name: r#"string"#,
+            r#"host of `backend`"#,
+            r#"The name the backend's certificate must be valid for, also sent as SNI: a DNS name or an IP address."#;
+        pins: r#"array of strings"#,
+            r#"`[]`"#,
+            r#"Pins, each `"sha256/<base64>"` (SPKI) or `"cert-sha256/<hex>"` (whole certificate), optionally followed by ` expires=YYYY-MM-DD` and `# label`. At most 100."#;
+        pins_file: r#"path"#,
+            r#"unset"#,
+            r#"A pins file (one pin a line, same syntax). It is read at start and **rewritten** after every change made through `/v1/pins`."#;
+        trust: r#"string"#,
+            r#"`"webpki"`"#,
+            r#"`"webpki"`: a chain to a trusted root, valid for `server_name`, and a pin on that validated chain. `"pins-only"`: no CA check and no name check; the leaf certificate must match a pin (for self-signed or private-CA backends)."#;
+        ca_file: r#"path"#,
+            r#"built-in Mozilla roots"#,
+            r#"A PEM or DER file of the CAs to trust instead of the roots compiled in from `webpki-roots` (not allowed with `"pins-only"`)."#;
+        on_expired: r#"string"#,
+            r#"`"webpki"` at levels 0–1, `"fail-closed"` at 2–3"#,
+            r#"What happens once no unexpired pin is left: `"fail-closed"` refuses every connection; `"webpki"` accepts on CA validation alone and logs an error at every connection. With `"pins-only"` trust it always fails closed."#;
+    }
+    /// The keys of `[limits]`.
+    limits "[limits]" {
+        max_connections_per_ip: r#"integer 1–65535"#,
+            r#"`100`"#,
+            r#"Concurrent connections one client may hold."#;
+        rate_window: r#"duration"#,
+            r#"`"60s"`"#,
+            r#"Length of the per-client rate window (at most `"1d"`)."#;
+        max_new_connections_per_window: r#"integer 1–65535"#,
+            r#"`300`"#,
+            r#"New connections one client may open per rate window."#;
+        ip_blocking: r#"boolean"#,
+            r#"`true`"#,
+            r#"Whether clients that keep violating limits are blocked. When `false`, violations are still refused, but nobody is blocked automatically."#;
+        block_after_violations: r#"integer 1–255"#,
+            r#"`20`"#,
+            r#"Refused connections within one rate window after which a client is blocked."#;
+        block_duration: r#"duration"#,
+            r#"`"5m"`"#,
+            r#"Length of a first automatic block. Each repeat offence doubles it."#;
+        max_block_duration: r#"duration"#,
+            r#"`"1d"`"#,
+            r#"Cap of an escalated block. It must not be shorter than `block_duration`."#;
+        block_jitter_permille: r#"integer 0–1000"#,
+            r#"`100`"#,
+            r#"Each block is lengthened by a random part of up to this many thousandths of its duration, so a botnet cannot predict the unban."#;
+        offence_memory: r#"duration"#,
+            r#"`"1d"`"#,
+            r#"How long a client's offence history is kept after it was last seen. Escalation starts over after that."#;
+        ipv6_prefix: r#"integer 1–128"#,
+            r#"`64`"#,
+            r#"IPv6 clients are counted per prefix of this many bits."#;
+        global_max_connections: r#"integer ≥ 1"#,
+            r#"`50000`"#,
+            r#"Concurrent connections across all clients (also capped by the connection table's size)."#;
+        global_max_new_per_second: r#"integer ≥ 1"#,
+            r#"`5000`"#,
+            r#"New connections per second across all clients."#;
+        scanner_failures: r#"integer 1–255"#,
+            r#"`10`"#,
+            r#"Failed handshakes within one rate window that mark a client as a scanner."#;
+        handshake_timeout: r#"duration or `"off"`"#,
+            r#"`"10s"`"#,
+            r#"A connection that has not completed its handshake after this long is closed (slowloris defence). `"off"` disables the deadline. `[mtproto] handshake_timeout` replaces it when set."#;
+        slowloris_timeouts: r#"integer 1–255"#,
+            r#"`10`"#,
+            r#"Handshake timeouts within one rate window that mark a slowloris client."#;
+        block_on_replay: r#"boolean"#,
+            r#"`false`"#,
+            r#"Whether a replayed handshake blocks the client at once. Otherwise it counts as a failed handshake."#;
+        attack_enter_per_second: r#"integer, `0` = off"#,
+            r#"`2000`"#,
+            r#"Under-attack mode starts when new connections across all clients reach this rate per second. Per-client limits then shrink to `attack_limit_percent`. `0` turns the mode off."#;
+        attack_exit_per_second: r#"integer"#,
+            r#"`1000`"#,
+            r#"The mode ends once the rate stays below this for `attack_cooldown`. It must not exceed `attack_enter_per_second`."#;
+        attack_cooldown: r#"duration"#,
+            r#"`"30s"`"#,
+            r#"How long the rate must stay below `attack_exit_per_second`."#;
+        attack_limit_percent: r#"integer 1–100"#,
+            r#"`50`"#,
+            r#"Under attack, per-client limits are scaled to this percentage."#;
+    }
+    /// The keys of `[lists]`.
+    lists "[lists]" {
+        allow: r#"array of strings"#,
+            r#"`[]`"#,
+            r#"Addresses or CIDR prefixes (`"192.0.2.7"`, `"10.0.0.0/8"`, `"2001:db8::/32"`) that are never limited or blocked."#;
+        deny: r#"array of strings"#,
+            r#"`[]`"#,
+            r#"Addresses or CIDR prefixes that are always refused."#;
+        allow_files: r#"array of paths"#,
+            r#"`[]`"#,
+            r#"Netset files of allowed prefixes."#;
+        deny_files: r#"array of paths"#,
+            r#"`[]`"#,
+            r#"Netset files of denied prefixes, for example FireHOL's `firehol_level1.netset`."#;
+    }
+    /// The keys of `[mtproto]`.
+    mtproto "[mtproto]" {
+        secrets: r#"array of strings"#,
+            r#"`[]`"#,
+            r#"The proxy's secrets: classic (32 hex digits), `"dd"` + 32 hex digits, or `"ee"` + 32 hex digits + the hex of the fake-TLS domain. Base64url of the same bytes also works. With `[hsm]`, an entry may also be `"hsm:<label>"`, a key in the token; these follow the inline secrets, each label once. At most 16."#;
+        inspect: r#"boolean"#,
+            r#"`true` when `secrets` is set, else `false`"#,
+            r#"Whether handshakes are inspected. `false` keeps the secrets in the file but forwards every connection uninspected. `true` without secrets is an error."#;
+        on_probe: r#"string"#,
+            r#"`"close"`"#,
+            r#"What happens to a connection whose handshake is refused. `"close"` resets it and the backend is never contacted. `"mask"` relays it byte for byte to `mask_backend`."#;
+        mask_backend: r#"string"#,
+            r#"unset"#,
+            r#"`host:port` of the real website of the fake-TLS domain. Required with `on_probe = "mask"`."#;
+        handshake_timeout: r#"duration or `"off"`"#,
+            r#"unset (`[limits] handshake_timeout` applies)"#,
+            r#"The deadline for the first bytes. When set, it replaces `[limits] handshake_timeout`."#;
+        time_skew: r#"duration"#,
+            r#"`"120s"`"#,
+            r#"How far a fake-TLS ClientHello's timestamp may lag behind the guard's clock. Whole seconds."#;
+        time_skew_ahead: r#"duration"#,
+            r#"`"3s"`"#,
+            r#"How far the timestamp may run ahead of the guard's clock. Whole seconds."#;
+    }
+    /// The keys of `[refresh]`.
+    refresh "[refresh]" {
+        config_url: r#"string"#,
+            r#"unset"#,
+            r#"The URL of `proxy-multi.conf` (for example `"https://core.telegram.org/getProxyConfig"`). Set it together with `config_out`, or neither."#;
+        config_out: r#"path"#,
+            r#"unset"#,
+            r#"The file `config_url` replaces."#;
+        secret_url: r#"string"#,
+            r#"unset"#,
+            r#"The URL of the proxy secret (`"https://core.telegram.org/getProxySecret"`). Set it together with `secret_out`, or neither. At least one of the two pairs is needed."#;
+        secret_out: r#"path"#,
+            r#"unset"#,
+            r#"The file `secret_url` replaces."#;
+        interval: r#"duration"#,
+            r#"`"1d"`"#,
+            r#"Time between rounds, at least `"60s"`."#;
+        jitter: r#"duration"#,
+            r#"a tenth of `interval`"#,
+            r#"Each round starts up to this much later, at random, so guards do not fetch in step."#;
+        pins: r#"array of strings"#,
+            r#"`[]`"#,
+            r#"Pins for the hosts of the URLs, as in `[server.backend_tls]`. Pins (or a pins file) are required."#;
+        pins_file: r#"path"#,
+            r#"unset"#,
+            r#"A pins file for those hosts, as in `[server.backend_tls]`."#;
+        trust: r#"string"#,
+            r#"`"webpki"`"#,
+            r#"As in `[server.backend_tls]`."#;
+        ca_file: r#"path"#,
+            r#"built-in Mozilla roots"#,
+            r#"As in `[server.backend_tls]`."#;
+        on_expired: r#"string"#,
+            r#"`"webpki"` at levels 0–1, `"fail-closed"` at 2–3"#,
+            r#"As in `[server.backend_tls]`."#;
+    }
+    /// The keys of `[admin]`.
+    admin "[admin]" {
+        listen: r#"string"#,
+            r#"`"127.0.0.1:9900"`"#,
+            r#"The address of the admin API and the Prometheus metrics; `"off"` disables it. A non-loopback address is allowed, but then the bearer token is all that protects `/v1/` (and `/metrics` needs none), so keep it on loopback unless you must."#;
+        token_file: r#"path"#,
+            r#"unset (`<state dir>/admin.token`)"#,
+            r#"A file holding the admin API's bearer token (not readable by group or others). Without it, the token is `<state dir>/admin.token`, generated on the first start. See [admin-api.md](admin-api.md#authentication)."#;
+    }
+    /// The keys of `[state]`.
+    state "[state]" {
+        dir: r#"path"#,
+            r#"per-user data directory"#,
+            r#"The directory of the persisted state (and of the generated admin token). The default is the platform's local data directory plus `mtguard` (on Linux `$XDG_DATA_HOME/mtguard` or `~/.local/share/mtguard`), else `$HOME/.local/share/mtguard`, else `./mtguard-state`. With the shipped systemd unit, set `"/var/lib/mtguard"`."#;
+    }
+    /// The keys of `[hsm]`.
+    hsm "[hsm]" {
+        module: r#"path"#,
+            r#"required"#,
+            r#"Path of the token vendor's PKCS#11 module (SoftHSM2 on Debian: `/usr/lib/softhsm/libsofthsm2.so`)."#;
+        token: r#"string"#,
+            r#"required"#,
+            r#"The token's label (1 to 32 printable ASCII characters)."#;
+        pin_file: r#"path"#,
+            r#"unset"#,
+            r#"A file holding the user PIN (surrounding whitespace ignored). Exactly one of `pin_file` and `pin_env` must be set."#;
+        pin_env: r#"string"#,
+            r#"unset"#,
+            r#"The name of the environment variable holding the user PIN."#;
+        integrity_key: r#"string"#,
+            r#"`"mtguard-integrity"`"#,
+            r#"The label of the token key that seals the state file and pins files. It is generated in the token on first use."#;
+    }
+    /// The keys of `[crowdsec]`.
+    crowdsec "[crowdsec]" {
+        lapi_url: r#"string"#,
+            r#"required"#,
+            r#"The CrowdSec Local API, `http://HOST:PORT`, on loopback or a private network. `https://` is refused for now, because the client has no CA setting yet."#;
+        api_key_file: r#"path"#,
+            r#"unset"#,
+            r#"A file holding a bouncer key (`cscli bouncers add mtguard -o raw`). With it, the guard follows the decision stream."#;
+        poll_interval: r#"duration"#,
+            r#"`"10s"`"#,
+            r#"How often the decision stream is polled."#;
+        machine_id: r#"string"#,
+            r#"unset"#,
+            r#"A machine registered with `cscli machines add NAME --password ...`. With it, the guard reports its blocks and detections as alerts. Needs `password_file`."#;
+        password_file: r#"path"#,
+            r#"unset"#,
+            r#"A file holding that machine's password."#;
+    }
+    /// The keys of `[kernel]`.
+    kernel "[kernel]" {
+        nft_set: r#"string"#,
+            r#"`"off"`"#,
+            r#"`"FAMILY TABLE SET"` (`"inet mtguard blocked"` with the shipped ruleset). Every block is mirrored into that nftables set (IPv4 clients) and into `SET6` (IPv6 client prefixes), with the block's remaining time as the element's timeout. FAMILY is `ip`, `ip6` or `inet`. It needs the `nft` command and `CAP_NET_ADMIN`, and the sets must exist at start."#;
+    }
+}
+
+/// The defaults that are plain values, in one place: `embedded_default`
+/// and the parser take them from here, and the test
+/// `writing_every_documented_default_changes_nothing` holds them to the
+/// declarations' `default` text.
+pub(super) mod default {
+    use std::time::Duration;
+
+    /// `[server] connect_timeout`.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// `[server] idle_timeout`.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    /// `[server] listen`'s one address, on loopback.
+    pub const LISTEN_PORT: u16 = 4443;
+    /// `[server] backend`.
+    pub const BACKEND: &str = "127.0.0.1:8443";
+    /// `[admin] listen`'s port, on loopback.
+    pub const ADMIN_PORT: u16 = 9900;
+    /// `level`.
+    pub const LEVEL: u8 = 1;
+    /// `[mtproto] time_skew`.
+    pub const TIME_SKEW: Duration = Duration::from_secs(120);
+    /// `[mtproto] time_skew_ahead`.
+    pub const TIME_SKEW_AHEAD: Duration = Duration::from_secs(3);
+    /// `[crowdsec] poll_interval`.
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+    /// `[refresh] interval`.
+    pub const REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+}
+
+/// The keys `[server.backend_tls]` and `[refresh]` share, so the code that
+/// reads and shows them takes one table's declarations.
+pub(super) struct PinningKeys {
+    pub(super) pins: Key,
+    pub(super) pins_file: Key,
+    pub(super) trust: Key,
+    pub(super) ca_file: Key,
+    pub(super) on_expired: Key,
+}
+
+impl PinningKeys {
+    /// The table, as `check-config` heads its rows.
+    pub(super) const fn table(&self) -> &'static str {
+        self.pins.table
+    }
+}
+
+/// `[server.backend_tls]`'s pinning keys.
+pub(super) const BACKEND_TLS_PINNING: PinningKeys = PinningKeys {
+    pins: key::backend_tls::pins,
+    pins_file: key::backend_tls::pins_file,
+    trust: key::backend_tls::trust,
+    ca_file: key::backend_tls::ca_file,
+    on_expired: key::backend_tls::on_expired,
+};
+
+/// `[refresh]`'s pinning keys.
+pub(super) const REFRESH_PINNING: PinningKeys = PinningKeys {
+    pins: key::refresh::pins,
+    pins_file: key::refresh::pins_file,
+    trust: key::refresh::trust,
+    ca_file: key::refresh::ca_file,
+    on_expired: key::refresh::on_expired,
+};
 
 #[cfg(test)]
 mod tests {
@@ -700,7 +570,101 @@ mod tests {
             .filter(|k| k.table == "[limits]")
             .map(|k| k.name)
             .collect();
-        let parsed: Vec<&str> = LimitsConfig::KEYS.iter().map(|(k, _)| *k).collect();
+        let parsed: Vec<&str> = LimitsConfig::KEYS.iter().map(|(k, _)| k.name).collect();
         assert_eq!(declared, parsed);
+    }
+}
+
+#[cfg(test)]
+mod default_tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// A table that parses on its own, so that one key can be added to it:
+    /// the keys each table requires, none of them with a plain default.
+    fn table_text(table: &str) -> String {
+        match table {
+            "" => String::new(),
+            "[hsm]" => "[hsm]\nmodule = \"m.so\"\ntoken = \"t\"\npin_env = \"PIN\"\n".into(),
+            "[crowdsec]" => {
+                "[crowdsec]\nlapi_url = \"http://127.0.0.1:8080/\"\napi_key_file = \"k\"\n".into()
+            }
+            "[refresh]" => "[refresh]\nconfig_url = \"https://core.telegram.org/getProxyConfig\"\n\
+                            config_out = \"o\"\npins_file = \"p\"\n"
+                .into(),
+            t => format!("{t}\n"),
+        }
+    }
+
+    /// The value of a default the reference writes as one TOML value in
+    /// backticks (`` `"5s"` ``); `None` for one it describes in words.
+    fn plain_default(key: &Key) -> Option<&'static str> {
+        let inner = key.default.strip_prefix('`')?.strip_suffix('`')?;
+        (!inner.contains('`')).then_some(inner)
+    }
+
+    fn parse(text: &str) -> (Config, mtguard_core::Policy) {
+        let mut config = Config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{text}: {e}"));
+        let policy = config.effective_policy(None).unwrap();
+        // Only where a value came from may differ; a `[limits]` key is
+        // compared through the policy it makes (set or left to level 1's
+        // preset, the reference's default).
+        config.lines.clear();
+        config.limits = LimitsConfig::default();
+        (config, policy)
+    }
+
+    /// Writing a key's documented default changes nothing: the default the
+    /// reference states is the one the parser and `embedded_default` use.
+    #[test]
+    fn writing_every_documented_default_changes_nothing() {
+        let mut described = Vec::new();
+        for key in KEYS {
+            let Some(value) = plain_default(key) else {
+                described.push(key.path());
+                continue;
+            };
+            let base = table_text(key.table);
+            let with = format!("{base}{} = {value}\n", key.name);
+            assert_eq!(
+                parse(&with),
+                parse(&base),
+                "{}: the documented default {} is not the default",
+                key.path(),
+                key.default
+            );
+        }
+        // Every other default is described in words: each must be one the
+        // parser cannot be told in the file, listed here on purpose.
+        assert_eq!(
+            described,
+            [
+                "[server.backend_tls] server_name",
+                "[server.backend_tls] pins_file",
+                "[server.backend_tls] ca_file",
+                "[server.backend_tls] on_expired",
+                "[mtproto] inspect",
+                "[mtproto] mask_backend",
+                "[mtproto] handshake_timeout",
+                "[refresh] config_url",
+                "[refresh] config_out",
+                "[refresh] secret_url",
+                "[refresh] secret_out",
+                "[refresh] jitter",
+                "[refresh] pins_file",
+                "[refresh] ca_file",
+                "[refresh] on_expired",
+                "[admin] token_file",
+                "[state] dir",
+                "[hsm] module",
+                "[hsm] token",
+                "[hsm] pin_file",
+                "[hsm] pin_env",
+                "[crowdsec] lapi_url",
+                "[crowdsec] api_key_file",
+                "[crowdsec] machine_id",
+                "[crowdsec] password_file",
+            ]
+        );
     }
 }

@@ -42,7 +42,7 @@ mod values;
 
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
-pub use keys::{Key, LimitsConfig, KEYS};
+pub use keys::{key, Key, LimitsConfig, KEYS};
 pub use parse::{line_scan_bytes, LineIndex};
 pub use values::{url_host, ContentKind, OnExpired, OnProbe, ProxyProtocol, Trust, UrlError};
 
@@ -216,8 +216,8 @@ impl Default for MtprotoConfig {
             on_probe: OnProbe::Close,
             mask_backend: None,
             handshake_timeout: None,
-            time_skew: Duration::from_secs(120),
-            time_skew_ahead: Duration::from_secs(3),
+            time_skew: keys::default::TIME_SKEW,
+            time_skew_ahead: keys::default::TIME_SKEW_AHEAD,
         }
     }
 }
@@ -402,20 +402,21 @@ impl Config {
     /// 10 min idle timeout, state in [`default_state_dir`].
     pub fn embedded_default() -> Config {
         let local = |port| SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port);
+        use keys::default as d;
         Config {
-            level: 1,
+            level: d::LEVEL,
             server: ServerConfig {
-                listen: vec![local(4443)],
-                backend: "127.0.0.1:8443".into(),
+                listen: vec![local(d::LISTEN_PORT)],
+                backend: d::BACKEND.into(),
                 proxy_protocol: ProxyProtocol::None,
-                connect_timeout: Duration::from_secs(5),
-                idle_timeout: Duration::from_secs(600),
+                connect_timeout: d::CONNECT_TIMEOUT,
+                idle_timeout: d::IDLE_TIMEOUT,
                 backend_tls: None,
             },
             limits: LimitsConfig::default(),
             lists: ListsConfig::default(),
             admin: AdminConfig {
-                listen: Some(local(9900)),
+                listen: Some(local(d::ADMIN_PORT)),
                 token_file: None,
             },
             state: StateConfig {
@@ -455,8 +456,8 @@ impl Config {
             })?,
             None => Level::from_number(self.level).ok_or_else(|| ConfigError {
                 file: self.source_name.clone(),
-                line: self.lines.get("level").copied(),
-                key: Some("level".into()),
+                line: self.lines.get(key::top::level.path()).copied(),
+                key: Some(key::top::level.path().into()),
                 message: format!("must be 0, 1, 2 or 3 (got {})", self.level),
             })?,
         };
@@ -473,17 +474,17 @@ impl Config {
 
     /// A validation error of the core, in the file's terms.
     fn policy_error(&self, error: PolicyError, policy: &Policy) -> ConfigError {
-        let config_key = |field: &'static str| -> &'static str {
-            LimitsConfig::KEYS
-                .iter()
-                .find(|(_, f)| *f == field)
-                .map_or(field, |(k, _)| *k)
-        };
-        let key = config_key(error.field);
+        // A field every `[limits]` key maps to; one without a key (a core
+        // field the file cannot set) is still named in `[limits]` terms.
+        let declared = LimitsConfig::KEYS
+            .iter()
+            .find(|(_, f)| *f == error.field)
+            .map(|(k, _)| *k);
+        let key = declared.map_or(error.field, |k| k.name);
         let mut problem = error.problem.to_owned();
         for (k, f) in LimitsConfig::KEYS {
-            if k != f {
-                problem = problem.replace(f, k);
+            if k.name != *f {
+                problem = problem.replace(f, k.name);
             }
         }
         // The key, then every other key the problem mentions, with their
@@ -492,12 +493,13 @@ impl Config {
         let preset = policy.level.number();
         let mut line = None;
         let mut notes = Vec::new();
-        let mentioned = rows.iter().filter(|r| r.0 == key).chain(
+        let mentioned = rows.iter().filter(|r| r.0.name == key).chain(
             rows.iter()
-                .filter(|r| r.0 != key && mentions(&problem, r.0)),
+                .filter(|r| r.0.name != key && mentions(&problem, r.0.name)),
         );
         for (k, value, from_file) in mentioned {
-            let k_line = self.lines.get(&format!("[limits] {k}")).copied();
+            let k_line = self.lines.get(k.path()).copied();
+            let k = k.name;
             let origin = match k_line {
                 Some(n) if *from_file => format!("set on line {n}"),
                 _ if *from_file => "set in the file".to_owned(),
@@ -514,7 +516,10 @@ impl Config {
         ConfigError {
             file: self.source_name.clone(),
             line,
-            key: Some(format!("[limits] {key}")),
+            key: Some(declared.map_or_else(
+                || format!("{} {key}", key::limits::TABLE),
+                |k| k.path().to_owned(),
+            )),
             message,
         }
     }

@@ -16,8 +16,10 @@ use toml::Spanned;
 
 use super::duration::{parse_duration, DurationText};
 use super::error::{toml_error, ConfigError};
-use super::keys::{LimitValue, LimitsConfig, RawLimits};
+use super::keys::{LimitValue, LimitsConfig, PinningKeys, RawLimits};
+use super::keys::{BACKEND_TLS_PINNING, REFRESH_PINNING};
 use super::*;
+use key as k;
 
 /// `proxy_protocol` as the file writes it.
 #[derive(Clone, Copy, Deserialize)]
@@ -249,55 +251,56 @@ impl Parse<'_> {
     fn hsm(&mut self, raw: RawHsm, span: &Range<usize>) -> Result<HsmConfig, ConfigError> {
         let module = match &raw.module {
             Some(m) => {
-                self.note("[hsm] module", &m.span());
-                self.path(m, "[hsm] module")?
+                self.note(k::hsm::module.path(), &m.span());
+                self.path(m, k::hsm::module.path())?
             }
             None => {
                 let m = "missing: the path of the token's PKCS#11 module \
                          (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)";
-                return Err(self.error(span, "[hsm] module", m));
+                return Err(self.error(span, k::hsm::module.path(), m));
             }
         };
         let token = match &raw.token {
             Some(t) => {
-                self.note("[hsm] token", &t.span());
-                check_label(t.get_ref()).map_err(|m| self.error(&t.span(), "[hsm] token", m))?;
+                self.note(k::hsm::token.path(), &t.span());
+                check_label(t.get_ref())
+                    .map_err(|m| self.error(&t.span(), k::hsm::token.path(), m))?;
                 t.get_ref().clone()
             }
             None => {
                 let m = "missing: the label of the token";
-                return Err(self.error(span, "[hsm] token", m));
+                return Err(self.error(span, k::hsm::token.path(), m));
             }
         };
         let pin = match (&raw.pin_file, &raw.pin_env) {
             (Some(f), None) => {
-                self.note("[hsm] pin_file", &f.span());
-                PinSource::File(self.path(f, "[hsm] pin_file")?)
+                self.note(k::hsm::pin_file.path(), &f.span());
+                PinSource::File(self.path(f, k::hsm::pin_file.path())?)
             }
             (None, Some(e)) => {
-                self.note("[hsm] pin_env", &e.span());
+                self.note(k::hsm::pin_env.path(), &e.span());
                 let name = e.get_ref();
                 if name.is_empty() || name.contains('=') || name.contains('\0') {
                     let m = format!("{name:?} is not an environment variable name");
-                    return Err(self.error(&e.span(), "[hsm] pin_env", m));
+                    return Err(self.error(&e.span(), k::hsm::pin_env.path(), m));
                 }
                 PinSource::Env(name.clone())
             }
             (Some(_), Some(e)) => {
                 let m = "give pin_file or pin_env, not both";
-                return Err(self.error(&e.span(), "[hsm] pin_env", m));
+                return Err(self.error(&e.span(), k::hsm::pin_env.path(), m));
             }
             (None, None) => {
                 let m = "missing: the file (pin_file) or environment variable (pin_env) \
                          holding the user PIN; the PIN is never written in the config";
-                return Err(self.error(span, "[hsm] pin_file", m));
+                return Err(self.error(span, k::hsm::pin_file.path(), m));
             }
         };
         let integrity_key = match &raw.integrity_key {
             Some(k) => {
-                self.note("[hsm] integrity_key", &k.span());
+                self.note(k::hsm::integrity_key.path(), &k.span());
                 check_label(k.get_ref())
-                    .map_err(|m| self.error(&k.span(), "[hsm] integrity_key", m))?;
+                    .map_err(|m| self.error(&k.span(), k::hsm::integrity_key.path(), m))?;
                 k.get_ref().clone()
             }
             None => DEFAULT_INTEGRITY_KEY.to_owned(),
@@ -314,7 +317,7 @@ impl Parse<'_> {
     fn mtproto(&mut self, raw: RawMtproto) -> Result<MtprotoConfig, ConfigError> {
         let mut out = MtprotoConfig::default();
         if let Some(secrets) = &raw.secrets {
-            let key = "[mtproto] secrets";
+            let key = k::mtproto::secrets.path();
             self.note(key, &secrets.span());
             for (i, value) in secrets.get_ref().iter().enumerate() {
                 let key = format!("{key}[{i}]");
@@ -351,7 +354,7 @@ impl Parse<'_> {
             }
         }
         if let Some(inspect) = &raw.inspect {
-            let key = "[mtproto] inspect";
+            let key = k::mtproto::inspect.path();
             self.note(key, &inspect.span());
             if *inspect.get_ref() && out.secret_count() == 0 {
                 let m = "inspection needs at least one secret in [mtproto] secrets";
@@ -360,13 +363,13 @@ impl Parse<'_> {
             out.inspect = Some(*inspect.get_ref());
         }
         if let Some(backend) = &raw.mask_backend {
-            let key = "[mtproto] mask_backend";
+            let key = k::mtproto::mask_backend.path();
             self.note(key, &backend.span());
             check_backend(backend.get_ref()).map_err(|m| self.error(&backend.span(), key, m))?;
             out.mask_backend = Some(backend.get_ref().clone());
         }
         if let Some(on_probe) = &raw.on_probe {
-            let key = "[mtproto] on_probe";
+            let key = k::mtproto::on_probe.path();
             self.note(key, &on_probe.span());
             out.on_probe = match on_probe.get_ref() {
                 RawOnProbe::Close => OnProbe::Close,
@@ -379,7 +382,7 @@ impl Parse<'_> {
             }
         }
         if let Some(value) = raw.handshake_timeout {
-            let key = "[mtproto] handshake_timeout";
+            let key = k::mtproto::handshake_timeout.path();
             let span = value.span();
             self.note(key, &span);
             let t = <Option<Duration> as LimitValue>::convert(value.into_inner())
@@ -387,10 +390,14 @@ impl Parse<'_> {
             out.handshake_timeout = Some(t);
         }
         for (value, key, slot) in [
-            (raw.time_skew, "[mtproto] time_skew", &mut out.time_skew),
+            (
+                raw.time_skew,
+                k::mtproto::time_skew.path(),
+                &mut out.time_skew,
+            ),
             (
                 raw.time_skew_ahead,
-                "[mtproto] time_skew_ahead",
+                k::mtproto::time_skew_ahead.path(),
                 &mut out.time_skew_ahead,
             ),
         ] {
@@ -414,7 +421,7 @@ impl Parse<'_> {
     /// The keys `[server.backend_tls]` and `[refresh]` share.
     fn pinning(
         &mut self,
-        table: &str,
+        keys: &PinningKeys,
         pins: Option<Spanned<Vec<Spanned<String>>>>,
         pins_file: Option<Spanned<String>>,
         trust: Option<Spanned<RawTrust>>,
@@ -429,8 +436,8 @@ impl Parse<'_> {
             on_expired: None,
         };
         if let Some(pins) = &pins {
-            let key = format!("{table} pins");
-            self.note(&key, &pins.span());
+            let key = keys.pins.path();
+            self.note(key, &pins.span());
             for (i, value) in pins.get_ref().iter().enumerate() {
                 let key = format!("{key}[{i}]");
                 self.note(&key, &value.span());
@@ -451,37 +458,37 @@ impl Parse<'_> {
             }
         }
         if let Some(file) = &pins_file {
-            let key = format!("{table} pins_file");
-            self.note(&key, &file.span());
-            out.pins_file = Some(self.path(file, &key)?);
+            let key = keys.pins_file.path();
+            self.note(key, &file.span());
+            out.pins_file = Some(self.path(file, key)?);
         }
         if let Some(trust) = &trust {
-            self.note(&format!("{table} trust"), &trust.span());
+            self.note(keys.trust.path(), &trust.span());
             out.trust = match trust.get_ref() {
                 RawTrust::WebPki => Trust::WebPki,
                 RawTrust::PinsOnly => Trust::PinsOnly,
             };
         }
         if let Some(file) = &ca_file {
-            let key = format!("{table} ca_file");
-            self.note(&key, &file.span());
+            let key = keys.ca_file.path();
+            self.note(key, &file.span());
             if out.trust == Trust::PinsOnly {
                 let m =
                     "trust = \"pins-only\" checks no CA: remove ca_file or use trust = \"webpki\"";
-                return Err(self.error(&file.span(), &key, m));
+                return Err(self.error(&file.span(), key, m));
             }
-            out.ca_file = Some(self.path(file, &key)?);
+            out.ca_file = Some(self.path(file, key)?);
         }
         if let Some(on_expired) = &on_expired {
-            let key = format!("{table} on_expired");
-            self.note(&key, &on_expired.span());
+            let key = keys.on_expired.path();
+            self.note(key, &on_expired.span());
             out.on_expired = Some(match on_expired.get_ref() {
                 RawOnExpired::FailClosed => OnExpired::FailClosed,
                 RawOnExpired::WebPki => OnExpired::WebPki,
             });
             if out.trust == Trust::PinsOnly && out.on_expired == Some(OnExpired::WebPki) {
                 let m = "trust = \"pins-only\" has no WebPKI validation to fall back on: use \"fail-closed\"";
-                return Err(self.error(&on_expired.span(), &key, m));
+                return Err(self.error(&on_expired.span(), key, m));
             }
         }
         Ok(out)
@@ -493,9 +500,9 @@ impl Parse<'_> {
         let raw = raw.into_inner();
         let Some(url) = raw.lapi_url else {
             let m = "lapi_url is required, such as \"http://127.0.0.1:8080/\"";
-            return Err(self.error(&table_span, "[crowdsec]", m));
+            return Err(self.error(&table_span, k::crowdsec::TABLE, m));
         };
-        let key = "[crowdsec] lapi_url";
+        let key = k::crowdsec::lapi_url.path();
         self.note(key, &url.span());
         let text = url.get_ref().trim_end_matches('/');
         if text.starts_with("https://") {
@@ -514,25 +521,25 @@ impl Parse<'_> {
         let mut out = CrowdsecConfig {
             lapi_url: format!("{text}/"),
             api_key_file: None,
-            poll_interval: Duration::from_secs(10),
+            poll_interval: super::keys::default::POLL_INTERVAL,
             machine_id: None,
             password_file: None,
         };
         if let Some(file) = &raw.api_key_file {
-            let key = "[crowdsec] api_key_file";
+            let key = k::crowdsec::api_key_file.path();
             self.note(key, &file.span());
             out.api_key_file = Some(self.path(file, key)?);
         }
-        if let Some(d) = self.duration(raw.poll_interval, "[crowdsec] poll_interval")? {
+        if let Some(d) = self.duration(raw.poll_interval, k::crowdsec::poll_interval.path())? {
             out.poll_interval = d;
         }
         if let Some(file) = &raw.password_file {
-            let key = "[crowdsec] password_file";
+            let key = k::crowdsec::password_file.path();
             self.note(key, &file.span());
             out.password_file = Some(self.path(file, key)?);
         }
         if let Some(id) = &raw.machine_id {
-            let key = "[crowdsec] machine_id";
+            let key = k::crowdsec::machine_id.path();
             self.note(key, &id.span());
             if id.get_ref().trim().is_empty() {
                 return Err(self.error(&id.span(), key, "empty machine id"));
@@ -544,12 +551,12 @@ impl Parse<'_> {
             out.machine_id = Some(id.get_ref().clone());
         } else if let Some(file) = &raw.password_file {
             let m = "a password needs [crowdsec] machine_id too";
-            return Err(self.error(&file.span(), "[crowdsec] password_file", m));
+            return Err(self.error(&file.span(), k::crowdsec::password_file.path(), m));
         }
         if out.api_key_file.is_none() && out.machine_id.is_none() {
             let m = "set api_key_file (to pull decisions), machine_id and password_file \
                      (to report detections), or both";
-            return Err(self.error(&table_span, "[crowdsec]", m));
+            return Err(self.error(&table_span, k::crowdsec::TABLE, m));
         }
         Ok(out)
     }
@@ -559,30 +566,28 @@ impl Parse<'_> {
         raw: RawBackendTls,
         backend: &str,
     ) -> Result<BackendTlsConfig, ConfigError> {
-        let table = "[server.backend_tls]";
+        let key = k::backend_tls::server_name.path();
         let server_name = match &raw.server_name {
             Some(name) => {
-                let key = format!("{table} server_name");
-                self.note(&key, &name.span());
+                self.note(key, &name.span());
                 name.get_ref().clone()
             }
             None => backend_host(backend).to_owned(),
         };
         if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
-            let key = format!("{table} server_name");
             let m = format!("{server_name:?} is not a DNS name or an IP address");
             return Err(match &raw.server_name {
-                Some(name) => self.error(&name.span(), &key, m),
+                Some(name) => self.error(&name.span(), key, m),
                 None => ConfigError {
                     file: self.source.to_owned(),
                     line: None,
-                    key: Some(key),
+                    key: Some(key.to_owned()),
                     message: format!("{m}; set server_name"),
                 },
             });
         }
         let pinning = self.pinning(
-            table,
+            &BACKEND_TLS_PINNING,
             raw.pins,
             raw.pins_file,
             raw.trust,
@@ -596,37 +601,37 @@ impl Parse<'_> {
     }
 
     fn refresh(&mut self, raw: RawRefresh) -> Result<RefreshConfig, ConfigError> {
-        let table = "[refresh]";
         let mut files = Vec::new();
-        for (url, out, kind, name) in [
+        for (url, out, kind, url_key, out_key) in [
             (
                 raw.config_url,
                 raw.config_out,
                 ContentKind::ProxyConfig,
-                "config",
+                k::refresh::config_url,
+                k::refresh::config_out,
             ),
             (
                 raw.secret_url,
                 raw.secret_out,
                 ContentKind::ProxySecret,
-                "secret",
+                k::refresh::secret_url,
+                k::refresh::secret_out,
             ),
         ] {
             match (url, out) {
                 (None, None) => {}
                 (Some(url), Some(out)) => {
-                    let key = format!("{table} {name}_url");
-                    self.note(&key, &url.span());
+                    let key = url_key.path();
+                    self.note(key, &url.span());
                     url_host(url.get_ref())
-                        .map_err(|e| self.error(&url.span(), &key, e.to_string()))?;
-                    let out_key = format!("{table} {name}_out");
-                    self.note(&out_key, &out.span());
-                    let out = self.path(&out, &out_key)?;
+                        .map_err(|e| self.error(&url.span(), key, e.to_string()))?;
+                    self.note(out_key.path(), &out.span());
+                    let out = self.path(&out, out_key.path())?;
                     files.push((url.into_inner(), out, kind));
                 }
                 (Some(v), None) | (None, Some(v)) => {
-                    let m = format!("{name}_url and {name}_out go together");
-                    return Err(self.error(&v.span(), &format!("{table} {name}_url"), m));
+                    let m = format!("{} and {} go together", url_key.name, out_key.name);
+                    return Err(self.error(&v.span(), url_key.path(), m));
                 }
             }
         }
@@ -634,30 +639,30 @@ impl Parse<'_> {
             return Err(ConfigError {
                 file: self.source.to_owned(),
                 line: None,
-                key: Some(table.into()),
+                key: Some(k::refresh::TABLE.into()),
                 message:
                     "nothing to fetch: set config_url and config_out, or secret_url and secret_out"
                         .into(),
             });
         }
         let interval = self
-            .duration(raw.interval, "[refresh] interval")?
-            .unwrap_or(Duration::from_secs(24 * 3600));
+            .duration(raw.interval, k::refresh::interval.path())?
+            .unwrap_or(super::keys::default::REFRESH_INTERVAL);
         if interval < Duration::from_secs(60) {
             let m = "at least \"60s\": Telegram's files change rarely";
-            let line = self.lines.get("[refresh] interval").copied();
+            let line = self.lines.get(k::refresh::interval.path()).copied();
             return Err(ConfigError {
                 file: self.source.to_owned(),
                 line,
-                key: Some("[refresh] interval".into()),
+                key: Some(k::refresh::interval.path().into()),
                 message: m.into(),
             });
         }
         let jitter = self
-            .duration(raw.jitter, "[refresh] jitter")?
+            .duration(raw.jitter, k::refresh::jitter.path())?
             .unwrap_or(interval / 10);
         let pinning = self.pinning(
-            table,
+            &REFRESH_PINNING,
             raw.pins,
             raw.pins_file,
             raw.trust,
@@ -668,7 +673,7 @@ impl Parse<'_> {
             return Err(ConfigError {
                 file: self.source.to_owned(),
                 line: None,
-                key: Some("[refresh] pins".into()),
+                key: Some(k::refresh::pins.path().into()),
                 message: "a pinned fetch needs pins (or pins_file); `mtguard pin CERT.pem` prints a certificate's".into(),
             });
         }
@@ -779,7 +784,7 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
 fn hsm_table_span(text: &str) -> Range<usize> {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
-        if line.trim_start().starts_with("[hsm]") {
+        if line.trim_start().starts_with(k::hsm::TABLE) {
             return offset..offset + line.len();
         }
         offset += line.len();
@@ -854,20 +859,20 @@ impl Config {
         config.source_name = source_name.to_owned();
 
         if let Some(level) = raw.level {
-            cx.note("level", &level.span());
+            cx.note(k::top::level.path(), &level.span());
             let n = *level.get_ref();
             config.level = match u8::try_from(n).ok().and_then(Level::from_number) {
                 Some(l) => l.number(),
                 None => {
                     let m = format!("must be 0, 1, 2 or 3 (got {n})");
-                    return Err(cx.error(&level.span(), "level", m));
+                    return Err(cx.error(&level.span(), k::top::level.path(), m));
                 }
             };
         }
 
         let server = raw.server.unwrap_or_default();
         if let Some(listen) = server.listen {
-            let key = "[server] listen";
+            let key = k::server::listen.path();
             cx.note(key, &listen.span());
             if listen.get_ref().is_empty() {
                 return Err(cx.error(&listen.span(), key, "must list at least one address"));
@@ -888,19 +893,19 @@ impl Config {
                 .collect::<Result<_, _>>()?;
         }
         if let Some(backend) = server.backend {
-            let key = "[server] backend";
+            let key = k::server::backend.path();
             cx.note(key, &backend.span());
             check_backend(backend.get_ref()).map_err(|m| cx.error(&backend.span(), key, m))?;
             config.server.backend = backend.into_inner();
         }
         if let Some(pp) = server.proxy_protocol {
-            cx.note("[server] proxy_protocol", &pp.span());
+            cx.note(k::server::proxy_protocol.path(), &pp.span());
             config.server.proxy_protocol = pp.into_inner().into();
         }
-        if let Some(d) = cx.duration(server.connect_timeout, "[server] connect_timeout")? {
+        if let Some(d) = cx.duration(server.connect_timeout, k::server::connect_timeout.path())? {
             config.server.connect_timeout = d;
         }
-        if let Some(d) = cx.duration(server.idle_timeout, "[server] idle_timeout")? {
+        if let Some(d) = cx.duration(server.idle_timeout, k::server::idle_timeout.path())? {
             config.server.idle_timeout = d;
         }
         if let Some(tls) = server.backend_tls {
@@ -911,15 +916,15 @@ impl Config {
 
         let lists = raw.lists.unwrap_or_default();
         config.lists = ListsConfig {
-            allow: cx.cidrs(&lists.allow, "[lists] allow")?,
-            deny: cx.cidrs(&lists.deny, "[lists] deny")?,
-            allow_files: cx.paths(&lists.allow_files, "[lists] allow_files")?,
-            deny_files: cx.paths(&lists.deny_files, "[lists] deny_files")?,
+            allow: cx.cidrs(&lists.allow, k::lists::allow.path())?,
+            deny: cx.cidrs(&lists.deny, k::lists::deny.path())?,
+            allow_files: cx.paths(&lists.allow_files, k::lists::allow_files.path())?,
+            deny_files: cx.paths(&lists.deny_files, k::lists::deny_files.path())?,
         };
 
         let admin = raw.admin.unwrap_or_default();
         if let Some(listen) = admin.listen {
-            let key = "[admin] listen";
+            let key = k::admin::listen.path();
             cx.note(key, &listen.span());
             config.admin.listen = match listen.get_ref().as_str() {
                 "off" => None,
@@ -932,13 +937,13 @@ impl Config {
             };
         }
         if let Some(token) = admin.token_file {
-            let key = "[admin] token_file";
+            let key = k::admin::token_file.path();
             cx.note(key, &token.span());
             config.admin.token_file = Some(cx.path(&token, key)?);
         }
 
         if let Some(dir) = raw.state.unwrap_or_default().dir {
-            let key = "[state] dir";
+            let key = k::state::dir.path();
             cx.note(key, &dir.span());
             config.state.dir = cx.path(&dir, key)?;
         }
@@ -956,7 +961,7 @@ impl Config {
             config.crowdsec = Some(cx.crowdsec(crowdsec)?);
         }
         if let Some(set) = raw.kernel.unwrap_or_default().nft_set {
-            let key = "[kernel] nft_set";
+            let key = k::kernel::nft_set.path();
             cx.note(key, &set.span());
             config.kernel.nft_set = match set.get_ref().trim() {
                 "off" => None,
