@@ -251,6 +251,30 @@ impl Server {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// How many lines of the log so far contain `needle`.
+    pub fn count_logged(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until `needle` appears in the log; fails the test, showing
+    /// the log, if it has not within `within`.
+    pub fn wait_logged(&self, needle: &str, within: Duration) {
+        let start = Instant::now();
+        while !self.logged(needle) {
+            assert!(
+                start.elapsed() < within,
+                "no {needle:?} in the log: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The whole log so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
@@ -415,4 +439,32 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+/// `line` without the terminal colour codes the log carries.
+pub fn without_colours(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `failures=N` a recovery line ("... works again", "accepting
+/// again") reports.
+pub fn failures_reported(line: &str) -> u64 {
+    let plain = without_colours(line);
+    let (_, rest) = plain
+        .split_once("failures=")
+        .unwrap_or_else(|| panic!("no count in {plain}"));
+    rest.split_whitespace().next().unwrap().parse().unwrap()
 }

@@ -12,7 +12,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mtguard_core::pins::{Pin, PinKind};
-use mtguard_tests::{free_port, http_request, mtguard_bin, EchoBackend, Server};
+use mtguard_tests::{
+    failures_reported, free_port, http_request, mtguard_bin, without_colours, EchoBackend, Server,
+};
 
 const TOKEN: &str = "hardening-files-token-0123456789";
 
@@ -85,55 +87,6 @@ fn victim(dir: &Path) -> PathBuf {
     let path = dir.join("victim");
     fs::write(&path, b"precious").unwrap();
     path
-}
-
-/// `line` without the terminal colour codes the log carries.
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The `failures=N` a recovery line reports.
-fn failures(line: &str) -> u64 {
-    let plain = plain(line);
-    let (_, rest) = plain
-        .split_once("failures=")
-        .unwrap_or_else(|| panic!("no count in {plain}"));
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-fn count(server: &Server, needle: &str) -> usize {
-    server
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-fn wait_logged(server: &Server, needle: &str, within: Duration) {
-    let start = Instant::now();
-    while !server.logged(needle) {
-        assert!(
-            start.elapsed() < within,
-            "no {needle:?} in the log: {}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -440,23 +393,23 @@ fn a_failing_state_save_is_logged_once_per_episode_with_backoff() {
     let (status, body) = s.block("192.0.2.9");
     assert_eq!(status, 201, "{body}");
     assert!(body.contains("warning"), "{body}");
-    wait_logged(&server, "saving state failed", Duration::from_secs(10));
+    server.wait_logged("saving state failed", Duration::from_secs(10));
     // Long enough for eight retries at the loop's 500 ms tick.
     std::thread::sleep(Duration::from_secs(4));
-    let failed_lines = count(&server, "saving state failed");
+    let failed_lines = server.count_logged("saving state failed");
     fs::remove_file(&state).unwrap();
     fs::rename(&moved, &state).unwrap();
-    wait_logged(&server, "saving state works again", Duration::from_secs(30));
+    server.wait_logged("saving state works again", Duration::from_secs(30));
     let log = server.log_text();
     assert_eq!(failed_lines, 1, "{log}");
-    assert_eq!(count(&server, "saving state failed"), 1, "{log}");
-    assert_eq!(count(&server, "saving state works again"), 1, "{log}");
+    assert_eq!(server.count_logged("saving state failed"), 1, "{log}");
+    assert_eq!(server.count_logged("saving state works again"), 1, "{log}");
     let recovery = log
         .lines()
         .find(|l| l.contains("saving state works again"))
         .unwrap();
-    println!("recovery line: {}", plain(recovery));
-    assert!(failures(recovery) >= 1, "{recovery}");
+    println!("recovery line: {}", without_colours(recovery));
+    assert!(failures_reported(recovery) >= 1, "{recovery}");
     let state_file = state.join("state.bin");
     assert!(fs::symlink_metadata(&state_file).unwrap().is_file());
 }

@@ -11,61 +11,15 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mtguard_tests::{connect_from, free_port, open_fds, served_from, EchoBackend, Server};
+use mtguard_tests::{
+    connect_from, failures_reported, free_port, open_fds, served_from, without_colours,
+    EchoBackend, Server,
+};
 
 const TOKEN: &str = "hardening-logs-token-0123456789ab";
 
 fn ip(a: u8, b: u8, c: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, a, b, c))
-}
-
-/// `line` without the terminal colour codes the log carries.
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The `failures=N` a recovery line reports.
-fn failures(line: &str) -> u64 {
-    let plain = plain(line);
-    let (_, rest) = plain
-        .split_once("failures=")
-        .unwrap_or_else(|| panic!("no count in {plain}"));
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-fn count(server: &Server, needle: &str) -> usize {
-    server
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-fn wait_logged(server: &Server, needle: &str, within: Duration) {
-    let start = Instant::now();
-    while !server.logged(needle) {
-        assert!(
-            start.elapsed() < within,
-            "no {needle:?} in the log: {}",
-            server.log_text()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -119,11 +73,11 @@ fn accept_failures_at_the_descriptor_limit_log_once_per_episode() {
         })
         .collect();
     drop(clients);
-    wait_logged(&server, "accept failed", Duration::from_secs(10));
+    server.wait_logged("accept failed", Duration::from_secs(10));
     // Within the quiet time after the burst: the last try of the burst can
     // fail on an empty queue, and the episode must end without anyone
     // connecting after it.
-    wait_logged(&server, "accepting again", Duration::from_secs(10));
+    server.wait_logged("accepting again", Duration::from_secs(10));
 
     // 100 admin requests at once.
     let requests: Vec<TcpStream> = (0..100)
@@ -138,12 +92,8 @@ fn accept_failures_at_the_descriptor_limit_log_once_per_episode() {
         let mut sink = Vec::new();
         let _ = r.read_to_end(&mut sink);
     }
-    wait_logged(&server, "admin API: accept failed", Duration::from_secs(10));
-    wait_logged(
-        &server,
-        "admin API: accepting again",
-        Duration::from_secs(10),
-    );
+    server.wait_logged("admin API: accept failed", Duration::from_secs(10));
+    server.wait_logged("admin API: accepting again", Duration::from_secs(10));
     // Quiet for a while: no second episode starts by itself.
     thread::sleep(Duration::from_secs(3));
     // Still at the limit, and serving: a client and its backend connection
@@ -151,21 +101,26 @@ fn accept_failures_at_the_descriptor_limit_log_once_per_episode() {
     assert!(served_from(ip(20, 0, 1), listen), "{}", server.log_text());
 
     let log = server.log_text();
-    let proxy_errors = count(&server, "accept failed") - count(&server, "admin API: accept failed");
+    let proxy_errors =
+        server.count_logged("accept failed") - server.count_logged("admin API: accept failed");
     let proxy_recoveries =
-        count(&server, "accepting again") - count(&server, "admin API: accepting again");
+        server.count_logged("accepting again") - server.count_logged("admin API: accepting again");
     println!(
         "at the fd limit: proxy {proxy_errors} error / {proxy_recoveries} recovery lines, \
          admin {} / {}",
-        count(&server, "admin API: accept failed"),
-        count(&server, "admin API: accepting again")
+        server.count_logged("admin API: accept failed"),
+        server.count_logged("admin API: accepting again")
     );
     for line in log.lines().filter(|l| l.contains("accepting again")) {
-        println!("{}", plain(line));
-        assert!(failures(line) >= 1, "{line}");
+        println!("{}", without_colours(line));
+        assert!(failures_reported(line) >= 1, "{line}");
     }
     assert_eq!(proxy_errors, 1, "{log}");
     assert_eq!(proxy_recoveries, 1, "{log}");
-    assert_eq!(count(&server, "admin API: accept failed"), 1, "{log}");
-    assert_eq!(count(&server, "admin API: accepting again"), 1, "{log}");
+    assert_eq!(server.count_logged("admin API: accept failed"), 1, "{log}");
+    assert_eq!(
+        server.count_logged("admin API: accepting again"),
+        1,
+        "{log}"
+    );
 }
