@@ -152,6 +152,24 @@ impl JobKind {
     }
 }
 
+/// The last error of a job or a link, kept after a success for the
+/// operator to read; empty until the first failure.
+#[derive(Default)]
+pub struct LastError(Mutex<String>);
+
+impl LastError {
+    /// Replaces it with `error`.
+    pub fn set(&self, error: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = error.to_owned();
+    }
+
+    /// It, or `None` when nothing failed yet.
+    pub fn get(&self) -> Option<String> {
+        let error = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (!error.is_empty()).then(|| error.clone())
+    }
+}
+
 /// How one job is doing.
 #[derive(Default)]
 pub struct JobStatus {
@@ -160,7 +178,7 @@ pub struct JobStatus {
     /// Rounds of work that failed since the last that worked.
     pub consecutive_failures: AtomicU64,
     /// The last failure, kept after a success for the operator to read.
-    pub last_error: Mutex<String>,
+    pub last_error: LastError,
 }
 
 impl JobStatus {
@@ -172,7 +190,7 @@ impl JobStatus {
     /// A round of work failed with `error`.
     pub fn failed(&self, error: &str) {
         self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error.to_owned();
+        self.last_error.set(error);
     }
 }
 
@@ -191,17 +209,12 @@ impl Jobs {
         let mut out = serde_json::Map::new();
         for job in JobKind::ALL {
             let s = self.get(job);
-            let error = s
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
             out.insert(
                 job.as_str().to_owned(),
                 json!({
                     "running": s.running.load(Ordering::Relaxed),
                     "consecutive_failures": s.consecutive_failures.load(Ordering::Relaxed),
-                    "last_error": (!error.is_empty()).then_some(error),
+                    "last_error": s.last_error.get(),
                 }),
             );
         }
@@ -240,12 +253,12 @@ pub struct CrowdsecStatus {
     /// Alerts given up after retries.
     pub alerts_failed: AtomicU64,
     /// The last error, for the status.
-    pub last_error: Mutex<String>,
+    pub last_error: LastError,
 }
 
 impl CrowdsecStatus {
     pub(crate) fn error(&self, e: &str) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_owned();
+        self.last_error.set(e);
     }
 
     /// The status as `/v1/status` shows it; `None` when CrowdSec is off.
@@ -256,11 +269,6 @@ impl CrowdsecStatus {
             return None;
         }
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         Some(json!({
             "bouncer": bouncer,
             "watcher": watcher,
@@ -275,7 +283,7 @@ impl CrowdsecStatus {
             "decisions_ignored": n(&self.ignored),
             "alerts_sent": n(&self.alerts_sent),
             "alerts_failed": n(&self.alerts_failed),
-            "last_error": (!error.is_empty()).then_some(error),
+            "last_error": self.last_error.get(),
         }))
     }
 }
@@ -294,13 +302,13 @@ pub struct NftablesStatus {
     /// Reconciliations done.
     pub reconciles: AtomicU64,
     /// The last error.
-    pub last_error: Mutex<String>,
+    pub last_error: LastError,
 }
 
 impl NftablesStatus {
     pub(crate) fn error(&self, e: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_owned();
+        self.last_error.set(e);
     }
 
     /// The status as `/v1/status` shows it; `None` when the mirror is off.
@@ -309,17 +317,12 @@ impl NftablesStatus {
             return None;
         }
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let error = self
-            .last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         Some(json!({
             "elements": n(&self.elements),
             "updates": n(&self.updates),
             "errors": n(&self.errors),
             "reconciles": n(&self.reconciles),
-            "last_error": (!error.is_empty()).then_some(error),
+            "last_error": self.last_error.get(),
         }))
     }
 }

@@ -233,6 +233,29 @@ impl CappedConn {
         self.idle.as_mut().poll(cx).is_ready()
     }
 
+    /// What a write to the socket means for the connection: bytes out are
+    /// progress; a write stuck past the idle timeout fails; otherwise the
+    /// task parks where eviction can wake it.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.progressed();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => {
+                self.slot.park(cx);
+                Poll::Pending
+            }
+        }
+    }
+
     pub(super) fn evicted(&self) -> bool {
         self.slot.evicted.load(Ordering::Acquire)
     }
@@ -490,19 +513,8 @@ impl AsyncWrite for CappedConn {
             return Poll::Ready(Err(evicted_error()));
         }
         self.responding(buf);
-        match StdPin::new(&mut self.io).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.progressed();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => {
-                self.slot.park(cx);
-                Poll::Pending
-            }
-        }
+        let written = StdPin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(cx, written)
     }
 
     fn poll_write_vectored(
@@ -516,19 +528,8 @@ impl AsyncWrite for CappedConn {
         if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
             self.responding(first);
         }
-        match StdPin::new(&mut self.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.progressed();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending if self.timed_out(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => {
-                self.slot.park(cx);
-                Poll::Pending
-            }
-        }
+        let written = StdPin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
