@@ -251,6 +251,22 @@ impl Server {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// `mtguard run --config CONFIG`, returned once its admin API at
+    /// `admin` takes connections (it binds just after the "guarding" line).
+    pub fn start_with_admin(config: &Path, admin: SocketAddr) -> Server {
+        let server = Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap();
+        let start = Instant::now();
+        while TcpStream::connect(admin).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "admin API not up: {}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
     /// How many lines of the log so far contain `needle`.
     pub fn count_logged(&self, needle: &str) -> usize {
         self.log
@@ -467,4 +483,45 @@ pub fn failures_reported(line: &str) -> u64 {
         .split_once("failures=")
         .unwrap_or_else(|| panic!("no count in {plain}"));
     rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// A self-signed certificate made by the openssl command line.
+pub fn openssl_self_signed(dir: &Path) -> PathBuf {
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "self.key",
+            "-out",
+            "self.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=backend",
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir.join("self.pem")
+}
+
+/// The SPKI pin of a certificate computed by openssl alone.
+pub fn openssl_spki_pin(cert: &Path) -> String {
+    let script = format!(
+        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
+         | openssl dgst -sha256 -binary | base64",
+        cert.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success());
+    format!("sha256/{}", String::from_utf8(out.stdout).unwrap().trim())
 }

@@ -74,19 +74,7 @@ impl Setup {
     }
 
     fn start(&self) -> Server {
-        let config = self.dir.path().join("mtguard.toml");
-        let server = Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap();
-        // The admin API binds just after the "guarding" line.
-        let start = Instant::now();
-        while TcpStream::connect(self.admin).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "admin API not up: {}",
-                server.log_text()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        server
+        Server::start_with_admin(&self.dir.path().join("mtguard.toml"), self.admin)
     }
 
     fn scrape(&self) -> String {

@@ -4,16 +4,17 @@
 //! saves (logged once per episode, not once per retry).
 
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mtguard_core::pins::{Pin, PinKind};
 use mtguard_tests::{
-    failures_reported, free_port, http_request, mtguard_bin, without_colours, EchoBackend, Server,
+    failures_reported, free_port, http_request, mtguard_bin, openssl_self_signed, openssl_spki_pin,
+    without_colours, EchoBackend, Server,
 };
 
 const TOKEN: &str = "hardening-files-token-0123456789";
@@ -62,18 +63,7 @@ impl Setup {
     }
 
     fn start(&self) -> Server {
-        let config = self.config();
-        let server = Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap();
-        let start = Instant::now();
-        while TcpStream::connect(self.admin).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "admin API not up: {}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
+        Server::start_with_admin(&self.config(), self.admin)
     }
 
     fn block(&self, ip: &str) -> (u16, String) {
@@ -202,46 +192,6 @@ fn stale_temporaries_are_removed_at_start_without_following_links() {
     assert_eq!(fs::read(&target).unwrap(), b"precious");
     assert_eq!(fs::read(outside_dir.join("keep")).unwrap(), b"keep");
     assert_eq!(fs::read(state.join("notes.txt")).unwrap(), b"mine");
-}
-
-/// A self-signed certificate made by the openssl command line.
-fn openssl_self_signed(dir: &Path) -> PathBuf {
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "self.key",
-            "-out",
-            "self.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=backend",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    dir.join("self.pem")
-}
-
-fn openssl_spki_pin(cert: &Path) -> String {
-    let script = format!(
-        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
-         | openssl dgst -sha256 -binary | base64",
-        cert.display()
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success());
-    format!("sha256/{}", String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// `openssl s_server -WWW` serving `dir`; killed when dropped.

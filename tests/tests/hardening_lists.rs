@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{ErrorKind, Read};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -188,18 +188,7 @@ impl Setup {
     }
 
     fn start(&self) -> Server {
-        let config = self.config_path();
-        let server = Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap();
-        let start = Instant::now();
-        while TcpStream::connect(self.admin).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "admin API not up: {}",
-                server.log_text()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-        server
+        Server::start_with_admin(&self.config_path(), self.admin)
     }
 
     fn scrape(&self) -> String {

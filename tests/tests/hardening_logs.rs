@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mtguard_tests::{
     connect_from, failures_reported, free_port, open_fds, served_from, without_colours,
@@ -42,12 +42,7 @@ fn accept_failures_at_the_descriptor_limit_log_once_per_episode() {
     );
     let config = dir.path().join("mtguard.toml");
     fs::write(&config, text).unwrap();
-    let server = Server::start(&["--config", config.to_str().unwrap()], "guarding").unwrap();
-    let start = Instant::now();
-    while TcpStream::connect(admin).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10));
-        thread::sleep(Duration::from_millis(10));
-    }
+    let server = Server::start_with_admin(&config, admin);
     thread::sleep(Duration::from_millis(300));
     let pid = server.child.id();
     // One descriptor to spare: a client can be accepted, but not both it

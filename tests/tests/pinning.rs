@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use mtguard_core::pins::presented_pins;
-use mtguard_tests::{free_port, mtguard_bin, Server};
+use mtguard_tests::{free_port, mtguard_bin, openssl_self_signed, openssl_spki_pin, Server};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
@@ -351,47 +351,6 @@ fn an_expired_pin_fails_closed_or_falls_back_when_asked() {
         &["--ca", ca.to_str().unwrap(), "--pin", &current],
     );
     assert!(r.status.success(), "{}", text(&r));
-}
-
-/// A self-signed certificate made by the openssl command line.
-fn openssl_self_signed(dir: &Path) -> PathBuf {
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "self.key",
-            "-out",
-            "self.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=backend",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    dir.join("self.pem")
-}
-
-/// The SPKI pin of a certificate computed by openssl alone.
-fn openssl_spki_pin(cert: &Path) -> String {
-    let script = format!(
-        "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
-         | openssl dgst -sha256 -binary | base64",
-        cert.display()
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success());
-    format!("sha256/{}", String::from_utf8(out.stdout).unwrap().trim())
 }
 
 #[test]
