@@ -224,12 +224,12 @@ impl Server {
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let mut reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push(line);
             }
-        });
+        }));
         let mut server = Server { child, log };
         let start = Instant::now();
         loop {
@@ -237,6 +237,11 @@ impl Server {
                 return Ok(server);
             }
             if let Ok(Some(status)) = server.child.try_wait() {
+                // The reader may not have read the last lines yet, and the
+                // last line is the one that says why: read to the end.
+                if let Some(reader) = reader.take() {
+                    let _ = reader.join();
+                }
                 return Err(format!("exited with {status}: {}", server.log_text()));
             }
             if start.elapsed() > Duration::from_secs(30) {
