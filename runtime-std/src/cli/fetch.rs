@@ -58,31 +58,7 @@ enum KindArg {
 }
 
 pub fn fetch(args: FetchArgs, format: LogFormat) -> anyhow::Result<()> {
-    let FetchArgs {
-        url,
-        pins,
-        pins_file,
-        config,
-        ca,
-        pins_only,
-        on_expired,
-        kind,
-        out,
-        timeout,
-    } = args;
-    fetch_options(
-        url,
-        pins,
-        pins_file.as_deref(),
-        config.as_deref(),
-        ca,
-        pins_only,
-        on_expired,
-        kind,
-        out,
-        timeout,
-    )
-    .and_then(|opts| {
+    fetch_options(args).and_then(|opts| {
         // The error message already says what a warning would; errors
         // (a fallback on WebPKI alone) still show.
         init_logging_at(format, "error");
@@ -101,19 +77,19 @@ pub fn fetch(args: FetchArgs, format: LogFormat) -> anyhow::Result<()> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fetch_options(
-    url: String,
-    pins: Vec<String>,
-    pins_file: Option<&std::path::Path>,
-    config: Option<&std::path::Path>,
-    ca: Option<PathBuf>,
-    pins_only: bool,
-    on_expired: ExpiredArg,
-    kind: Option<KindArg>,
-    out: PathBuf,
-    timeout: u64,
-) -> anyhow::Result<mtguard::pinning::fetch::FetchOptions> {
+fn fetch_options(args: FetchArgs) -> anyhow::Result<mtguard::pinning::fetch::FetchOptions> {
+    let FetchArgs {
+        url,
+        pins,
+        pins_file,
+        config,
+        ca,
+        pins_only,
+        on_expired,
+        kind,
+        out,
+        timeout,
+    } = args;
     use mtguard::config::{ContentKind, OnExpired, Trust};
     let mut given = Vec::new();
     for text in &pins {
@@ -122,10 +98,10 @@ fn fetch_options(
             .ok_or_else(|| anyhow::anyhow!("--pin {text:?}: empty"))?;
         given.push(pin);
     }
-    if let Some(path) = pins_file {
+    if let Some(path) = pins_file.as_deref() {
         // The seal is checked with the config's token, opened as `run`
         // opens it; without --config only a plain file passes.
-        let keyring = match config {
+        let keyring = match config.as_deref() {
             Some(c) => mtguard::server::bootstrap::Keyring::open(
                 &mtguard::server::bootstrap::load_config(c)?,
             )?,
