@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mtguard_tests::{
     connect_from, failures_reported, free_port, open_fds, served_from, without_colours,
@@ -43,11 +43,14 @@ fn accept_failures_at_the_descriptor_limit_log_once_per_episode() {
     let config = dir.path().join("mtguard.toml");
     fs::write(&config, text).unwrap();
     let server = Server::start_with_admin(&config, admin);
-    thread::sleep(Duration::from_millis(300));
     let pid = server.child.id();
-    // One descriptor to spare: a client can be accepted, but not both it
-    // and the next one, nor its backend connection.
-    let limit = open_fds(pid) + 1;
+    // The readiness probe's admin connection and the start's own files
+    // come and go: counted while one is still open, the limit would leave
+    // less room than it says once it closes, or more.
+    let settled = settled_fds(pid);
+    // Two descriptors to spare: one client and its backend connection fit,
+    // the next client does not.
+    let limit = settled + 2;
     let ok = Command::new("prlimit")
         .args([
             "--pid",
@@ -91,8 +94,22 @@ fn accept_failures_at_the_descriptor_limit_log_once_per_episode() {
     server.wait_logged("admin API: accepting again", Duration::from_secs(10));
     // Quiet for a while: no second episode starts by itself.
     thread::sleep(Duration::from_secs(3));
-    // Still at the limit, and serving: a client and its backend connection
-    // fit in the spare descriptors once the flood is gone.
+    // Every descriptor the floods took is given back...
+    let start = Instant::now();
+    while open_fds(pid) > settled {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} descriptors open after the floods, {settled} before: {:?}",
+            open_fds(pid),
+            fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                .collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // ...and, still at the limit, it is serving: a client and its backend
+    // connection fit in the spare descriptors once the flood is gone.
     assert!(served_from(ip(20, 0, 1), listen), "{}", server.log_text());
 
     let log = server.log_text();
@@ -118,4 +135,22 @@ fn accept_failures_at_the_descriptor_limit_log_once_per_episode() {
         1,
         "{log}"
     );
+}
+
+/// The guard's descriptor count once it has held still for half a second.
+fn settled_fds(pid: u32) -> usize {
+    let start = Instant::now();
+    let (mut last, mut same_since) = (open_fds(pid), Instant::now());
+    while same_since.elapsed() < Duration::from_millis(500) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the guard's descriptors never settled"
+        );
+        thread::sleep(Duration::from_millis(20));
+        let now = open_fds(pid);
+        if now != last {
+            (last, same_since) = (now, Instant::now());
+        }
+    }
+    last
 }
