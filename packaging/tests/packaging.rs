@@ -199,6 +199,8 @@ fn static_binaries_load_no_library_and_run() {
             "README.md",
             "mtguard.example.toml",
             "mtguard.service",
+            "mtguard-grafana.json",
+            "mtguard-alerts.yml",
         ] {
             let entry = format!("mtguard-{VERSION}-{triple}/{file}");
             assert!(
@@ -369,6 +371,8 @@ fn debian_package_installs_checks_runs_and_removes_keeping_config_and_state() {
         "./usr/lib/systemd/system/mtguard.service",
         "./usr/lib/sysusers.d/mtguard.conf",
         "./usr/share/doc/mtguard/copyright",
+        "./usr/share/doc/mtguard/examples/mtguard-grafana.json",
+        "./usr/share/doc/mtguard/examples/mtguard-alerts.yml",
     ] {
         assert!(
             contents.lines().any(|l| l.ends_with(path)),
