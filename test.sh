@@ -19,6 +19,10 @@ command -v pkcs11-tool >/dev/null 2>&1 || need_apt+=(opensc)
 # tests/tests/bench.rs runs the benchmark's HAProxy and nginx configs.
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+# tests/tests/prometheus.rs: a real Prometheus scrapes the guard, and
+# promtool checks the metrics and the shipped alert rules. Its post-install
+# script may try to start the service; the test starts its own.
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need_apt+=(libnginx-mod-stream)
 # runtime-embassy/tests/qemu.rs boots the mps2-an500 appliance image (built
 # for thumbv7em-none-eabihf by the test itself) in QEMU, on a tap device...

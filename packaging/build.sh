@@ -100,7 +100,8 @@ stage_binary() {
     "$strip" --strip-debug -o "$dist/$name/mtguard.new" "$built"
     update "$dist/$name/mtguard"
     cp README.md LICENSE-MIT LICENSE-APACHE runtime-std/dist/mtguard.example.toml \
-        runtime-std/dist/mtguard.service runtime-std/dist/mtguard.nft "$dist/$name/"
+        runtime-std/dist/mtguard.service runtime-std/dist/mtguard.nft \
+        runtime-std/dist/mtguard-grafana.json runtime-std/dist/mtguard-alerts.yml "$dist/$name/"
     # Fixed owners, order and times, so the same binary gives the same
     # tarball byte for byte.
     tar -C "$dist" --owner=0 --group=0 --numeric-owner --sort=name \

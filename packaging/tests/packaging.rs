@@ -24,6 +24,25 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const X86_64: &str = "x86_64-unknown-linux-musl";
 const AARCH64: &str = "aarch64-unknown-linux-musl";
 
+/// What `mtguard --version` prints: the version and the commit that
+/// runtime-std/build.rs embedded, which for artifacts build.sh made from
+/// this checkout is its HEAD.
+fn version_line() -> String {
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let commit = std::env::var("MTGUARD_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or(head)
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("mtguard {VERSION} (commit {commit})")
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -143,7 +162,7 @@ fn static_binaries_load_no_library_and_run() {
     );
     assert!(!said.contains("=>"), "ldd lists libraries: {said}");
 
-    let expected = format!("mtguard {VERSION}");
+    let expected = version_line();
     assert_eq!(run(&[x86.to_str().unwrap(), "--version"]).trim(), expected);
     let example = repo().join("runtime-std/dist/mtguard.example.toml");
     let checked = run(&[
@@ -180,6 +199,8 @@ fn static_binaries_load_no_library_and_run() {
             "README.md",
             "mtguard.example.toml",
             "mtguard.service",
+            "mtguard-grafana.json",
+            "mtguard-alerts.yml",
         ] {
             let entry = format!("mtguard-{VERSION}-{triple}/{file}");
             assert!(
@@ -350,6 +371,8 @@ fn debian_package_installs_checks_runs_and_removes_keeping_config_and_state() {
         "./usr/lib/systemd/system/mtguard.service",
         "./usr/lib/sysusers.d/mtguard.conf",
         "./usr/share/doc/mtguard/copyright",
+        "./usr/share/doc/mtguard/examples/mtguard-grafana.json",
+        "./usr/share/doc/mtguard/examples/mtguard-alerts.yml",
     ] {
         assert!(
             contents.lines().any(|l| l.ends_with(path)),
@@ -392,7 +415,7 @@ fn debian_package_installs_checks_runs_and_removes_keeping_config_and_state() {
     assert_static(Path::new("/usr/bin/mtguard"), "x86-64");
     assert_eq!(
         run(&["mtguard", "--version"]).trim(),
-        format!("mtguard {VERSION}")
+        version_line()
     );
     let checked = run(&["mtguard", "check-config", "/etc/mtguard/mtguard.toml"]);
     assert!(
@@ -767,7 +790,7 @@ fn oci_image_runs_unprivileged_with_config_and_state_volumes() {
     let mut cmd = vec!["run", "--rm"];
     cmd.extend(base);
     cmd.extend([tag.as_str(), "--version"]);
-    assert_eq!(podman.run(&cmd).trim(), format!("mtguard {VERSION}"));
+    assert_eq!(podman.run(&cmd).trim(), version_line());
 
     let mut cmd = vec!["run", "--rm"];
     cmd.extend(base);

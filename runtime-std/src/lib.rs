@@ -24,6 +24,20 @@ pub mod proxy;
 pub mod server;
 pub mod telemetry;
 
+/// The commit the binary was built from (12 hex digits), or "unknown"
+/// when it was built outside a git checkout without `MTGUARD_COMMIT` (see
+/// build.rs).
+pub const COMMIT: &str = env!("MTGUARD_COMMIT");
+
+/// What `mtguard --version` prints after the name: the version and the
+/// commit.
+pub const VERSION_AND_COMMIT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MTGUARD_COMMIT"),
+    ")"
+);
+
 /// Seconds since the Unix epoch (0 if the clock is before it): the clock of
 /// pin expiries, fake-TLS timestamps and CrowdSec alerts.
 pub fn unix_now() -> u64 {

@@ -29,6 +29,9 @@ pub struct Telemetry {
     /// together: one line when saving starts failing, one with the count
     /// when a save works again.
     pub save_trouble: Mutex<Episode>,
+    /// What operators graph and alert on beyond the engine (see
+    /// [`Operations`]).
+    pub ops: Operations,
 }
 
 /// The first and the longest pause of the persistence job after a failed
@@ -55,6 +58,7 @@ impl Default for Telemetry {
                 SAVE_BACKOFF_MAX,
                 Duration::ZERO,
             )),
+            ops: Operations::default(),
         }
     }
 }
@@ -327,6 +331,159 @@ impl NftablesStatus {
     }
 }
 
+/// The relay, the backend, reloads and saves, as counted for the metrics
+/// (`docs/metrics.md`, "Operations"); kept together so that a metric added
+/// here touches one place.
+#[derive(Default)]
+pub struct Operations {
+    /// Bytes relayed, counted per copied chunk so that long connections
+    /// (a Telegram client stays connected for hours) show up as they flow.
+    pub relayed: RelayedBytes,
+    /// Connections to the backend (or the mask backend) that failed.
+    pub backend_failures: BackendFailures,
+    /// SIGHUP reloads.
+    pub reloads: Reloads,
+    /// Successful state saves.
+    pub saves_ok: AtomicU64,
+    /// Failed state saves.
+    pub saves_failed: AtomicU64,
+}
+
+impl Operations {
+    /// Counts one state save.
+    pub fn saved(&self, ok: bool) {
+        let counter = if ok {
+            &self.saves_ok
+        } else {
+            &self.saves_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One counter on a cache line of its own: the two directions of every
+/// connection add to these at once, from every worker thread, and sharing
+/// a line would make each add wait for the other direction's.
+#[derive(Default)]
+#[repr(align(64))]
+pub struct PaddedCounter(pub AtomicU64);
+
+/// Bytes relayed each way, all connections and listeners together.
+#[derive(Default)]
+pub struct RelayedBytes {
+    /// Client to backend, the handshake included (a PROXY header is not:
+    /// it is the guard's, not the client's).
+    pub up: PaddedCounter,
+    /// Backend to client.
+    pub down: PaddedCounter,
+}
+
+/// Why a connection to the backend failed, as the metrics label it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendFailure {
+    /// The backend's name did not resolve.
+    Resolve,
+    /// Nothing listens there (connection refused or reset at connect).
+    Refused,
+    /// The connect or the TLS handshake took longer than `connect_timeout`.
+    Timeout,
+    /// No route to the backend's host or network.
+    Unreachable,
+    /// The TLS handshake with the backend failed (a pin failure included).
+    Tls,
+    /// Anything else (out of descriptors, for one).
+    Other,
+}
+
+impl BackendFailure {
+    /// Every kind, in slot order.
+    pub const ALL: [BackendFailure; 6] = [
+        BackendFailure::Resolve,
+        BackendFailure::Refused,
+        BackendFailure::Timeout,
+        BackendFailure::Unreachable,
+        BackendFailure::Tls,
+        BackendFailure::Other,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendFailure::Resolve => "resolve",
+            BackendFailure::Refused => "refused",
+            BackendFailure::Timeout => "timeout",
+            BackendFailure::Unreachable => "unreachable",
+            BackendFailure::Tls => "tls",
+            BackendFailure::Other => "other",
+        }
+    }
+
+    /// The kind of a failed TCP connect (resolving is told apart by the
+    /// caller, which resolves first).
+    pub fn of_connect(error: &std::io::Error) -> BackendFailure {
+        use std::io::ErrorKind::*;
+        match error.kind() {
+            ConnectionRefused | ConnectionReset => BackendFailure::Refused,
+            TimedOut => BackendFailure::Timeout,
+            HostUnreachable | NetworkUnreachable | AddrNotAvailable | NetworkDown => {
+                BackendFailure::Unreachable
+            }
+            _ => BackendFailure::Other,
+        }
+    }
+}
+
+/// Backend connection failures by kind.
+#[derive(Default)]
+pub struct BackendFailures([AtomicU64; BackendFailure::ALL.len()]);
+
+impl BackendFailures {
+    /// Counts one failure.
+    pub fn record(&self, kind: BackendFailure) {
+        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(label, count)` of every kind, for the metrics.
+    pub fn counts(&self) -> [(&'static str, u64); BackendFailure::ALL.len()] {
+        BackendFailure::ALL.map(|k| (k.as_str(), self.0[k as usize].load(Ordering::Relaxed)))
+    }
+}
+
+/// SIGHUP reloads: how many, and how the last one went.
+pub struct Reloads {
+    /// Reloads applied.
+    pub ok: AtomicU64,
+    /// Reloads refused (the previous config stayed in force).
+    pub refused: AtomicU64,
+    /// Unix time of the last reload, applied or refused; 0 before the
+    /// first.
+    pub last_unix: AtomicU64,
+    /// The last reload was applied (true before the first: the config in
+    /// force is the one the node started with, which was accepted).
+    pub last_ok: AtomicBool,
+}
+
+impl Default for Reloads {
+    fn default() -> Self {
+        Reloads {
+            ok: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            last_unix: AtomicU64::new(0),
+            last_ok: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Reloads {
+    /// Counts one reload at `unix` (seconds).
+    pub fn record(&self, ok: bool, unix: u64) {
+        let counter = if ok { &self.ok } else { &self.refused };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.last_ok.store(ok, Ordering::Relaxed);
+        self.last_unix.store(unix, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +508,45 @@ mod tests {
                 .1
         };
         assert_eq!((count(&a), count(&b)), (1, 0));
+    }
+
+    #[test]
+    fn every_backend_failure_has_its_own_slot() {
+        let failures = BackendFailures::default();
+        for (i, kind) in BackendFailure::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i);
+        }
+        failures.record(BackendFailure::Tls);
+        let counts = failures.counts();
+        assert!(
+            counts.iter().all(|&(l, n)| n == u64::from(l == "tls")),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn connect_errors_are_told_apart() {
+        use std::io::{Error, ErrorKind};
+        let kind = |k| BackendFailure::of_connect(&Error::from(k));
+        assert_eq!(kind(ErrorKind::ConnectionRefused), BackendFailure::Refused);
+        assert_eq!(kind(ErrorKind::TimedOut), BackendFailure::Timeout);
+        assert_eq!(
+            kind(ErrorKind::HostUnreachable),
+            BackendFailure::Unreachable
+        );
+        assert_eq!(kind(ErrorKind::OutOfMemory), BackendFailure::Other);
+    }
+
+    #[test]
+    fn a_refused_reload_is_the_last_one() {
+        let reloads = Reloads::default();
+        assert!(reloads.last_ok.load(Ordering::Relaxed));
+        reloads.record(true, 10);
+        reloads.record(false, 20);
+        assert!(!reloads.last_ok.load(Ordering::Relaxed));
+        assert_eq!(reloads.last_unix.load(Ordering::Relaxed), 20);
+        assert_eq!(reloads.ok.load(Ordering::Relaxed), 1);
+        assert_eq!(reloads.refused.load(Ordering::Relaxed), 1);
     }
 
     #[test]

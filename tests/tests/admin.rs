@@ -254,7 +254,11 @@ async fn v1_needs_the_token_and_metrics_do_not() {
         let series = format!("mtguard_detections_total{{kind=\"{kind}\"}}");
         assert_eq!(metric(&m, &series), 0);
     }
-    assert!(m.contains("# TYPE mtguard_connections_rejected counter"));
+    // No Accept header: the classic format, whose TYPE line names a
+    // counter by its samples (OpenMetrics names the family without
+    // `_total`; tests/tests/docs_metrics.rs reads both).
+    assert!(m.contains("# TYPE mtguard_connections_rejected_total counter"));
+    assert!(!m.contains("# EOF"));
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! docs/metrics.md against `GET /metrics`: every family the admin API
 //! exposes is documented, every documented one is exposed, with the same
-//! type, label and label values. The CrowdSec and nftables tables are only
+//! type, labels and label values, in both text formats (which must expose
+//! the same families). The CrowdSec, nftables and `[hsm]` tables are only
 //! exposed while those run; their telemetry is marked running here (what
-//! the bouncer and the mirror do at start), so those tables are checked
-//! too, and checked absent on a node without them.
+//! the bouncer, the mirror and the token monitor do at start), so those
+//! tables are checked too, and checked absent on a node without them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,15 +13,17 @@ use std::sync::Arc;
 
 use mtguard::admin::{self, AdminSettings};
 use mtguard::node::Handles;
+use mtguard::telemetry::JobKind;
 use mtguard_core::Policy;
 use mtguard_tests::{http_request, test_guard};
 
-/// One series family: its type, and its label with the label's values
-/// (`None`: no label).
+/// One series family: its type, and its labels in order, each with its
+/// values (`None`: values that vary, such as a version; the docs name the
+/// label only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Family {
     kind: String,
-    label: Option<(String, Vec<String>)>,
+    labels: Vec<(String, Option<Vec<String>>)>,
 }
 
 type Families = BTreeMap<String, Family>;
@@ -38,23 +41,30 @@ fn documented() -> BTreeMap<String, Families> {
         }
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         // `| metric | type | labels | meaning |` splits into six cells.
-        if cells.len() != 6 || !cells[1].starts_with("`mtguard_") {
+        let ours = ["`mtguard_", "`process_"];
+        if cells.len() != 6 || !ours.iter().any(|p| cells[1].starts_with(p)) {
             continue;
         }
         let name = cells[1].trim_matches('`').to_owned();
-        let label = (cells[3] != "—").then(|| {
-            let (label, values) = cells[3]
-                .split_once(':')
-                .unwrap_or_else(|| panic!("{name}: labels {:?} not `label`: values", cells[3]));
+        let labels = if cells[3] == "—" {
+            Vec::new()
+        } else if let Some((label, values)) = cells[3].split_once(':') {
+            // `label`: `value`, `value`, ...
             let values = values
                 .split(',')
                 .map(|v| v.trim().trim_matches('`').to_owned())
                 .collect();
-            (label.trim().trim_matches('`').to_owned(), values)
-        });
+            vec![(label.trim().trim_matches('`').to_owned(), Some(values))]
+        } else {
+            // `label`, `label`: labels whose values vary.
+            cells[3]
+                .split(',')
+                .map(|l| (l.trim().trim_matches('`').to_owned(), None))
+                .collect()
+        };
         let family = Family {
             kind: cells[2].to_owned(),
-            label,
+            labels,
         };
         let old = sections
             .entry(section.clone())
@@ -65,8 +75,8 @@ fn documented() -> BTreeMap<String, Families> {
     sections
 }
 
-/// The families of an OpenMetrics scrape, named as Prometheus stores the
-/// series (a counter's with `_total`).
+/// The families of a scrape in either text format, named as Prometheus
+/// stores the series (a counter's with `_total`).
 fn exposed(scrape: &str) -> Families {
     let mut kinds = BTreeMap::new();
     let mut families: Families = BTreeMap::new();
@@ -84,32 +94,38 @@ fn exposed(scrape: &str) -> Families {
             Some((name, labels)) => (name, Some(labels.trim_end_matches('}'))),
             None => (series, None),
         };
+        // OpenMetrics names a counter's family without `_total`, the
+        // classic format with it.
         let base = name.strip_suffix("_total").unwrap_or(name);
         let kind = kinds
             .get(base)
             .or_else(|| kinds.get(name))
             .unwrap_or_else(|| panic!("{name} has no # TYPE line"))
             .clone();
-        let family = families
-            .entry(name.to_owned())
-            .or_insert(Family { kind, label: None });
-        if let Some(labels) = labels {
-            let (label, value) = labels.split_once('=').unwrap();
+        let family = families.entry(name.to_owned()).or_insert(Family {
+            kind,
+            labels: Vec::new(),
+        });
+        // Our label values hold no comma or quote.
+        for pair in labels.into_iter().flat_map(|l| l.split(',')) {
+            let (label, value) = pair.split_once('=').unwrap();
             let value = value.trim_matches('"').to_owned();
-            match &mut family.label {
-                Some((l, values)) => {
-                    assert_eq!(l, label, "{name}: one label per family");
-                    values.push(value);
+            match family.labels.iter_mut().find(|(l, _)| l == label) {
+                Some((_, Some(values))) => {
+                    if !values.contains(&value) {
+                        values.push(value);
+                    }
                 }
-                None => family.label = Some((label.to_owned(), vec![value])),
+                _ => family.labels.push((label.to_owned(), Some(vec![value]))),
             }
         }
     }
     families
 }
 
-/// `GET /metrics` of an admin API serving `node`.
-fn scrape(node: Handles) -> String {
+/// `GET /metrics` of an admin API serving `node`, in the classic format
+/// (no Accept header) and in OpenMetrics (asked for by name).
+fn scrape(node: Handles) -> (String, String) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -127,9 +143,51 @@ fn scrape(node: Handles) -> String {
     let (_stop, stopped) = tokio::sync::watch::channel(false);
     rt.spawn(node.guard.clone().drive());
     rt.spawn(admin::serve(listener, Arc::new(node), settings, stopped));
-    let (status, body) = http_request(addr, "GET", "/metrics", None, None).unwrap();
-    assert_eq!(status, 200, "{body}");
-    body
+    let (status, classic) = http_request(addr, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(status, 200, "{classic}");
+    let openmetrics = openmetrics_request(addr);
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    assert!(!classic.contains("# EOF"), "{classic}");
+    (classic, openmetrics)
+}
+
+/// `GET /metrics` with `Accept: application/openmetrics-text`: the body.
+fn openmetrics_request(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    // axum sends a body of known length as is, not chunked.
+    assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
+    body.to_owned()
+}
+
+/// The families of both formats of one node, checked equal.
+fn exposed_both(node: Handles) -> Families {
+    let (classic, openmetrics) = scrape(node);
+    let families = exposed(&classic);
+    assert_eq!(
+        families,
+        exposed(&openmetrics),
+        "the classic format (left) and OpenMetrics (right) expose different families"
+    );
+    families
 }
 
 /// Both directions, with the difference spelled out on failure.
@@ -148,40 +206,75 @@ fn assert_same(what: &str, documented: &Families, exposed: &Families) {
          documented but not exposed: {missing:?}"
     );
     for (name, family) in documented {
+        let mut exposed = exposed[name].clone();
+        // Labels documented without values vary (a version): their names
+        // and order are compared, not their values.
+        for ((_, values), (_, documented)) in exposed.labels.iter_mut().zip(&family.labels) {
+            if documented.is_none() {
+                *values = None;
+            }
+        }
         assert_eq!(
-            family, &exposed[name],
+            family, &exposed,
             "{what}: {name} as documented (left) and as exposed (right)"
         );
     }
 }
 
 const ALWAYS: &str = "Always present";
+const OPERATIONS: &str = "Operations";
+const PROCESS: &str = "Process";
 const CROWDSEC: &str = "With `[crowdsec]`";
 const NFTABLES: &str = "With `[kernel] nft_set`";
+const HSM: &str = "With `[hsm]`";
+
+/// The sections every node exposes.
+const PLAIN: [&str; 3] = [ALWAYS, OPERATIONS, PROCESS];
+
+fn sections(docs: &BTreeMap<String, Families>, names: &[&str]) -> Families {
+    let mut all = Families::new();
+    for section in names {
+        all.extend(docs[*section].clone());
+    }
+    all
+}
 
 #[test]
 fn the_metrics_page_lists_exactly_what_a_plain_node_exposes() {
     let docs = documented();
+    let mut known = [ALWAYS, OPERATIONS, PROCESS, CROWDSEC, NFTABLES, HSM];
+    known.sort();
     assert_eq!(
         docs.keys().collect::<Vec<_>>(),
-        [ALWAYS, CROWDSEC, NFTABLES],
+        known,
         "the sections of docs/metrics.md this test knows"
     );
     let node = Handles::new(test_guard(Policy::default()));
-    assert_same(ALWAYS, &docs[ALWAYS], &exposed(&scrape(node)));
+    assert_same(
+        "a plain node",
+        &sections(&docs, &PLAIN),
+        &exposed_both(node),
+    );
 }
 
 #[test]
-fn the_crowdsec_and_nftables_tables_match_while_those_run() {
+fn the_crowdsec_nftables_and_hsm_tables_match_while_those_run() {
     let docs = documented();
     let node = Handles::new(test_guard(Policy::default()));
-    // What the bouncer and the mirror set when they start.
+    // What the bouncer, the mirror and the token monitor set when they
+    // start.
     let t = &node.telemetry;
     t.crowdsec.bouncer.store(true, Ordering::Relaxed);
     t.nftables.enabled.store(true, Ordering::Relaxed);
-    let mut all = Families::new();
-    for section in [ALWAYS, CROWDSEC, NFTABLES] {
-        all.extend(docs[section].clone());
-    }
-    assert_same("with CrowdSec and nftables", &all, &exposed(&scrape(node)));
+    t.jobs
+        .get(JobKind::TokenMonitor)
+        .running
+        .store(true, Ordering::Relaxed);
+    let mut all = sections(&docs, &PLAIN);
+    all.extend(sections(&docs, &[CROWDSEC, NFTABLES, HSM]));
+    assert_same(
+        "with CrowdSec, nftables and a token",
+        &all,
+        &exposed_both(node),
+    );
 }

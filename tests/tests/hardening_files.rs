@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use mtguard_core::pins::{Pin, PinKind};
 use mtguard_tests::{
-    failures_reported, free_port, http_request, mtguard_bin, openssl_self_signed, openssl_spki_pin,
-    without_colours, EchoBackend, Server,
+    failures_reported, free_port, http_request, metric, mtguard_bin, openssl_self_signed,
+    openssl_spki_pin, without_colours, EchoBackend, Server,
 };
 
 const TOKEN: &str = "hardening-files-token-0123456789";
@@ -360,6 +360,19 @@ fn a_failing_state_save_is_logged_once_per_episode_with_backoff() {
         .unwrap();
     println!("recovery line: {}", without_colours(recovery));
     assert!(failures_reported(recovery) >= 1, "{recovery}");
+    // The metrics count every failed save of the episode, and the one
+    // that worked.
+    let (status, m) = http_request(s.admin, "GET", "/metrics", None, None).unwrap();
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(
+        metric(&m, "mtguard_state_saves_total{result=\"failed\"}"),
+        failures_reported(recovery),
+        "{m}"
+    );
+    assert!(
+        metric(&m, "mtguard_state_saves_total{result=\"ok\"}") >= 1,
+        "{m}"
+    );
     let state_file = state.join("state.bin");
     assert!(fs::symlink_metadata(&state_file).unwrap().is_file());
 }

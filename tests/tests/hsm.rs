@@ -457,8 +457,31 @@ struct Guarded {
     hsm: SoftHsm,
     server: Server,
     listen: SocketAddr,
+    /// The admin API, for `/metrics` (no token needed).
+    admin: SocketAddr,
     secret: String,
     _backend: EchoBackend,
+}
+
+impl Guarded {
+    /// Waits until the metrics report the token `up` (1) or down (0): the
+    /// monitor probes it every second, apart from the handshakes that log.
+    fn wait_token_up(&self, up: u64) {
+        let start = Instant::now();
+        loop {
+            let (status, m) =
+                mtguard_tests::http_request(self.admin, "GET", "/metrics", None, None).unwrap();
+            assert_eq!(status, 200, "{m}");
+            if m.lines().any(|l| l == format!("mtguard_hsm_token_up {up}")) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "mtguard_hsm_token_up never {up}:\n{m}"
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 fn guarded(label: &str) -> Guarded {
@@ -486,12 +509,13 @@ fn guarded(label: &str) -> Guarded {
 
     let backend = EchoBackend::start();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = hsm.config(
         "mtguard.toml",
         &hsm.table(),
         &format!(
             "[server]\nlisten = [\"{listen}\"]\nbackend = \"{}\"\n\
-             [admin]\nlisten = \"off\"\n\
+             [admin]\nlisten = \"{admin}\"\n\
              [state]\ndir = \"{}\"\n\
              [limits]\nscanner_failures = 2\n\
              [mtproto]\nsecrets = [\"hsm:front\", \"{CLASSIC}\"]\n",
@@ -506,10 +530,19 @@ fn guarded(label: &str) -> Guarded {
     )
     .unwrap();
     assert!(server.logged("HSM token open"));
+    let start = Instant::now();
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "admin API not up"
+        );
+        sleep(Duration::from_millis(10));
+    }
     Guarded {
         hsm,
         server,
         listen,
+        admin,
         secret,
         _backend: backend,
     }
@@ -583,12 +616,14 @@ fn a_token_taken_away_fails_closed_for_its_handshakes_and_comes_back() {
         client_hello(&g.secret, "www.example.com", ts)
     };
     assert!(served_with(g.listen, 10, &hello()));
+    g.wait_token_up(1);
 
     // Take the token away: its directory leaves SoftHSM2's token directory.
     let token_dir = g.hsm.token_dir();
     let away = g.hsm.path("away");
     std::fs::rename(&token_dir, &away).unwrap();
     wait_logged(&g.server, "HSM token unavailable");
+    g.wait_token_up(0);
     // Refused, but not held against the address: a client whose key the
     // token cannot check now is no scanner ([limits] scanner_failures = 2).
     for _ in 0..3 {
@@ -611,6 +646,7 @@ fn a_token_taken_away_fails_closed_for_its_handshakes_and_comes_back() {
     // Bring it back: the guard notices by itself.
     std::fs::rename(&away, &token_dir).unwrap();
     wait_logged(&g.server, "HSM token is back");
+    g.wait_token_up(1);
     assert!(
         served_with(g.listen, 11, &hello()),
         "the address was blocked"

@@ -650,6 +650,7 @@ fn backend_tls_end_to_end_and_pin_rotation_without_restart() {
     wait_logged(&server, "matches no pin");
     wait_logged(&server, &leaf);
     assert!(b.metric("mtguard_pin_failures_total") >= 1);
+    assert!(b.metric("mtguard_backend_connect_failures_total{kind=\"tls\"}") >= 1);
 
     // Rotation: the right pin through the admin API applies to the next
     // connection, no restart.

@@ -548,6 +548,61 @@ async fn an_unreachable_backend_closes_the_client() {
     h.wait_active(0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_are_counted_by_kind() {
+    let h = start(policy(), Mode::Echo, ProxyProtocol::None).await;
+    let settings = |backend: &str| {
+        Arc::new(ProxySettings {
+            backend: backend.to_owned(),
+            proxy_protocol: ProxyProtocol::None,
+            // Long: a slow resolver must fail as `resolve`, not `timeout`.
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            backend_tls: None,
+        })
+    };
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    // RFC 6761: names under .invalid never resolve.
+    let unresolvable = "no-such-host.invalid:443";
+    let (settings_tx, settings_rx) = watch::channel(settings(unresolvable));
+    let telemetry = Arc::new(mtguard::telemetry::Telemetry::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    tokio::spawn(proxy::serve_inspected(
+        listener,
+        h.guard.clone(),
+        settings_rx,
+        watch::channel(None).1,
+        telemetry.clone(),
+        shutdown,
+    ));
+    let count = |kind: &str| {
+        let counts = telemetry.ops.backend_failures.counts();
+        counts.iter().find(|(k, _)| *k == kind).unwrap().1
+    };
+    for (n, backend, kind) in [
+        (15, unresolvable, "resolve"),
+        (16, closed.as_str(), "refused"),
+    ] {
+        settings_tx.send(settings(backend)).unwrap();
+        let mut c = client(n, addr).await;
+        c.write_all(b"hello").await.unwrap();
+        assert!(read_to_end(&mut c).await.is_empty());
+        eventually(|| count(kind) == 1, kind).await;
+    }
+    let counts = telemetry.ops.backend_failures.counts();
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 2, "{counts:?}");
+    // Nothing reached a backend, so nothing was relayed.
+    let relayed = &telemetry.ops.relayed;
+    assert_eq!(relayed.up.0.load(Ordering::Relaxed), 0);
+    assert_eq!(relayed.down.0.load(Ordering::Relaxed), 0);
+}
+
 /// Loopback throughput through the guard against a direct connection.
 /// Prints the figures; speed is not a pass criterion. The size is
 /// `MTGUARD_THROUGHPUT_MIB` (default 64); run it with `--release` and

@@ -1,12 +1,21 @@
-//! `GET /metrics`: the engine's numbers and the node's telemetry in the
-//! OpenMetrics text format (documented in docs/metrics.md, which
+//! `GET /metrics`: the engine's numbers and the node's telemetry, in the
+//! OpenMetrics text format or the classic one as the scraper asks (see
+//! [`super::exposition`]; documented in docs/metrics.md, which
 //! tests/tests/docs_metrics.rs keeps equal to what is served).
 
+use super::exposition::Format;
+use super::ops_metrics::{self, ProcessCollector};
 use super::*;
 
-/// The metrics in the Prometheus (OpenMetrics) text format, read from the
-/// engine and the node's `telemetry` now.
+/// The metrics in the OpenMetrics text format, read from the engine and
+/// the node's `telemetry` now.
 pub fn render_metrics(guard: &Guard, telemetry: &Arc<Telemetry>) -> String {
+    render_metrics_as(guard, telemetry, Format::OpenMetrics)
+}
+
+/// The metrics in `format`, read from the engine and the node's
+/// `telemetry` now.
+pub fn render_metrics_as(guard: &Guard, telemetry: &Arc<Telemetry>, format: Format) -> String {
     let snapshot = guard.with(|e, _| Snapshot {
         stats: *e.stats(),
         active: e.active_connections(),
@@ -20,12 +29,29 @@ pub fn render_metrics(guard: &Guard, telemetry: &Arc<Telemetry>) -> String {
         observer_drops: guard.observer_drops(),
         telemetry: telemetry.clone(),
     });
-    let mut registry = Registry::with_prefix("mtguard");
-    registry.register_collector(Box::new(snapshot));
+    let mut registry = Registry::default();
+    // The process metrics keep the names every client library gives them.
+    registry.register_collector(Box::new(ProcessCollector));
+    let ours = registry.sub_registry_with_prefix("mtguard");
+    ours.register_collector(Box::new(snapshot));
+    ours.register_collector(Box::new(Operations(telemetry.clone())));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("writing to a String cannot fail");
-    out
+    match format {
+        Format::OpenMetrics => out,
+        Format::Classic => super::exposition::to_classic(&out),
+    }
+}
+
+/// The operations metrics (build, relay, backend, reloads, saves, token).
+#[derive(Debug)]
+struct Operations(Arc<Telemetry>);
+
+impl prometheus_client::collector::Collector for Operations {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        ops_metrics::encode(&mut e, &self.0)
+    }
 }
 
 /// The engine's numbers at one scrape.
@@ -286,10 +312,21 @@ pub(super) fn fleet_metrics(
     Ok(())
 }
 
-pub(super) async fn metrics(State(s): State<AppState>) -> Response {
+pub(super) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    // Several Accept headers are one list (RFC 9110, 5.3).
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let accept = accept.join(",");
+    let format = Format::negotiate((!accept.is_empty()).then_some(accept.as_str()));
     (
-        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
-        render_metrics(&s.guard, &s.node.telemetry),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
+        render_metrics_as(&s.guard, &s.node.telemetry, format),
     )
         .into_response()
 }

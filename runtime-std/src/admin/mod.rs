@@ -16,16 +16,19 @@
 //! file descriptors the proxy needs.
 
 mod blocks;
+mod exposition;
 mod listener;
 mod metrics;
+mod ops_metrics;
 mod pins;
 mod status;
 mod token;
 
 use blocks::*;
+pub use exposition::Format as MetricsFormat;
 use listener::*;
-pub use metrics::render_metrics;
 use metrics::*;
+pub use metrics::{render_metrics, render_metrics_as};
 use pins::*;
 use status::*;
 pub use token::load_or_create_token;
@@ -47,7 +50,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path as UrlPath, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -99,10 +102,6 @@ pub const HEAD_LIMIT: usize = 16 * 1024;
 /// The most header lines in a request head (hyper's own limit); more are
 /// answered 431.
 pub const MAX_HEADERS: usize = 100;
-
-/// Content type of the metrics (prometheus-client writes OpenMetrics text,
-/// which Prometheus scrapes natively).
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin API needs besides the engine.
 #[derive(Clone, Debug)]

@@ -15,7 +15,7 @@ mod run;
 
 /// A security gateway for MTProto proxies.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = mtguard::VERSION_AND_COMMIT, about)]
 pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]

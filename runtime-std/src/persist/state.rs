@@ -118,8 +118,16 @@ fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
-/// Writes the engine's state to `dir` now, sealed with the node's sealer.
+/// Writes the engine's state to `dir` now, sealed with the node's sealer;
+/// counted (ok or failed) for the metrics.
 pub fn save(node: &Handles, dir: &Path) -> anyhow::Result<u64> {
+    let saved = save_uncounted(node, dir);
+    node.telemetry.ops.saved(saved.is_ok());
+    saved
+}
+
+/// [`save`] without the count.
+fn save_uncounted(node: &Handles, dir: &Path) -> anyhow::Result<u64> {
     let _one_at_a_time = node.saving.lock().unwrap_or_else(|e| e.into_inner());
     let (bytes, generation) = node.guard.with(|engine, now| {
         let mut buf = vec![0; engine.snapshot_len()];

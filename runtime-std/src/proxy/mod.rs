@@ -49,7 +49,7 @@ use crate::config::{OnProbe, ProxyProtocol};
 use crate::engine::{Admitted, Guard};
 use crate::episode::{self, is_connection_error, AcceptTrouble};
 use crate::proxy::inspect::Mtproto;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{BackendFailure, Telemetry};
 
 /// How admitted connections are forwarded. Read once per connection, at
 /// accept: a reload applies to new connections.
@@ -233,7 +233,13 @@ impl Shared {
         }
     }
 
-    fn backend_failed(&self, backend: &str, peer: SocketAddr, error: &io::Error) {
+    fn backend_failed(
+        &self,
+        backend: &str,
+        peer: SocketAddr,
+        (kind, error): &(BackendFailure, io::Error),
+    ) {
+        self.telemetry.ops.backend_failures.record(*kind);
         let now = self.epoch.elapsed().as_millis() as u64 + 1;
         let last = self.backend_warned.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= BACKEND_WARN_EVERY.as_millis() as u64;
@@ -461,7 +467,7 @@ impl Connection {
             Err(e) => {
                 self.shared
                     .backend_failed(&self.settings.backend, self.peer, &e);
-                return End::Backend(e);
+                return End::Backend(e.1);
             }
         };
         let _ = backend.set_nodelay(true);
@@ -488,9 +494,14 @@ impl Connection {
                 let backend = match handshake {
                     Ok(backend) => backend,
                     Err(e) => {
+                        let kind = match e.kind() {
+                            io::ErrorKind::TimedOut => BackendFailure::Timeout,
+                            _ => BackendFailure::Tls,
+                        };
+                        let failure = (kind, e);
                         self.shared
-                            .backend_failed(&self.settings.backend, self.peer, &e);
-                        return End::Backend(e);
+                            .backend_failed(&self.settings.backend, self.peer, &failure);
+                        return End::Backend(failure.1);
                     }
                 };
                 self.pipe(client, backend, header, &mut buf, first).await
@@ -523,7 +534,7 @@ impl Connection {
             Ok(backend) => backend,
             Err(e) => {
                 self.shared.backend_failed(mask_backend, self.peer, &e);
-                return End::Backend(e);
+                return End::Backend(e.1);
             }
         };
         let _ = backend.set_nodelay(true);
@@ -552,6 +563,8 @@ impl Connection {
             // The first bytes go on their own write, as the client sent them.
             backend.write_all(&buf[..first]).await?;
             activity.touch();
+            let relayed = &self.shared.telemetry.ops.relayed;
+            relayed.up.0.fetch_add(first as u64, Ordering::Relaxed);
             let mut down = Vec::with_capacity(COPY_BUFFER);
             let (mut client_read, mut client_write) = client.split();
             // tokio's generic split (a TLS stream has no borrowed halves):
@@ -559,8 +572,20 @@ impl Connection {
             // never contended.
             let (mut backend_read, mut backend_write) = tokio::io::split(&mut backend);
             tokio::try_join!(
-                pump(&mut client_read, &mut backend_write, buf, &activity),
-                pump(&mut backend_read, &mut client_write, &mut down, &activity),
+                pump(
+                    &mut client_read,
+                    &mut backend_write,
+                    buf,
+                    &activity,
+                    &relayed.up.0
+                ),
+                pump(
+                    &mut backend_read,
+                    &mut client_write,
+                    &mut down,
+                    &activity,
+                    &relayed.down.0
+                ),
             )
         };
         tokio::select! {
@@ -572,13 +597,41 @@ impl Connection {
         }
     }
 
-    async fn connect(&self, backend: &str) -> io::Result<TcpStream> {
-        let connect = TcpStream::connect(backend);
+    /// Connects to `backend` (`host:port`), as `TcpStream::connect` does
+    /// (each resolved address in turn, the last error if none answers),
+    /// but resolving first so that a name that does not resolve is told
+    /// apart from an address that does not answer.
+    async fn connect(&self, backend: &str) -> Result<TcpStream, (BackendFailure, io::Error)> {
+        let connect = async {
+            let addrs = tokio::net::lookup_host(backend)
+                .await
+                .map_err(|e| (BackendFailure::Resolve, e))?;
+            let mut last = None;
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(match last {
+                Some(e) => (BackendFailure::of_connect(&e), e),
+                None => (
+                    BackendFailure::Resolve,
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "the backend resolved to no address",
+                    ),
+                ),
+            })
+        };
         match tokio::time::timeout(self.settings.connect_timeout, connect).await {
             Ok(connected) => connected,
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connecting to the backend timed out",
+            Err(_) => Err((
+                BackendFailure::Timeout,
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connecting to the backend timed out",
+                ),
             )),
         }
     }
@@ -697,6 +750,7 @@ async fn pump<R, W>(
     writer: &mut W,
     buf: &mut Vec<u8>,
     activity: &Activity,
+    relayed: &AtomicU64,
 ) -> io::Result<u64>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -715,6 +769,9 @@ where
         activity.touch();
         writer.write_all(&buf[..n]).await?;
         activity.touch();
+        // One relaxed add per chunk (up to COPY_BUFFER bytes): no lock,
+        // and the metrics see a long connection's bytes as they flow.
+        relayed.fetch_add(n as u64, Ordering::Relaxed);
         total += n as u64;
     }
 }

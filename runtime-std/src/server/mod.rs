@@ -162,6 +162,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         settings: settings_tx,
         mtproto: mtproto_tx,
         keyring,
+        telemetry: node.telemetry.clone(),
     };
     let mut servers = Vec::new();
     for addr in &config.server.listen {

@@ -11,6 +11,7 @@ use crate::engine::Guard;
 use crate::proxy::inspect::Mtproto;
 use crate::proxy::ProxySettings;
 use crate::server::bootstrap::{Keyring, Node, Plan};
+use crate::telemetry::Telemetry;
 
 /// Everything the listeners read per connection, sent on a reload.
 pub(super) struct Senders {
@@ -19,6 +20,8 @@ pub(super) struct Senders {
     pub(super) mtproto: watch::Sender<Option<Arc<Mtproto>>>,
     /// The `[hsm]` token opened at start; `[hsm]` changes need a restart.
     pub(super) keyring: Keyring,
+    /// Where reloads are counted for the metrics.
+    pub(super) telemetry: Arc<Telemetry>,
 }
 
 /// Waits for SIGTERM or SIGINT; reloads on SIGHUP.
@@ -35,16 +38,21 @@ pub(super) async fn signals(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match reload(opts, senders, &current) {
-                Ok(new) => {
-                    tracing::info!("configuration reloaded");
-                    current = new;
+            _ = hup.recv() => {
+                let reloaded = reload(opts, senders, &current);
+                let reloads = &senders.telemetry.ops.reloads;
+                reloads.record(reloaded.is_ok(), crate::unix_now());
+                match reloaded {
+                    Ok(new) => {
+                        tracing::info!("configuration reloaded");
+                        current = new;
+                    }
+                    Err(e) => tracing::error!(
+                        error = %format!("{e:#}"),
+                        "reload refused; the previous configuration stays in force"
+                    ),
                 }
-                Err(e) => tracing::error!(
-                    error = %format!("{e:#}"),
-                    "reload refused; the previous configuration stays in force"
-                ),
-            },
+            }
         }
     }
 }
