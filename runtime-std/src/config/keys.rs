@@ -448,8 +448,8 @@ keys! {
     /// The keys of `[state]`.
     state "[state]" {
         dir: r#"path"#,
-            r#"per-user data directory"#,
-            r#"The directory of the persisted state (and of the generated admin token). The default is the platform's local data directory plus `mtguard` (on Linux `$XDG_DATA_HOME/mtguard` or `~/.local/share/mtguard`), else `$HOME/.local/share/mtguard`, else `./mtguard-state`. With the shipped systemd unit, set `"/var/lib/mtguard"`."#;
+            r#"`$STATE_DIRECTORY`, else per-user data directory"#,
+            r#"The directory of the persisted state (and of the generated admin token). Unset, it is the first path of `$STATE_DIRECTORY` (which systemd sets from the unit's `StateDirectory=`; several are separated by `:`), else the platform's local data directory plus `mtguard` (on Linux `$XDG_DATA_HOME/mtguard` or `~/.local/share/mtguard`), else `$HOME/.local/share/mtguard`, else `./mtguard-state`. The shipped systemd units set `StateDirectory=mtguard`, so under them it is `/var/lib/mtguard`."#;
     }
     /// The keys of `[hsm]`.
     hsm "[hsm]" {

@@ -382,10 +382,15 @@ pub struct Lists {
     pub deny: Vec<Cidr>,
 }
 
-/// The per-user state directory: the platform's local data directory (on
-/// Linux `$XDG_DATA_HOME` or `~/.local/share`) plus `mtguard`, else
-/// `$HOME/.local/share/mtguard`, else `./mtguard-state`.
+/// The state directory when `[state] dir` is unset: the first path of
+/// `$STATE_DIRECTORY` (set by systemd from the unit's `StateDirectory=`,
+/// several joined by `:`), else the per-user one: the platform's local
+/// data directory (on Linux `$XDG_DATA_HOME` or `~/.local/share`) plus
+/// `mtguard`, else `$HOME/.local/share/mtguard`, else `./mtguard-state`.
 pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = state_directory_env(std::env::var_os("STATE_DIRECTORY").as_deref()) {
+        return dir;
+    }
     if let Some(dir) = dirs::data_local_dir() {
         return dir.join("mtguard");
     }
@@ -393,6 +398,16 @@ pub fn default_state_dir() -> PathBuf {
         Some(home) if !home.is_empty() => PathBuf::from(home).join(".local/share/mtguard"),
         _ => PathBuf::from("mtguard-state"),
     }
+}
+
+/// The first path of a `$STATE_DIRECTORY` value. systemd only ever sets
+/// absolute paths; a relative one would move with the working directory,
+/// so it is not taken.
+fn state_directory_env(value: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let first = value?.as_bytes().split(|&b| b == b':').next()?;
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(first));
+    path.is_absolute().then_some(path)
 }
 
 impl Config {

@@ -35,16 +35,22 @@ pub(super) async fn signals(
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match reload(opts, senders, &current) {
-                Ok(new) => {
-                    tracing::info!("configuration reloaded");
-                    current = new;
+            _ = hup.recv() => {
+                // systemd shows the unit reloading until READY=1, which
+                // follows a refused reload too: the old config serves on.
+                super::systemd::reloading();
+                match reload(opts, senders, &current) {
+                    Ok(new) => {
+                        tracing::info!("configuration reloaded");
+                        current = new;
+                    }
+                    Err(e) => tracing::error!(
+                        error = %format!("{e:#}"),
+                        "reload refused; the previous configuration stays in force"
+                    ),
                 }
-                Err(e) => tracing::error!(
-                    error = %format!("{e:#}"),
-                    "reload refused; the previous configuration stays in force"
-                ),
-            },
+                super::systemd::ready();
+            }
         }
     }
 }
