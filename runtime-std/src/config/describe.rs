@@ -190,6 +190,13 @@ impl Config {
                     path_or_none(&c.api_key_file),
                     &origin(k::crowdsec::api_key_file.path()),
                 );
+                if c.api_key.is_some() {
+                    row(
+                        k::crowdsec::api_key.name,
+                        "(set, not shown)".into(),
+                        &origin(k::crowdsec::api_key.path()),
+                    );
+                }
                 row(
                     k::crowdsec::poll_interval.name,
                     format_duration(c.poll_interval),

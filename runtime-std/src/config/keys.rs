@@ -486,6 +486,15 @@ keys! {
         password_file: r#"path"#,
             r#"unset"#,
             r#"A file holding that machine's password."#;
+        api_url: r#"string"#,
+            r#"unset"#,
+            r#"Another name for `lapi_url`, the one CrowdSec's bouncers use; set one of the two."#;
+        api_key: r#"string"#,
+            r#"unset"#,
+            r#"The bouncer key itself, as CrowdSec's bouncers take it, instead of `api_key_file`; set one of the two. The config then holds a secret: keep it unreadable by other users (the package installs it `root:mtguard` 0640)."#;
+        update_frequency: r#"duration"#,
+            r#"`"10s"`"#,
+            r#"Another name for `poll_interval`, the one CrowdSec's bouncers use; set one of the two."#;
     }
     /// The keys of `[kernel]`.
     kernel "[kernel]" {
@@ -664,6 +673,8 @@ mod default_tests {
                 "[crowdsec] api_key_file",
                 "[crowdsec] machine_id",
                 "[crowdsec] password_file",
+                "[crowdsec] api_url",
+                "[crowdsec] api_key",
             ]
         );
     }

@@ -251,8 +251,11 @@ pub struct CrowdsecConfig {
     /// Base URL of the Local API, such as `http://127.0.0.1:8080/`.
     pub lapi_url: String,
     /// File holding the bouncer key (`cscli bouncers add NAME -o raw`);
-    /// without it no decisions are pulled.
+    /// without it (or `api_key`) no decisions are pulled.
     pub api_key_file: Option<PathBuf>,
+    /// The bouncer key written in the config (`api_key`, as CrowdSec's
+    /// bouncers take it).
+    pub api_key: Option<ApiKey>,
     /// How often the decision stream is polled.
     pub poll_interval: Duration,
     /// The machine detections are reported as (`cscli machines add`);
@@ -260,6 +263,17 @@ pub struct CrowdsecConfig {
     pub machine_id: Option<String>,
     /// File holding that machine's password.
     pub password_file: Option<PathBuf>,
+}
+
+/// A bouncer key written inline; its `Debug` does not show it, so a
+/// printed config does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
 }
 
 /// `[kernel]`: blocks mirrored into nftables sets.
