@@ -289,9 +289,10 @@ fn state_directory_is_the_key_then_systemds_variable_then_the_default() {
     // Unset in the file: the first path of $STATE_DIRECTORY.
     s.write("", false);
     let row = state_dir_row(&s.config(), &[("STATE_DIRECTORY", &both)]);
+    assert!(row.contains(&format!(" {} ", a.display())), "{row}");
     assert!(
-        row.contains(&format!(" {} ", a.display())) || row.ends_with(&a.display().to_string()),
-        "{row}"
+        row.ends_with("$STATE_DIRECTORY"),
+        "check-config names the source: {row}"
     );
     assert!(!row.contains(&b.display().to_string()), "{row}");
     // Neither: the per-user default.
@@ -307,6 +308,7 @@ fn state_directory_is_the_key_then_systemds_variable_then_the_default() {
         row.contains(&home.join("mtguard").display().to_string()),
         "{row}"
     );
+    assert!(row.ends_with("default"), "{row}");
     // A relative path is not systemd's and is not taken.
     let row = state_dir_row(
         &s.config(),
@@ -408,6 +410,59 @@ fn block_lines_carry_rfc3339_wall_clock_times_and_a_piped_log_has_no_colours() {
         "{unblocked} before {blocked}"
     );
     drop(server);
+}
+
+/// Colours stay for a person at a terminal: run under `script` (a pty,
+/// util-linux's, in Debian's essential bsdutils), the log has them, and
+/// `NO_COLOR` takes them away there too. The guard stops at once on a
+/// listen port the test holds, after its first log lines.
+#[test]
+fn a_terminal_gets_colours_unless_no_color_is_set() {
+    let s = Setup::new();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fs::write(
+        s.config(),
+        format!(
+            "[server]\nlisten = [\"{}\"]\nbackend = \"{}\"\n[admin]\nlisten = \"off\"\n\
+             [state]\ndir = \"{}\"\n",
+            held.local_addr().unwrap(),
+            s.backend.addr,
+            s.dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let command = format!(
+        "{} run --config {}",
+        mtguard_bin().display(),
+        s.config().display()
+    );
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut script = Command::new("script");
+        script
+            .args(["-qec", &command, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        match no_color {
+            Some(v) => script.env("NO_COLOR", v),
+            None => script.env_remove("NO_COLOR"),
+        };
+        let out = script.output().expect("script (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("starting"), "{text:?}");
+        assert!(text.contains("cannot listen"), "{text:?}");
+        text
+    };
+    assert!(
+        on_a_terminal(None).contains('\u{1b}'),
+        "no colours on a terminal"
+    );
+    // no-color.org: set and not empty.
+    assert!(on_a_terminal(Some("")).contains('\u{1b}'));
+    let plain = on_a_terminal(Some("1"));
+    assert!(
+        !plain.contains('\u{1b}'),
+        "colours despite NO_COLOR: {plain:?}"
+    );
 }
 
 // ----- completions and manual pages -----

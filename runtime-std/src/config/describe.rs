@@ -104,10 +104,18 @@ impl Config {
             &origin(k::admin::token_file.path()),
         );
         row(k::state::TABLE, String::new(), "");
+        // Unset in the file, the directory is systemd's or the per-user one.
+        let state_origin = at(k::state::dir.path()).unwrap_or_else(|| {
+            if super::state_directory().as_ref() == Some(&self.state.dir) {
+                "$STATE_DIRECTORY".into()
+            } else {
+                "default".into()
+            }
+        });
         row(
             k::state::dir.name,
             self.state.dir.display().to_string(),
-            &origin(k::state::dir.path()),
+            &state_origin,
         );
         row(k::lists::TABLE, String::new(), "");
         let files = |f: &[PathBuf]| {

@@ -402,7 +402,7 @@ pub struct Lists {
 /// data directory (on Linux `$XDG_DATA_HOME` or `~/.local/share`) plus
 /// `mtguard`, else `$HOME/.local/share/mtguard`, else `./mtguard-state`.
 pub fn default_state_dir() -> PathBuf {
-    if let Some(dir) = state_directory_env(std::env::var_os("STATE_DIRECTORY").as_deref()) {
+    if let Some(dir) = state_directory() {
         return dir;
     }
     if let Some(dir) = dirs::data_local_dir() {
@@ -412,6 +412,11 @@ pub fn default_state_dir() -> PathBuf {
         Some(home) if !home.is_empty() => PathBuf::from(home).join(".local/share/mtguard"),
         _ => PathBuf::from("mtguard-state"),
     }
+}
+
+/// The state directory systemd gives the service, if it gives one.
+fn state_directory() -> Option<PathBuf> {
+    state_directory_env(std::env::var_os("STATE_DIRECTORY").as_deref())
 }
 
 /// The first path of a `$STATE_DIRECTORY` value. systemd only ever sets
