@@ -8,6 +8,10 @@ need_apt=()
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 # The server tests signal the guard process with /usr/bin/kill (procps).
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || need_apt+=(procps)
+# tests/tests/system.rs: systemd-analyze verifies the shipped units, groff
+# renders the manual pages.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v groff >/dev/null 2>&1 || need_apt+=(groff-base)
 # The nftables test builds a network namespace (iproute2) and loads the
 # shipped ruleset with nft (nftables).
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)

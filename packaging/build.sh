@@ -147,10 +147,26 @@ grep -qxF "$state_line" "$example" ||
 update "$dist/deb/mtguard.toml"
 cp "$dist/mtguard-$version-x86_64-unknown-linux-musl/mtguard" "$dist/deb/mtguard.new"
 update "$dist/deb/mtguard"
+# Completions and manual pages come from the binary itself (its hidden
+# `completions` and `man` commands), so they match its arguments; this
+# machine runs the x86_64 build. Gzipped as Debian wants man pages, with
+# no name or time in the header, so the same binary gives the same bytes.
+mkdir -p "$dist/deb/completions" "$dist/deb/man"
+for shell in bash zsh fish; do
+    "$dist/deb/mtguard" completions "$shell" >"$dist/deb/completions/mtguard.$shell.new"
+    update "$dist/deb/completions/mtguard.$shell"
+done
+rm -rf "$dist/deb/man.new"
+"$dist/deb/mtguard" man --dir "$dist/deb/man.new"
+for page in "$dist/deb/man.new"/*.1; do
+    gzip -9n <"$page" >"$dist/deb/man/$(basename "$page").gz.new"
+    update "$dist/deb/man/$(basename "$page").gz"
+done
+rm -rf "$dist/deb/man.new"
 # cargo deb spends its time compressing (25 s here), so it runs only when
 # something the package is made of is newer than the package.
 deb="$dist/mtguard_$version-1_amd64.deb"
-if [ ! -e "$deb" ] || [ -n "$(find "$dist/deb/mtguard" "$dist/deb/mtguard.toml" Cargo.toml runtime-std/Cargo.toml \
+if [ ! -e "$deb" ] || [ -n "$(find "$dist/deb/mtguard" "$dist/deb/mtguard.toml" "$dist/deb/completions" "$dist/deb/man" Cargo.toml runtime-std/Cargo.toml \
     runtime-std/dist README.md docs LICENSE-MIT LICENSE-APACHE -newer "$deb" -print -quit)" ]; then
     rm -f "$dist"/mtguard_*.deb
     # Its two warnings about paths outside target/release/ are expected:

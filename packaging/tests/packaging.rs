@@ -373,6 +373,11 @@ fn debian_package_installs_checks_runs_and_removes_keeping_config_and_state() {
         "./usr/share/doc/mtguard/copyright",
         "./usr/share/doc/mtguard/examples/mtguard-grafana.json",
         "./usr/share/doc/mtguard/examples/mtguard-alerts.yml",
+        "./usr/share/bash-completion/completions/mtguard",
+        "./usr/share/zsh/vendor-completions/_mtguard",
+        "./usr/share/fish/vendor_completions.d/mtguard.fish",
+        "./usr/share/man/man1/mtguard.1.gz",
+        "./usr/share/man/man1/mtguard-run.1.gz",
     ] {
         assert!(
             contents.lines().any(|l| l.ends_with(path)),

@@ -79,7 +79,14 @@ pub fn run(args: ApplianceConfigArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("cannot write the block: {e}"))?;
     block.truncate(n);
     write_atomically(&args.out, &block)?;
-    println!("{}: {n} bytes: {}", args.out.display(), summary(&config));
+    // Through a handle, not println!: a closed stdout must not panic.
+    use std::io::Write as _;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}: {n} bytes: {}",
+        args.out.display(),
+        summary(&config)
+    )?;
     Ok(())
 }
 

@@ -77,8 +77,27 @@ pub type Engine = SecurityManager<Heap>;
 
 /// Receives what the engine reports; the server logs, counts and persists.
 pub trait EventSink: Send + Sync + 'static {
-    /// One event, in the order the engine produced them.
-    fn event(&self, event: &Event);
+    /// One event, in the order the engine produced them, with the engine's
+    /// clock when it did (its instants mean nothing without it).
+    fn event(&self, event: &Event, now: Instant);
+}
+
+/// An engine instant as wall-clock time, given the engine's `now`: the
+/// engine's clock is monotonic milliseconds since start, which no reader
+/// of a log can place.
+pub fn wall_clock(at: Instant, now: Instant) -> std::time::SystemTime {
+    let wall_now = std::time::SystemTime::now();
+    let (a, n) = (at.as_millis(), now.as_millis());
+    if a >= n {
+        wall_now + Duration::from_millis(a - n)
+    } else {
+        wall_now - Duration::from_millis(n - a)
+    }
+}
+
+/// `at` in RFC 3339, UTC, to the second (`2026-12-02T04:05:06Z`).
+pub fn rfc3339(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// Logs every event once with tracing.
@@ -88,7 +107,7 @@ pub struct LogEvents {
 }
 
 impl EventSink for LogEvents {
-    fn event(&self, event: &Event) {
+    fn event(&self, event: &Event, now: Instant) {
         let show = |k: &mtguard_core::ClientKey| k.display(self.ipv6_prefix).to_string();
         match event {
             Event::Blocked {
@@ -100,7 +119,11 @@ impl EventSink for LogEvents {
                 client = show(client),
                 cause = cause.as_str(),
                 offences,
-                until_ms = until.map(|u| u.as_millis()),
+                // An indefinite block (until unblocked) has no end to show.
+                until = until.map_or_else(
+                    || "unblocked by hand".to_string(),
+                    |u| rfc3339(wall_clock(u, now))
+                ),
                 "client blocked"
             ),
             Event::Unblocked { client, cause } => {
@@ -222,18 +245,18 @@ impl Guard {
     }
 
     fn locked<R>(&self, f: impl FnOnce(&mut Engine, Instant) -> R) -> R {
-        let (r, events) = {
+        let (r, events, now) = {
             let mut engine = self.lock();
             let now = self.now();
             let r = f(&mut engine, now);
             let events: Vec<Event> = std::iter::from_fn(|| engine.poll_event()).collect();
-            (r, events)
+            (r, events, now)
         };
-        self.dispatch(&events);
+        self.dispatch(&events, now);
         r
     }
 
-    fn dispatch(&self, events: &[Event]) {
+    fn dispatch(&self, events: &[Event], now: Instant) {
         for event in events {
             if let Event::HandshakeTimeout { connection } = event {
                 if let Some(tx) = self
@@ -245,7 +268,7 @@ impl Guard {
                     let _ = tx.send(());
                 }
             }
-            self.sink.event(event);
+            self.sink.event(event, now);
             if self.has_observers.load(Ordering::Relaxed)
                 && matches!(
                     event,

@@ -790,3 +790,98 @@ fn durations() {
         .unwrap_err()
         .contains("too large"));
 }
+
+/// The key names CrowdSec's bouncers use carry over: `api_url`, `api_key`
+/// and `update_frequency` mean `lapi_url`, the bouncer key and
+/// `poll_interval`; one setting under two names is an error naming the
+/// line and the second name.
+#[test]
+fn crowdsec_accepts_the_key_names_of_crowdsecs_own_bouncers() {
+    let ours = parse(
+        "[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\n\
+         api_key_file = \"/etc/mtguard/crowdsec.key\"\npoll_interval = \"30s\"\n",
+    )
+    .unwrap();
+    let theirs = parse(
+        "[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\n\
+         api_key = \"  0123456789abcdefKEY \"\nupdate_frequency = \"30s\"\n",
+    )
+    .unwrap();
+    let (ours, theirs) = (ours.crowdsec.unwrap(), theirs.crowdsec.unwrap());
+    assert_eq!(theirs.lapi_url, ours.lapi_url);
+    assert_eq!(theirs.poll_interval, ours.poll_interval);
+    assert_eq!(theirs.poll_interval, std::time::Duration::from_secs(30));
+    assert_eq!(theirs.api_key_file, None);
+    let key = theirs.api_key.as_ref().unwrap();
+    assert_eq!(key.0, "0123456789abcdefKEY");
+    // A printed config does not show the key.
+    assert!(!format!("{theirs:?}").contains("0123456789abcdefKEY"));
+    // The inline key alone is enough to make a bouncer.
+    assert!(parse("[crowdsec]\nlapi_url = \"http://127.0.0.1:8080/\"\napi_key = \"k\"\n").is_ok());
+
+    // check-config shows the value under mtguard's name, from its line.
+    let config = parse(
+        "[crowdsec]\napi_url = \"http://127.0.0.1:8080/\"\n\
+         api_key = \"k\"\nupdate_frequency = \"30s\"\n",
+    )
+    .unwrap();
+    let described = config.describe(&config.effective_policy(None).unwrap());
+    let row = |name: &str| {
+        described
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in:\n{described}"))
+            .to_owned()
+    };
+    assert!(
+        row("lapi_url").contains("mtguard.toml:2"),
+        "{}",
+        row("lapi_url")
+    );
+    assert!(
+        row("poll_interval").contains("mtguard.toml:4"),
+        "{}",
+        row("poll_interval")
+    );
+    assert!(row("api_key").contains("not shown"), "{}", row("api_key"));
+    assert!(!described.contains("\"k\""), "{described}");
+
+    for (text, line, key) in [
+        (
+            "[crowdsec]\nlapi_url = \"http://a:1/\"\napi_url = \"http://a:1/\"\napi_key = \"k\"\n",
+            3,
+            "[crowdsec] api_url",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://a:1/\"\napi_key_file = \"f\"\napi_key = \"k\"\n",
+            4,
+            "[crowdsec] api_key",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://a:1/\"\napi_key = \"k\"\n\
+             poll_interval = \"5s\"\nupdate_frequency = \"5s\"\n",
+            5,
+            "[crowdsec] update_frequency",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://a:1/\"\napi_key = \"two words\"\n",
+            3,
+            "[crowdsec] api_key",
+        ),
+        (
+            "[crowdsec]\napi_url = \"ftp://a:1/\"\napi_key = \"k\"\n",
+            2,
+            "[crowdsec] api_url",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"http://a:1/\"\napi_key = \"k\"\nupdate_frequency = \"0s\"\n",
+            4,
+            "[crowdsec] update_frequency",
+        ),
+    ] {
+        let e = parse_err(text);
+        assert_eq!(e.line(), Some(line), "{text}: {e}");
+        assert_eq!(e.key(), Some(key), "{text}: {e}");
+        assert!(e.to_string().contains("mtguard.toml:"), "{e}");
+    }
+}

@@ -203,18 +203,33 @@ fn node(name: &str, lapi: &Lapi, backend: SocketAddr, inspect: bool) -> Node {
     } else {
         String::new()
     };
+    // The inspecting node is set up with mtguard's key names, the other
+    // with those of CrowdSec's own bouncers (the key inline): both must
+    // follow the same real decision stream.
+    let bouncer = if inspect {
+        format!(
+            "lapi_url = \"{}\"\napi_key_file = \"{}\"\npoll_interval = \"{}ms\"\n",
+            lapi.url,
+            key.display(),
+            POLL.as_millis()
+        )
+    } else {
+        format!(
+            "api_url = \"{}\"\napi_key = \"{}\"\nupdate_frequency = \"{}ms\"\n",
+            lapi.url,
+            std::fs::read_to_string(&key).unwrap().trim(),
+            POLL.as_millis()
+        )
+    };
     let config = format!(
         "[server]\nlisten = [\"{listen}\"]\nbackend = \"{backend}\"\n\
          [limits]\nscanner_failures = 3\nblock_jitter_permille = 0\nattack_enter_per_second = 0\n\
          [admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\
          [state]\ndir = \"{}\"\n{mtproto}\
-         [crowdsec]\nlapi_url = \"{}\"\napi_key_file = \"{}\"\npoll_interval = \"{}ms\"\n\
+         [crowdsec]\n{bouncer}\
          machine_id = \"{name}\"\npassword_file = \"{}\"\n",
         token.display(),
         dir.path().join("state").display(),
-        lapi.url,
-        key.display(),
-        POLL.as_millis(),
         password.display(),
     );
     let path = dir.path().join("mtguard.toml");
@@ -561,7 +576,8 @@ fn crowdsec_and_kernel_keys_parse_and_mistakes_name_key_and_line() {
             "invalid duration",
         ),
         (
-            "[crowdsec]\nlapi_url = \"http://h:1\"\napi_key = \"x\"\n",
+            // api_key is CrowdSec's bouncers' name, accepted; this is none.
+            "[crowdsec]\nlapi_url = \"http://h:1\"\nbouncer_key = \"x\"\n",
             3,
             "[crowdsec]",
             "unknown key",

@@ -56,7 +56,7 @@ pub fn secrets() -> SecretSet {
 
 struct Quiet;
 impl EventSink for Quiet {
-    fn event(&self, _: &Event) {}
+    fn event(&self, _: &Event, _: mtguard_core::Instant) {}
 }
 
 /// The script against the server runtime's guard, enforcing `policy`.

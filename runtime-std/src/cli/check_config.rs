@@ -37,10 +37,10 @@ fn check(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {
             ));
         }
     }
-    println!("{}: valid", file.display());
+    outln!("{}: valid", file.display())?;
     for w in unchecked {
-        println!("{w}");
+        outln!("{w}")?;
     }
-    print!("{}", plan.describe());
+    out!("{}", plan.describe())?;
     Ok(())
 }

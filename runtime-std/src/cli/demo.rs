@@ -25,7 +25,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 ..Default::default()
             })
             .await?;
-            println!("{}", report.render());
+            outln!("{}", report.render())?;
             Ok(())
         })
     })

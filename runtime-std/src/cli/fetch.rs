@@ -65,13 +65,13 @@ pub fn fetch(args: FetchArgs, format: LogFormat) -> anyhow::Result<()> {
         let rt = runtime()?;
         let fetched = rt.block_on(mtguard::pinning::fetch::fetch(&opts, None))?;
         if fetched.changed {
-            println!("{}: wrote {} bytes", opts.out.display(), fetched.bytes);
+            outln!("{}: wrote {} bytes", opts.out.display(), fetched.bytes)?;
         } else {
-            println!(
+            outln!(
                 "{}: unchanged ({} bytes)",
                 opts.out.display(),
                 fetched.bytes
-            );
+            )?;
         }
         Ok(())
     })

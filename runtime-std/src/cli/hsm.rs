@@ -111,35 +111,38 @@ fn run_hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> 
             let pins = mtguard::persist::pinfile::parse(&text, &file.display().to_string())?;
             let sealer = mtguard::persist::seal::Sealer::Token(token.clone());
             mtguard::persist::pinfile::save(&file, &pins, Some(&sealer))?;
-            println!(
+            outln!(
                 "{}: {} pins sealed with the token's integrity key",
                 file.display(),
                 pins.len()
-            );
+            )?;
         }
         HsmCommand::Status => {
             let status = token.status()?;
-            println!("module: {}", status.library);
-            println!("token: {}", status.token);
-            println!("mechanisms mtguard uses:");
+            outln!("module: {}", status.library)?;
+            outln!("token: {}", status.token)?;
+            outln!("mechanisms mtguard uses:")?;
             for (name, available) in &status.mechanisms {
-                println!(
+                outln!(
                     "  {name}: {}",
                     if *available { "available" } else { "MISSING" }
-                );
+                )?;
             }
-            println!("all mechanisms: {}", status.all_mechanisms.join(" "));
+            outln!("all mechanisms: {}", status.all_mechanisms.join(" "))?;
         }
         HsmCommand::List => {
             let keys = token.list()?;
             if keys.is_empty() {
-                println!("no secret keys in token {:?}", token.label());
+                outln!("no secret keys in token {:?}", token.label())?;
             }
             for k in keys {
-                println!(
+                outln!(
                     "{}\t{}\tsensitive={}\textractable={}",
-                    k.label, k.kind, k.sensitive, k.extractable
-                );
+                    k.label,
+                    k.kind,
+                    k.sensitive,
+                    k.extractable
+                )?;
             }
         }
         HsmCommand::GenerateSecret {
@@ -170,7 +173,7 @@ fn run_hsm(config: &std::path::Path, command: HsmCommand) -> anyhow::Result<()> 
                 token.label()
             );
             for link in mtguard::proxy::inspect::links(&server, port, &secret) {
-                println!("{link}");
+                outln!("{link}")?;
             }
         }
         HsmCommand::ImportSecret { label } => {

@@ -5,9 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+#[macro_use]
+mod out;
 mod check_config;
 mod demo;
 mod fetch;
+mod generate;
 mod hsm;
 mod link;
 mod pin;
@@ -56,6 +59,12 @@ enum Command {
     /// A self-contained run on loopback: the guard, an echo backend,
     /// legitimate clients, a flood and a scanner; ends with a report.
     Demo(demo::DemoArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(hide = true)]
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page (or write them all with --dir).
+    #[command(hide = true)]
+    Man(generate::ManArgs),
 }
 
 impl Cli {
@@ -72,9 +81,13 @@ impl Cli {
             Command::Fetch(args) => fetch::fetch(args, format),
             Command::ApplianceConfig(args) => mtguard::appliance::run(args),
             Command::Demo(args) => demo::demo(args),
+            Command::Completions(args) => generate::completions(args),
+            Command::Man(args) => generate::man(args),
         };
-        match result {
+        match result.and_then(|()| Ok(out::flush()?)) {
             Ok(()) => ExitCode::SUCCESS,
+            // The reader closed the pipe (`| head`): it has what it wanted.
+            Err(e) if out::is_broken_pipe(&e) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mtguard: {e:#}");
                 ExitCode::FAILURE
@@ -92,11 +105,20 @@ fn init_logging_at(format: LogFormat, default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Colours only for a person at a terminal: a pipe, a file or the journal
+/// gets plain text, and NO_COLOR (set and not empty, as no-color.org
+/// says) turns them off there too.
+fn colours() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -19,9 +19,9 @@ fn pins_of(file: &std::path::Path) -> anyhow::Result<()> {
     for (i, cert) in certs.iter().enumerate() {
         let (spki, whole) = mtguard_core::pins::presented_pins(cert)
             .map_err(|e| anyhow::anyhow!("{}: certificate {i}: {e:?}", file.display()))?;
-        println!("# certificate {i} of {}", file.display());
-        println!("{spki}");
-        println!("{whole}");
+        outln!("# certificate {i} of {}", file.display())?;
+        outln!("{spki}")?;
+        outln!("{whole}")?;
     }
     Ok(())
 }

@@ -104,10 +104,18 @@ impl Config {
             &origin(k::admin::token_file.path()),
         );
         row(k::state::TABLE, String::new(), "");
+        // Unset in the file, the directory is systemd's or the per-user one.
+        let state_origin = at(k::state::dir.path()).unwrap_or_else(|| {
+            if super::state_directory().as_ref() == Some(&self.state.dir) {
+                "$STATE_DIRECTORY".into()
+            } else {
+                "default".into()
+            }
+        });
         row(
             k::state::dir.name,
             self.state.dir.display().to_string(),
-            &origin(k::state::dir.path()),
+            &state_origin,
         );
         row(k::lists::TABLE, String::new(), "");
         let files = |f: &[PathBuf]| {
@@ -190,6 +198,13 @@ impl Config {
                     path_or_none(&c.api_key_file),
                     &origin(k::crowdsec::api_key_file.path()),
                 );
+                if c.api_key.is_some() {
+                    row(
+                        k::crowdsec::api_key.name,
+                        "(set, not shown)".into(),
+                        &origin(k::crowdsec::api_key.path()),
+                    );
+                }
                 row(
                     k::crowdsec::poll_interval.name,
                     format_duration(c.poll_interval),

@@ -448,8 +448,8 @@ keys! {
     /// The keys of `[state]`.
     state "[state]" {
         dir: r#"path"#,
-            r#"per-user data directory"#,
-            r#"The directory of the persisted state (and of the generated admin token). The default is the platform's local data directory plus `mtguard` (on Linux `$XDG_DATA_HOME/mtguard` or `~/.local/share/mtguard`), else `$HOME/.local/share/mtguard`, else `./mtguard-state`. With the shipped systemd unit, set `"/var/lib/mtguard"`."#;
+            r#"`$STATE_DIRECTORY`, else per-user data directory"#,
+            r#"The directory of the persisted state (and of the generated admin token). Unset, it is the first path of `$STATE_DIRECTORY` (which systemd sets from the unit's `StateDirectory=`; several are separated by `:`), else the platform's local data directory plus `mtguard` (on Linux `$XDG_DATA_HOME/mtguard` or `~/.local/share/mtguard`), else `$HOME/.local/share/mtguard`, else `./mtguard-state`. The shipped systemd units set `StateDirectory=mtguard`, so under them it is `/var/lib/mtguard`."#;
     }
     /// The keys of `[hsm]`.
     hsm "[hsm]" {
@@ -486,6 +486,15 @@ keys! {
         password_file: r#"path"#,
             r#"unset"#,
             r#"A file holding that machine's password."#;
+        api_url: r#"string"#,
+            r#"unset"#,
+            r#"Another name for `lapi_url`, the one CrowdSec's bouncers use; set one of the two."#;
+        api_key: r#"string"#,
+            r#"unset"#,
+            r#"The bouncer key itself, as CrowdSec's bouncers take it, instead of `api_key_file`; set one of the two. The config then holds a secret: keep it unreadable by other users (the package installs it `root:mtguard` 0640)."#;
+        update_frequency: r#"duration"#,
+            r#"`"10s"`"#,
+            r#"Another name for `poll_interval`, the one CrowdSec's bouncers use; set one of the two."#;
     }
     /// The keys of `[kernel]`.
     kernel "[kernel]" {
@@ -664,6 +673,8 @@ mod default_tests {
                 "[crowdsec] api_key_file",
                 "[crowdsec] machine_id",
                 "[crowdsec] password_file",
+                "[crowdsec] api_url",
+                "[crowdsec] api_key",
             ]
         );
     }

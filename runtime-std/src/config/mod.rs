@@ -251,8 +251,11 @@ pub struct CrowdsecConfig {
     /// Base URL of the Local API, such as `http://127.0.0.1:8080/`.
     pub lapi_url: String,
     /// File holding the bouncer key (`cscli bouncers add NAME -o raw`);
-    /// without it no decisions are pulled.
+    /// without it (or `api_key`) no decisions are pulled.
     pub api_key_file: Option<PathBuf>,
+    /// The bouncer key written in the config (`api_key`, as CrowdSec's
+    /// bouncers take it).
+    pub api_key: Option<ApiKey>,
     /// How often the decision stream is polled.
     pub poll_interval: Duration,
     /// The machine detections are reported as (`cscli machines add`);
@@ -260,6 +263,17 @@ pub struct CrowdsecConfig {
     pub machine_id: Option<String>,
     /// File holding that machine's password.
     pub password_file: Option<PathBuf>,
+}
+
+/// A bouncer key written inline; its `Debug` does not show it, so a
+/// printed config does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
 }
 
 /// `[kernel]`: blocks mirrored into nftables sets.
@@ -382,10 +396,15 @@ pub struct Lists {
     pub deny: Vec<Cidr>,
 }
 
-/// The per-user state directory: the platform's local data directory (on
-/// Linux `$XDG_DATA_HOME` or `~/.local/share`) plus `mtguard`, else
-/// `$HOME/.local/share/mtguard`, else `./mtguard-state`.
+/// The state directory when `[state] dir` is unset: the first path of
+/// `$STATE_DIRECTORY` (set by systemd from the unit's `StateDirectory=`,
+/// several joined by `:`), else the per-user one: the platform's local
+/// data directory (on Linux `$XDG_DATA_HOME` or `~/.local/share`) plus
+/// `mtguard`, else `$HOME/.local/share/mtguard`, else `./mtguard-state`.
 pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = state_directory() {
+        return dir;
+    }
     if let Some(dir) = dirs::data_local_dir() {
         return dir.join("mtguard");
     }
@@ -393,6 +412,21 @@ pub fn default_state_dir() -> PathBuf {
         Some(home) if !home.is_empty() => PathBuf::from(home).join(".local/share/mtguard"),
         _ => PathBuf::from("mtguard-state"),
     }
+}
+
+/// The state directory systemd gives the service, if it gives one.
+fn state_directory() -> Option<PathBuf> {
+    state_directory_env(std::env::var_os("STATE_DIRECTORY").as_deref())
+}
+
+/// The first path of a `$STATE_DIRECTORY` value. systemd only ever sets
+/// absolute paths; a relative one would move with the working directory,
+/// so it is not taken.
+fn state_directory_env(value: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let first = value?.as_bytes().split(|&b| b == b':').next()?;
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(first));
+    path.is_absolute().then_some(path)
 }
 
 impl Config {

@@ -72,6 +72,30 @@ struct RawCrowdsec {
     poll_interval: Option<Spanned<DurationText>>,
     machine_id: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
+    // The names CrowdSec's own bouncers use, so their config lines carry
+    // over: the first two are lapi_url and poll_interval by another name,
+    // api_key is the key itself instead of a file holding it.
+    api_url: Option<Spanned<String>>,
+    api_key: Option<Spanned<String>>,
+    update_frequency: Option<Spanned<DurationText>>,
+}
+
+/// One of a key and its other name, with the path of the one written
+/// (errors name what the file says); both written is an error.
+fn one_of<T>(
+    cx: &Parse<'_>,
+    (a, a_key): (Option<Spanned<T>>, &'static str),
+    (b, b_key): (Option<Spanned<T>>, &'static str),
+) -> Result<Option<(Spanned<T>, &'static str)>, ConfigError> {
+    match (a, b) {
+        (Some(_), Some(b)) => {
+            let m = format!("the same setting as {a_key}: set one of them");
+            Err(cx.error(&b.span(), b_key, m))
+        }
+        (Some(a), None) => Ok(Some((a, a_key))),
+        (None, Some(b)) => Ok(Some((b, b_key))),
+        (None, None) => Ok(None),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -498,12 +522,18 @@ impl Parse<'_> {
     fn crowdsec(&mut self, raw: Spanned<RawCrowdsec>) -> Result<CrowdsecConfig, ConfigError> {
         let table_span = raw.span();
         let raw = raw.into_inner();
-        let Some(url) = raw.lapi_url else {
-            let m = "lapi_url is required, such as \"http://127.0.0.1:8080/\"";
+        let url = one_of(
+            self,
+            (raw.lapi_url, k::crowdsec::lapi_url.path()),
+            (raw.api_url, k::crowdsec::api_url.path()),
+        )?;
+        let Some((url, key)) = url else {
+            let m = "lapi_url is required (or api_url, its bouncers' name), such as \"http://127.0.0.1:8080/\"";
             return Err(self.error(&table_span, k::crowdsec::TABLE, m));
         };
-        let key = k::crowdsec::lapi_url.path();
+        // Noted under both names: check-config shows lapi_url's line.
         self.note(key, &url.span());
+        self.note(k::crowdsec::lapi_url.path(), &url.span());
         let text = url.get_ref().trim_end_matches('/');
         if text.starts_with("https://") {
             // The HTTP client carries no root certificates (no CA file key
@@ -521,6 +551,7 @@ impl Parse<'_> {
         let mut out = CrowdsecConfig {
             lapi_url: format!("{text}/"),
             api_key_file: None,
+            api_key: None,
             poll_interval: super::keys::default::POLL_INTERVAL,
             machine_id: None,
             password_file: None,
@@ -530,8 +561,31 @@ impl Parse<'_> {
             self.note(key, &file.span());
             out.api_key_file = Some(self.path(file, key)?);
         }
-        if let Some(d) = self.duration(raw.poll_interval, k::crowdsec::poll_interval.path())? {
-            out.poll_interval = d;
+        if let Some(inline) = &raw.api_key {
+            let key = k::crowdsec::api_key.path();
+            if raw.api_key_file.is_some() {
+                let m = "the same setting as [crowdsec] api_key_file: set one of them";
+                return Err(self.error(&inline.span(), key, m));
+            }
+            self.note(key, &inline.span());
+            let text = inline.get_ref().trim();
+            if text.is_empty() || text.contains(char::is_whitespace) {
+                let m = "must be one token without spaces (cscli bouncers add NAME -o raw)";
+                return Err(self.error(&inline.span(), key, m));
+            }
+            out.api_key = Some(super::ApiKey(text.to_owned()));
+        }
+        let poll = one_of(
+            self,
+            (raw.poll_interval, k::crowdsec::poll_interval.path()),
+            (raw.update_frequency, k::crowdsec::update_frequency.path()),
+        )?;
+        if let Some((value, key)) = poll {
+            let span = value.span();
+            if let Some(d) = self.duration(Some(value), key)? {
+                self.note(k::crowdsec::poll_interval.path(), &span);
+                out.poll_interval = d;
+            }
         }
         if let Some(file) = &raw.password_file {
             let key = k::crowdsec::password_file.path();
@@ -553,9 +607,9 @@ impl Parse<'_> {
             let m = "a password needs [crowdsec] machine_id too";
             return Err(self.error(&file.span(), k::crowdsec::password_file.path(), m));
         }
-        if out.api_key_file.is_none() && out.machine_id.is_none() {
-            let m = "set api_key_file (to pull decisions), machine_id and password_file \
-                     (to report detections), or both";
+        if out.api_key_file.is_none() && out.api_key.is_none() && out.machine_id.is_none() {
+            let m = "set api_key_file or api_key (to pull decisions), machine_id and \
+                     password_file (to report detections), or both";
             return Err(self.error(&table_span, k::crowdsec::TABLE, m));
         }
         Ok(out)

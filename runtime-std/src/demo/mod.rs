@@ -468,7 +468,7 @@ struct EventCounts {
 struct CountEvents(Arc<EventCounts>);
 
 impl EventSink for CountEvents {
-    fn event(&self, event: &Event) {
+    fn event(&self, event: &Event, _now: mtguard_core::Instant) {
         if let Event::Blocked { cause, .. } = event {
             self.0.blocked[*cause as usize].fetch_add(1, Ordering::Relaxed);
         }

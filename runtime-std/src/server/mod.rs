@@ -3,6 +3,7 @@
 
 pub mod bootstrap;
 mod signals;
+mod systemd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -216,9 +217,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     };
     jobs::spawn(persist, &node, &shutdown);
 
+    // Every listener is bound and every job started: up, for systemd too.
+    systemd::ready();
+    systemd::start_watchdog(&guard);
     let config = plan.config;
     signals(&opts, &senders, config).await?;
 
+    systemd::stopping();
     tracing::info!("shutting down: no new connections; draining");
     let _ = shutdown_tx.send(true);
     let deadline = tokio::time::Instant::now() + opts.drain_timeout;

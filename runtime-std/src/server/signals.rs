@@ -39,6 +39,9 @@ pub(super) async fn signals(
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
+                // systemd shows the unit reloading until READY=1, which
+                // follows a refused reload too: the old config serves on.
+                super::systemd::reloading();
                 let reloaded = reload(opts, senders, &current);
                 let reloads = &senders.telemetry.ops.reloads;
                 reloads.record(reloaded.is_ok(), crate::unix_now());
@@ -52,6 +55,7 @@ pub(super) async fn signals(
                         "reload refused; the previous configuration stays in force"
                     ),
                 }
+                super::systemd::ready();
             }
         }
     }

@@ -94,8 +94,12 @@ pub fn start(
 ) -> anyhow::Result<()> {
     let client = http_client()?;
     let status = &node.telemetry.crowdsec;
-    if let Some(file) = &config.api_key_file {
-        let key = read_secret(file, "api_key_file")?;
+    let key = match (&config.api_key_file, &config.api_key) {
+        (Some(file), _) => Some(read_secret(file, "api_key_file")?),
+        (None, Some(inline)) => Some(inline.0.clone()),
+        (None, None) => None,
+    };
+    if let Some(key) = key {
         status.bouncer.store(true, Ordering::Relaxed);
         let bouncer = Bouncer {
             guard: node.guard.clone(),
