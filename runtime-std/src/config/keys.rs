@@ -309,7 +309,7 @@ keys! {
             r#"Concurrent connections one client may hold that have not proved a secret: pending (handshake not judged yet) or, without `[mtproto]` secrets, all of them."#;
         max_authenticated_per_ip: r#"integer 1–65535"#,
             r#"`1000`"#,
-            r#"Concurrent authenticated connections (handshake valid for one of the `[mtproto]` secrets) one client may hold besides. Behind a carrier NAT one address is many people. Refusals at this cap never lead to a block. See [Many users behind one address](under-attack.md#many-users-behind-one-address)."#;
+            r#"Concurrent authenticated connections (handshake valid for one of the `[mtproto]` secrets) one client may hold besides. Behind a carrier NAT one address is many people. Refusals at this cap never lead to a block. See [Many users behind one address](carrier-nat.md)."#;
         rate_window: r#"duration"#,
             r#"`"60s"`"#,
             r#"Length of the per-client rate window (at most `"1d"`)."#;
