@@ -537,7 +537,8 @@ impl<S: Storage> SecurityManager<S> {
         // Only a client holding authenticated connections can be here, so
         // it is a shared address and this is no violation: the people
         // behind it are refused, never blocked, for being many.
-        if authed >= self.policy.max_authenticated_per_client {
+        // `live` is 16-bit: both caps may be 65,535, their sum may not.
+        if authed >= self.policy.max_authenticated_per_client || slot.live == u16::MAX {
             self.stats.authenticated_cap_refusals[CapRefusal::Accept as usize] += 1;
             return self.reject(RejectReason::AuthenticatedLimit);
         }
