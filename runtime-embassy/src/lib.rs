@@ -119,10 +119,6 @@ pub enum End {
     BackendUnreachable,
     /// Nothing moved for the idle timeout.
     Idle,
-    /// A valid handshake from a client that holds its authenticated cap
-    /// ([`mtguard_core::Policy::max_authenticated_per_client`]); closed, and
-    /// no violation counted.
-    AuthenticatedLimit,
     /// A peer reset the connection.
     Reset,
     /// A fake-TLS handshake arrived while the guard has no fresh wall
@@ -597,17 +593,11 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
                 Some(Err(())) => return (End::NoClock, 0, 0),
             }
         };
-        // Valid for one of the secrets: the connection leaves the pending
-        // count for its client's larger authenticated cap.
-        let refused = self.with(|inner| {
-            matches!(
-                inner.engine.handle_authenticated(now(), id),
-                Ok(mtguard_core::Authentication::Refused(_))
-            )
-        });
-        if refused {
-            return (End::AuthenticatedLimit, 0, 0);
-        }
+        // Reported as first bytes, not as authenticated: the appliance
+        // keeps every connection under the pending limit for now, as its
+        // config block (format 1) carries no authenticated cap to set. See
+        // docs/carrier-nat.md.
+        self.handshake(id, HandshakeOutcome::Valid);
 
         // Phase 3: the backend, then both ways.
         let mut backend = TcpSocket::new(stack, backend_rx, backend_tx);
