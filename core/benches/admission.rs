@@ -1,5 +1,6 @@
 //! Admission cost on a full server-sized table, side by side with governor's
-//! keyed rate limiter fed the same address stream.
+//! keyed rate limiter fed the same address stream; and the cost of the
+//! pending → authenticated transition a valid handshake adds.
 //!
 //! Run: `cargo bench -p mtguard-core --bench admission`. docs/core.md reports
 //! the figures as ns/op and as the ratio mtguard / governor.
@@ -98,6 +99,22 @@ fn bench(c: &mut Criterion) {
             admit_close(&mut g, Instant::from_millis(ms / 64), black_box(known[i]));
         })
     });
+    let mut a = 0usize;
+    group.bench_function(
+        "mtguard admit+authenticate+close, full table, known clients",
+        |b| {
+            b.iter(|| {
+                a = (a + 1) % known.len();
+                ms += 1;
+                let now = Instant::from_millis(ms / 64);
+                if let Verdict::Admit(c) = g.handle_connect(now, black_box(known[a])) {
+                    let _ = black_box(g.handle_authenticated(now, c));
+                    let _ = g.handle_close(now, c);
+                }
+                while g.poll_event().is_some() {}
+            })
+        },
+    );
     let mut j = 0usize;
     group.bench_function("mtguard admit+close, full table, new client evicts", |b| {
         b.iter(|| {

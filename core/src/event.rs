@@ -62,11 +62,15 @@ pub enum RejectReason {
     ClientTableFull = 6,
     /// Every connection slot is in use.
     ConnectionTableFull = 7,
+    /// The client holds its cap of authenticated connections
+    /// ([`crate::Policy::max_authenticated_per_client`]). Never a violation:
+    /// only a client with authenticated connections meets it.
+    AuthenticatedLimit = 8,
 }
 
 impl RejectReason {
     /// Every reason, in counter order.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Denylisted,
         RejectReason::Blocked,
         RejectReason::TooManyConnections,
@@ -75,6 +79,7 @@ impl RejectReason {
         RejectReason::GlobalRateLimit,
         RejectReason::ClientTableFull,
         RejectReason::ConnectionTableFull,
+        RejectReason::AuthenticatedLimit,
     ];
 
     /// A stable snake_case name, used as a metrics label.
@@ -88,6 +93,7 @@ impl RejectReason {
             RejectReason::GlobalRateLimit => "global_rate_limit",
             RejectReason::ClientTableFull => "client_table_full",
             RejectReason::ConnectionTableFull => "connection_table_full",
+            RejectReason::AuthenticatedLimit => "authenticated_limit",
         }
     }
 }

@@ -50,8 +50,18 @@ pub struct Policy {
     /// IPv6 clients are accounted per prefix of this length (one host owns a
     /// whole /64 in most deployments). 1–128.
     pub ipv6_prefix: u8,
-    /// Concurrent connections one client may hold.
+    /// Concurrent connections one client may hold that are not
+    /// authenticated: pending (handshake not judged yet) or judged without a
+    /// secret to check against. All that someone without a secret can make.
     pub max_connections_per_client: u16,
+    /// Concurrent authenticated connections (handshake valid for one of the
+    /// secrets) one client may hold besides. Larger than
+    /// [`Policy::max_connections_per_client`]: behind a carrier NAT one
+    /// address is many people, and each Telegram client opens 3 to 8
+    /// connections. Refusals at this cap are not violations. Not scaled in
+    /// under-attack mode: a flood is made of strangers, and those who prove
+    /// a secret are the users the mode protects.
+    pub max_authenticated_per_client: u16,
     /// Length of the per-client rate window.
     pub rate_window: Duration,
     /// New connections one client may open per rate window.
@@ -78,6 +88,13 @@ pub struct Policy {
     pub offence_memory: Duration,
     /// Failed handshakes within one rate window that mark a scanner.
     pub scanner_failures: u8,
+    /// For a client with recent valid handshakes (a shared address: a
+    /// carrier NAT, an office), failed handshakes mark a scanner only once
+    /// they are also at least this percentage of its recent handshakes
+    /// (failed and valid): one scanner or broken app among many users does
+    /// not lock them out, a flood of failures still does. The same share
+    /// applies to handshake timeouts. 1–100; 100 means only failures.
+    pub shared_failure_percent: u8,
     /// Whether a replayed handshake blocks the client at once (otherwise it
     /// counts as a failed handshake).
     pub block_on_replay: bool,
@@ -115,6 +132,7 @@ impl Policy {
                 level,
                 ipv6_prefix: 64,
                 max_connections_per_client: 1_000,
+                max_authenticated_per_client: 10_000,
                 rate_window: s(60),
                 max_new_connections_per_window: 10_000,
                 global_max_connections: 1_000_000,
@@ -126,6 +144,7 @@ impl Policy {
                 block_jitter_permille: 0,
                 offence_memory: s(3_600),
                 scanner_failures: 100,
+                shared_failure_percent: 100,
                 block_on_replay: false,
                 handshake_timeout: Some(s(30)),
                 slowloris_timeouts: 100,
@@ -138,6 +157,7 @@ impl Policy {
                 level,
                 ipv6_prefix: 64,
                 max_connections_per_client: 100,
+                max_authenticated_per_client: 1_000,
                 rate_window: s(60),
                 max_new_connections_per_window: 300,
                 global_max_connections: 50_000,
@@ -149,6 +169,7 @@ impl Policy {
                 block_jitter_permille: 100,
                 offence_memory: s(86_400),
                 scanner_failures: 10,
+                shared_failure_percent: 50,
                 block_on_replay: false,
                 handshake_timeout: Some(s(10)),
                 slowloris_timeouts: 10,
@@ -161,6 +182,7 @@ impl Policy {
                 level,
                 ipv6_prefix: 64,
                 max_connections_per_client: 50,
+                max_authenticated_per_client: 500,
                 rate_window: s(60),
                 max_new_connections_per_window: 120,
                 global_max_connections: 30_000,
@@ -172,6 +194,7 @@ impl Policy {
                 block_jitter_permille: 200,
                 offence_memory: s(7 * 86_400),
                 scanner_failures: 5,
+                shared_failure_percent: 34,
                 block_on_replay: true,
                 handshake_timeout: Some(s(10)),
                 slowloris_timeouts: 5,
@@ -184,6 +207,7 @@ impl Policy {
                 level,
                 ipv6_prefix: 48,
                 max_connections_per_client: 20,
+                max_authenticated_per_client: 200,
                 rate_window: s(60),
                 max_new_connections_per_window: 60,
                 global_max_connections: 10_000,
@@ -195,6 +219,7 @@ impl Policy {
                 block_jitter_permille: 250,
                 offence_memory: s(30 * 86_400),
                 scanner_failures: 3,
+                shared_failure_percent: 25,
                 block_on_replay: true,
                 handshake_timeout: Some(s(5)),
                 slowloris_timeouts: 3,
@@ -214,6 +239,9 @@ impl Policy {
         }
         if self.max_connections_per_client == 0 {
             return fail("max_connections_per_client", "must be at least 1");
+        }
+        if self.max_authenticated_per_client == 0 {
+            return fail("max_authenticated_per_client", "must be at least 1");
         }
         if self.rate_window < Duration::from_millis(1) {
             return fail("rate_window", "must be at least 1 ms");
@@ -247,6 +275,9 @@ impl Policy {
         }
         if self.scanner_failures == 0 {
             return fail("scanner_failures", "must be at least 1");
+        }
+        if self.shared_failure_percent == 0 || self.shared_failure_percent > 100 {
+            return fail("shared_failure_percent", "must be between 1 and 100");
         }
         if self.slowloris_timeouts == 0 {
             return fail("slowloris_timeouts", "must be at least 1");
@@ -312,6 +343,11 @@ mod tests {
             assert!(w[1].max_connections_per_client < w[0].max_connections_per_client);
             assert!(w[1].max_new_connections_per_window < w[0].max_new_connections_per_window);
             assert!(w[1].scanner_failures < w[0].scanner_failures);
+            assert!(w[1].max_authenticated_per_client < w[0].max_authenticated_per_client);
+            assert!(w[1].shared_failure_percent <= w[0].shared_failure_percent);
+            // Authenticated connections get more room than strangers at
+            // every level: that is the point of telling them apart.
+            assert!(w[1].max_authenticated_per_client > w[1].max_connections_per_client);
             assert!(w[1].block_duration >= w[0].block_duration);
         }
     }

@@ -21,7 +21,13 @@ const ON_LRU: u8 = 1 << 3;
 const OFFENDER_LRU: u8 = 1 << 4;
 const CAUSE_SHIFT: u8 = 5;
 
-/// State of one client. 64 bytes: one cache line.
+/// State of one client. 80 bytes: 64 until carrier-NAT reputation added
+/// `authed` (2 bytes), `valid` (4) and widened `failures` and `timeouts`
+/// to 16 bits (2 each): 10 bytes of state, rounded up to the 16-byte
+/// alignment of the `u128` key. Failures are 16-bit because the share rule
+/// compares them with valid handshakes: an 8-bit count saturating at 255
+/// could never reach half of 500 valid ones, and a flood would go
+/// unpunished.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientSlot {
     pub(crate) key: u128,
@@ -33,10 +39,16 @@ pub struct ClientSlot {
     /// Index of the rate window the counters below belong to.
     pub(crate) window: u32,
     pub(crate) live: u16,
+    /// Of `live`, the connections authenticated (valid for a secret); the
+    /// rest are pending and bound by the per-client connection limit.
+    pub(crate) authed: u16,
     pub(crate) opened: [u16; 2],
+    /// Valid handshakes per window: the client's reputation. While it reads
+    /// above zero the client is treated as a shared address.
+    pub(crate) valid: [u16; 2],
     pub(crate) violations: [u8; 2],
-    pub(crate) failures: [u8; 2],
-    pub(crate) timeouts: [u8; 2],
+    pub(crate) failures: [u16; 2],
+    pub(crate) timeouts: [u16; 2],
     pub(crate) offences: u8,
     flags: u8,
     /// Blocks started for this client, wrapping. A connection remembers the
@@ -56,7 +68,9 @@ impl ClientSlot {
         chain: NIL,
         window: 0,
         live: 0,
+        authed: 0,
         opened: [0; 2],
+        valid: [0; 2],
         violations: [0; 2],
         failures: [0; 2],
         timeouts: [0; 2],
@@ -102,11 +116,13 @@ impl ClientSlot {
         }
         if index == self.window.wrapping_add(1) {
             self.opened = [self.opened[1], 0];
+            self.valid = [self.valid[1], 0];
             self.violations = [self.violations[1], 0];
             self.failures = [self.failures[1], 0];
             self.timeouts = [self.timeouts[1], 0];
         } else {
             self.opened = [0; 2];
+            self.valid = [0; 2];
             self.violations = [0; 2];
             self.failures = [0; 2];
             self.timeouts = [0; 2];
@@ -141,7 +157,10 @@ pub struct ConnSlot {
 pub(crate) enum ConnState {
     Free,
     Handshaking,
+    /// Judged, not authenticated: counted with the pending connections.
     Established,
+    /// Judged valid for a secret: counted in its client's `authed`.
+    Authenticated,
     TimedOut,
 }
 

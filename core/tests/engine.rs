@@ -682,7 +682,7 @@ fn construction_rejects_unusable_tables_and_policies() {
 fn memory_is_a_number_we_can_state() {
     use core::mem::size_of;
     use mtguard_core::storage::{AppliancePreset, ServerPreset};
-    assert_eq!(size_of::<ClientSlot>(), 64);
+    assert_eq!(size_of::<ClientSlot>(), 80);
     assert_eq!(size_of::<ConnSlot>(), 32);
     assert_eq!(size_of::<CidrEntry>(), 32);
     let fixed = size_of::<SecurityManager<Borrowed<'static>>>();
@@ -708,8 +708,8 @@ fn memory_is_a_number_we_can_state() {
         "appliance engine inline: {} B",
         size_of::<SecurityManager<AppliancePreset>>()
     );
-    assert_eq!(server, 7_077_888);
-    assert_eq!(appliance, 94_208);
+    assert_eq!(server, 8_126_464);
+    assert_eq!(appliance, 110_592);
     assert!(fixed < 32 * 1024, "{fixed}");
     assert!(size_of::<SecurityManager<AppliancePreset>>() < appliance + 32 * 1024);
 }

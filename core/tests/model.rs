@@ -1,4 +1,5 @@
-//! Model-based test: random sequences of connects, handshakes, closes,
+//! Model-based test: random sequences of connects, handshakes (failed,
+//! replayed, or authenticated against a secret), closes,
 //! manual blocks and time jumps run against the engine and against a plain
 //! `std` model written only for this test. Under capacity both must agree
 //! exactly; at capacity every eviction must follow the documented policy
@@ -21,6 +22,7 @@ fn op() -> impl Strategy<Value = Op> {
             Just(HandshakeOutcome::Invalid),
             Just(HandshakeOutcome::Replay)
         ]).prop_map(|(c, o)| Op::Handshake(c, o)),
+        3 => (0..64usize).prop_map(Op::Authenticate),
         3 => (0..64usize).prop_map(Op::Close),
         1 => (0..CLIENTS, proptest::option::of(1u64..400_000)).prop_map(|(c, d)| Op::Block(c, d)),
         1 => (0..CLIENTS).prop_map(Op::Unblock),
@@ -40,11 +42,16 @@ fn policy() -> impl Strategy<Value = Policy> {
         any::<bool>(),
         2u32..12,
         proptest::option::of(1_000u64..20_000),
+        (1u16..5, 1u8..=100),
     )
         .prop_map(
-            |(max_conn, max_new, viol, scan, slow, blocking, replay, global, hs)| {
-                model::policy(
-                    max_conn, max_new, viol, scan, slow, blocking, replay, global, hs,
+            |(max_conn, max_new, viol, scan, slow, blocking, replay, global, hs, (auth, pct))| {
+                model::sharing(
+                    model::policy(
+                        max_conn, max_new, viol, scan, slow, blocking, replay, global, hs,
+                    ),
+                    auth,
+                    pct,
                 )
             },
         )

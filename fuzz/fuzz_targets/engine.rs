@@ -1,4 +1,5 @@
 //! The engine driven by arbitrary sequences of connects, handshakes,
+//! authentications,
 //! closes, blocks, unblocks and time jumps, against the reference model of
 //! `core/tests/model.rs` (the same file, included): under capacity every
 //! verdict and count agrees; at capacity every eviction is one the policy
@@ -21,6 +22,8 @@ use model::{run, Op, CLIENTS};
 enum FuzzOp {
     Connect(u8),
     Handshake(u8, u8),
+    /// A connection proves a secret (pending → authenticated).
+    Authenticate(u8),
     Close(u8),
     Block(u8, Option<u32>),
     Unblock(u8),
@@ -33,6 +36,9 @@ enum FuzzOp {
 #[derive(Arbitrary, Debug)]
 struct Input {
     knobs: (u8, u8, u8, u8, u8, bool, bool, u8, Option<u16>),
+    /// The authenticated cap and the share of failures that marks a shared
+    /// address.
+    sharing: (u8, u8),
     tight: bool,
     ops: Vec<FuzzOp>,
 }
@@ -44,7 +50,7 @@ const SEED: Seed = Seed {
 
 fuzz_target!(|input: Input| {
     let (max_conn, max_new, viol, scan, slow, blocking, replay, global, hs) = input.knobs;
-    let p = model::policy(
+    let p = model::sharing(model::policy(
         1 + u16::from(max_conn % 4),
         1 + u16::from(max_new % 6),
         1 + viol % 4,
@@ -54,7 +60,7 @@ fuzz_target!(|input: Input| {
         replay,
         2 + u32::from(global % 12),
         hs.map(|h| 1_000 + u64::from(h) % 20_000),
-    );
+    ), 1 + u16::from(input.sharing.0 % 4), 1 + input.sharing.1 % 100);
     let ops: Vec<Op> = input
         .ops
         .iter()
@@ -69,6 +75,7 @@ fuzz_target!(|input: Input| {
                     _ => HandshakeOutcome::Replay,
                 },
             ),
+            FuzzOp::Authenticate(n) => Op::Authenticate(usize::from(n)),
             FuzzOp::Close(n) => Op::Close(usize::from(n)),
             FuzzOp::Block(k, d) => Op::Block(
                 usize::from(k) % CLIENTS,

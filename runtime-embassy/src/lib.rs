@@ -593,6 +593,10 @@ impl<'a, S: Storage, const SLOTS: usize> Guard<'a, S, SLOTS> {
                 Some(Err(())) => return (End::NoClock, 0, 0),
             }
         };
+        // Reported as first bytes, not as authenticated: the appliance
+        // keeps every connection under the pending limit for now, as its
+        // config block (format 1) carries no authenticated cap to set. See
+        // docs/carrier-nat.md.
         self.handshake(id, HandshakeOutcome::Valid);
 
         // Phase 3: the backend, then both ways.

@@ -16,8 +16,8 @@ use mtguard_core::cidr::{Cidr, CidrEntry, CidrSet, Origin};
 use mtguard_core::storage::ServerPreset;
 use mtguard_core::table::{ClientSlot, ConnSlot};
 use mtguard_core::{
-    ConnectionId, Event, HandshakeOutcome, Instant, Policy, SecurityManager, Seed, Storage, Tables,
-    Verdict,
+    Authentication, ConnectionId, Event, HandshakeOutcome, Instant, Policy, SecurityManager, Seed,
+    Storage, Tables, Verdict,
 };
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -341,6 +341,20 @@ impl Guard {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
         let _ = self.with(|e, now| e.handle_handshake(now, id, outcome));
+    }
+
+    /// Reports that a connection's handshake is valid for one of the
+    /// secrets. `false`: its client holds its authenticated cap, and the
+    /// connection must be closed (no violation is counted).
+    pub fn authenticated(&self, id: ConnectionId) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        !matches!(
+            self.with(|e, now| e.handle_authenticated(now, id)),
+            Ok(Authentication::Refused(_))
+        )
     }
 
     /// Reports that a connection closed.

@@ -218,7 +218,7 @@ fn the_example_documents_every_levels_preset_truly() {
         comment.clear();
         checked += 1;
     }
-    assert_eq!(checked, 20);
+    assert_eq!(checked, 22);
 }
 
 #[test]
@@ -229,6 +229,20 @@ fn overrides_apply_one_by_one_over_the_preset() {
             "max_connections_per_ip = 7",
             Policy {
                 max_connections_per_client: 7,
+                ..base
+            },
+        ),
+        (
+            "max_authenticated_per_ip = 2000",
+            Policy {
+                max_authenticated_per_client: 2_000,
+                ..base
+            },
+        ),
+        (
+            "shared_failure_percent = 80",
+            Policy {
+                shared_failure_percent: 80,
                 ..base
             },
         ),
@@ -394,7 +408,7 @@ fn overrides_apply_one_by_one_over_the_preset() {
             .skip_while(|l| l.trim() != "[limits]")
             .skip(1)
             .collect();
-        assert_eq!(rows.len(), 20, "{described}");
+        assert_eq!(rows.len(), 22, "{described}");
         for row in rows {
             let from_file = row.trim_start().starts_with(&format!("{key} "));
             let origin = if from_file {

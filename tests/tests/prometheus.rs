@@ -549,7 +549,11 @@ fn prometheus_scrapes_both_formats_and_the_dashboard_and_alerts_work() {
                 "count(process_max_fds{@} >= on(instance) process_open_fds{@})",
                 1.0,
             ),
-            ("count(mtguard_connections_rejected_total{@})", 8.0),
+            // Every reason has its series, counted or not.
+            (
+                "count(mtguard_connections_rejected_total{@})",
+                mtguard_core::event::RejectReason::ALL.len() as f64,
+            ),
         ];
         for (query, value) in expected {
             prom.wait_value(&query.replace('@', &j), *value);

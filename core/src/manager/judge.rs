@@ -1,6 +1,14 @@
 //! Detection: a refused connection counts as a violation, a failed, timed
 //! out or replayed handshake against its client, and crossing a threshold
 //! earns a block. All counters are sliding windows over the rate window.
+//!
+//! A shared address (recent valid handshakes, or authenticated connections:
+//! a carrier NAT, an office) is judged by the share of its failed
+//! handshakes, not their count, so that one scanner or broken app behind
+//! it does not lock out the people next to it, while a flood of failures
+//! still outweighs them and ends in a block. Replays block at once from
+//! level 2 whatever the address's reputation: a replay is never an
+//! accident.
 
 use crate::addr::ClientKey;
 use crate::event::{BlockCause, Event, HandshakeOutcome, RejectReason, Verdict};
@@ -8,7 +16,7 @@ use crate::storage::Storage;
 use crate::table::{ConnSlot, NIL};
 use crate::Instant;
 
-use super::rate::sliding;
+use super::rate::{marks, sliding};
 use super::SecurityManager;
 
 impl<S: Storage> SecurityManager<S> {
@@ -69,6 +77,16 @@ impl<S: Storage> SecurityManager<S> {
         }
         let slot = &mut self.clients.as_mut()[client as usize];
         slot.roll(window);
+        // The evidence of real users behind the address: its recent valid
+        // handshakes, or the authenticated connections it holds if more
+        // (users who connected before the window began are still there).
+        let valid = sliding(
+            u32::from(slot.valid[0]),
+            u32::from(slot.valid[1]),
+            into,
+            window_ms,
+        )
+        .max(u32::from(slot.authed));
         let (counter, threshold, cause) = if outcome == HandshakeOutcome::Timeout {
             (
                 &mut slot.timeouts,
@@ -95,8 +113,9 @@ impl<S: Storage> SecurityManager<S> {
             into,
             window_ms,
         );
-        let threshold = u32::from(threshold);
-        if before < threshold && after >= threshold {
+        let percent = self.policy.shared_failure_percent;
+        let marked = marks(after, valid, threshold, percent);
+        if marked && !marks(before, valid, threshold, percent) {
             if cause == BlockCause::Slowloris {
                 self.stats.slowloris += 1;
                 self.emit(Event::SlowlorisDetected { client: key });
@@ -105,7 +124,7 @@ impl<S: Storage> SecurityManager<S> {
                 self.emit(Event::ScannerDetected { client: key });
             }
         }
-        if after >= threshold && self.policy.ip_blocking {
+        if marked && self.policy.ip_blocking {
             self.auto_block(now, client, cause);
         } else {
             self.make_idle_if_idle(now, client);

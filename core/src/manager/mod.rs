@@ -34,7 +34,7 @@ mod slots;
 mod timers;
 
 pub use persist::Restored;
-use rate::{sliding, Attack, GlobalRate};
+use rate::{shared, sliding, Attack, GlobalRate};
 
 /// Events the queue holds before it drops new ones (and counts them). The
 /// runtime drains after every handler, so this only has to absorb the events
@@ -61,7 +61,7 @@ pub struct Stats {
     /// Connections admitted.
     pub accepted: u64,
     /// Connections refused, indexed by [`RejectReason`] as `usize`.
-    pub rejected: [u64; 8],
+    pub rejected: [u64; 9],
     /// Handshakes judged, indexed by [`HandshakeOutcome`] as `usize`.
     pub handshakes: [u64; 4],
     /// Idle clients evicted to make room for new ones.
@@ -84,6 +84,53 @@ pub struct Stats {
     pub stale_connection_ids: u64,
     /// Certificate chains that matched no pin.
     pub pin_failures: u64,
+    /// Connections authenticated (their handshake valid for a secret).
+    pub authenticated: u64,
+    /// Refusals at the authenticated cap, indexed by [`CapRefusal`] as
+    /// `usize`. Each is also counted in `rejected` under
+    /// [`RejectReason::AuthenticatedLimit`].
+    pub authenticated_cap_refusals: [u64; 2],
+}
+
+/// Where a client met its authenticated cap
+/// ([`Policy::max_authenticated_per_client`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CapRefusal {
+    /// A new connection arrived while the client held its cap: refused
+    /// before a byte was read.
+    Accept = 0,
+    /// A connection proved a secret while the cap was full (others got
+    /// there first): the runtime closes it.
+    Handshake = 1,
+}
+
+impl CapRefusal {
+    /// Every kind, in counter order.
+    pub const ALL: [CapRefusal; 2] = [CapRefusal::Accept, CapRefusal::Handshake];
+
+    /// A stable snake_case name, used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapRefusal::Accept => "accept",
+            CapRefusal::Handshake => "handshake",
+        }
+    }
+}
+
+/// What the engine says when a connection proves a secret
+/// ([`SecurityManager::handle_authenticated`]).
+#[must_use = "a Refused connection must be closed"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Authentication {
+    /// Serve it; it now counts against the authenticated cap.
+    Authenticated,
+    /// Close it: its client holds its authenticated cap. Not a violation.
+    Refused(RejectReason),
+    /// Its handshake was judged already (timed out, or reported before):
+    /// nothing changed.
+    AlreadyJudged,
 }
 
 /// A command that could not be carried out.
@@ -134,6 +181,12 @@ pub struct ClientInfo {
     pub blocked: bool,
     /// Automatic blocks it has earned and that are still remembered.
     pub offences: u8,
+    /// Of `live_connections`, those authenticated.
+    pub authenticated_connections: u16,
+    /// Whether it is treated as a shared address (recent valid handshakes or
+    /// authenticated connections): refusals at its authenticated cap are no
+    /// violations, and failed handshakes mark it a scanner by their share.
+    pub shared: bool,
 }
 
 /// A block as listed by [`SecurityManager::blocks`].
@@ -160,6 +213,7 @@ pub struct SecurityManager<S: Storage> {
     connections: S::Connections,
     conn_free: u32,
     conn_live: u32,
+    conn_authed: u32,
     conn_timers: TimerWheel,
     allow: CidrSet<S::Prefixes>,
     deny: CidrSet<S::Prefixes>,
@@ -237,6 +291,7 @@ impl<S: Storage> SecurityManager<S> {
             connections: tables.connections,
             conn_free: 0,
             conn_live: 0,
+            conn_authed: 0,
             conn_timers,
             allow: CidrSet::new(tables.allow),
             deny: CidrSet::new(tables.deny),
@@ -268,6 +323,26 @@ impl<S: Storage> SecurityManager<S> {
     /// Connections admitted and not yet closed.
     pub fn active_connections(&self) -> u32 {
         self.conn_live
+    }
+
+    /// Of [`SecurityManager::active_connections`], those authenticated; the
+    /// rest are pending (or judged without a secret to check against).
+    pub fn authenticated_connections(&self) -> u32 {
+        self.conn_authed
+    }
+
+    /// Clients treated as shared addresses right now (see
+    /// [`ClientInfo::shared`]). Walks the client table: for metrics and
+    /// status, not for the hot path.
+    pub fn shared_clients(&self) -> u32 {
+        let into = self.offset_in_window(self.now);
+        let window = self.window_index(self.now);
+        let window_ms = self.window_ms();
+        self.clients
+            .as_ref()
+            .iter()
+            .filter(|s| s.occupied() && shared(s, window, into, window_ms))
+            .count() as u32
     }
 
     /// Clients currently tracked in the client table.
@@ -331,11 +406,19 @@ impl<S: Storage> SecurityManager<S> {
             .index
             .find(self.clients.as_ref(), self.buckets.as_ref(), key)?;
         let s = &self.clients.as_ref()[i as usize];
+        let shared = shared(
+            s,
+            self.window_index(self.now),
+            self.offset_in_window(self.now),
+            self.window_ms(),
+        );
         Some(ClientInfo {
             client: ClientKey::from_bits(s.key),
             live_connections: s.live,
             blocked: s.blocked(),
             offences: s.offences,
+            authenticated_connections: s.authed,
+            shared,
         })
     }
 
@@ -447,9 +530,17 @@ impl<S: Storage> SecurityManager<S> {
             into,
             window_ms,
         );
-        let live = slot.live;
-        if live >= max_conns {
+        let (pending, authed) = (slot.live.saturating_sub(slot.authed), slot.authed);
+        if pending >= max_conns {
             return self.violation(now, i, RejectReason::TooManyConnections);
+        }
+        // Only a client holding authenticated connections can be here, so
+        // it is a shared address and this is no violation: the people
+        // behind it are refused, never blocked, for being many.
+        // `live` is 16-bit: both caps may be 65,535, their sum may not.
+        if authed >= self.policy.max_authenticated_per_client || slot.live == u16::MAX {
+            self.stats.authenticated_cap_refusals[CapRefusal::Accept as usize] += 1;
+            return self.reject(RejectReason::AuthenticatedLimit);
         }
         if opened >= u32::from(max_new) {
             return self.violation(now, i, RejectReason::RateLimited);
@@ -489,6 +580,56 @@ impl<S: Storage> SecurityManager<S> {
         Ok(())
     }
 
+    /// The runtime checked `conn`'s handshake against its secrets and it is
+    /// valid for one: the connection is authenticated. It leaves the
+    /// pending count for its client's authenticated one (refunding the new
+    /// connection it was charged in the rate window, which binds strangers),
+    /// and the valid handshake adds to its client's reputation. Without a
+    /// secret to check against, report the first bytes with
+    /// [`SecurityManager::handle_handshake`] and
+    /// [`HandshakeOutcome::Valid`] instead: they prove nothing, and the
+    /// connection stays under the pending limit.
+    ///
+    /// Only the first judgement of a connection counts.
+    pub fn handle_authenticated(
+        &mut self,
+        now: Instant,
+        conn: ConnectionId,
+    ) -> Result<Authentication, UnknownConnection> {
+        let now = self.advance(now);
+        let c = self.live_connection(conn)?;
+        let slot = self.connections.as_ref()[c as usize];
+        if slot.state != ConnState::Handshaking {
+            return Ok(Authentication::AlreadyJudged);
+        }
+        self.conn_timers.cancel(self.connections.as_mut(), c);
+        self.stats.handshakes[HandshakeOutcome::Valid as usize] += 1;
+        let client = slot.client;
+        if client != NIL {
+            let window = self.window_index(now);
+            let cap = self.policy.max_authenticated_per_client;
+            let owner = &mut self.clients.as_mut()[client as usize];
+            owner.roll(window);
+            owner.valid[1] = owner.valid[1].saturating_add(1);
+            if owner.opened[1] > 0 {
+                owner.opened[1] -= 1;
+            } else {
+                owner.opened[0] = owner.opened[0].saturating_sub(1);
+            }
+            if owner.authed >= cap {
+                self.connections.as_mut()[c as usize].state = ConnState::Established;
+                self.stats.authenticated_cap_refusals[CapRefusal::Handshake as usize] += 1;
+                self.stats.rejected[RejectReason::AuthenticatedLimit as usize] += 1;
+                return Ok(Authentication::Refused(RejectReason::AuthenticatedLimit));
+            }
+            owner.authed += 1;
+        }
+        self.connections.as_mut()[c as usize].state = ConnState::Authenticated;
+        self.conn_authed += 1;
+        self.stats.authenticated += 1;
+        Ok(Authentication::Authenticated)
+    }
+
     /// `conn` has closed (for any reason, including after a rejection of its
     /// handshake or a [`Event::HandshakeTimeout`]).
     pub fn handle_close(
@@ -499,18 +640,25 @@ impl<S: Storage> SecurityManager<S> {
         let now = self.advance(now);
         let c = self.live_connection(conn)?;
         self.conn_timers.cancel(self.connections.as_mut(), c);
-        let client = {
+        let (client, authed) = {
             let slot = &mut self.connections.as_mut()[c as usize];
             let client = slot.client;
+            let authed = slot.state == ConnState::Authenticated;
             slot.state = ConnState::Free;
             slot.client = self.conn_free;
-            client
+            (client, authed)
         };
         self.conn_free = c;
         self.conn_live -= 1;
+        if authed {
+            self.conn_authed -= 1;
+        }
         if client != NIL {
             let slot = &mut self.clients.as_mut()[client as usize];
             slot.live = slot.live.saturating_sub(1);
+            if authed {
+                slot.authed = slot.authed.saturating_sub(1);
+            }
             self.make_idle_if_idle(now, client);
         }
         Ok(())

@@ -5,6 +5,7 @@ use core::time::Duration;
 
 use crate::event::Event;
 use crate::storage::Storage;
+use crate::table::ClientSlot;
 use crate::time::duration_millis;
 use crate::Instant;
 
@@ -20,6 +21,42 @@ pub(super) fn sliding(prev: u32, curr: u32, into_window_ms: u64, window_ms: u64)
     let rest = window_ms.saturating_sub(into_window_ms);
     let weighted = u64::from(prev) * rest / window_ms;
     (weighted as u32).saturating_add(curr)
+}
+
+/// Whether `slot` is treated as a shared address: it holds authenticated
+/// connections or had valid handshakes within the sliding window. Holding
+/// authenticated connections counts as much as a recent handshake: a NAT
+/// whose users connected an hour ago is still full of real people.
+pub(super) fn shared(slot: &ClientSlot, window: u32, into_window_ms: u64, window_ms: u64) -> bool {
+    if slot.authed > 0 {
+        return true;
+    }
+    let valid = if slot.window == window {
+        slot.valid
+    } else if slot.window.wrapping_add(1) == window {
+        [slot.valid[1], 0]
+    } else {
+        [0; 2]
+    };
+    sliding(
+        u32::from(valid[0]),
+        u32::from(valid[1]),
+        into_window_ms,
+        window_ms,
+    ) > 0
+}
+
+/// Whether `failures` failed handshakes (or timeouts) in the window mark a
+/// client with `valid` valid ones as a scanner (or a slowloris client):
+/// `threshold` of them at least, and for a shared address (`valid > 0`) also
+/// `percent` of its recent handshakes or more.
+pub(super) fn marks(failures: u32, valid: u32, threshold: u8, percent: u8) -> bool {
+    if failures < u32::from(threshold) {
+        return false;
+    }
+    valid == 0
+        || u64::from(failures) * 100
+            >= u64::from(percent) * (u64::from(failures) + u64::from(valid))
 }
 
 /// Global counters over one-second windows: admitted connections (for the

@@ -15,8 +15,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use mtguard_core::{
-    BlockCause, ConnectionId, HandshakeOutcome, Instant, Level, Policy, RejectReason,
-    SecurityManager, Storage, Verdict,
+    Authentication, BlockCause, ConnectionId, HandshakeOutcome, Instant, Level, Policy,
+    RejectReason, SecurityManager, Storage, Verdict,
 };
 
 pub(crate) const CLIENTS: usize = 8;
@@ -25,6 +25,8 @@ pub(crate) const CLIENTS: usize = 8;
 pub(crate) enum Op {
     Connect(usize),
     Handshake(usize, HandshakeOutcome),
+    /// The n-th live connection proved a secret.
+    Authenticate(usize),
     Close(usize),
     Block(usize, Option<u64>),
     Unblock(usize),
@@ -40,8 +42,12 @@ pub(crate) fn ip(i: usize) -> IpAddr {
 #[derive(Clone, Debug, Default)]
 struct Client {
     live: u32,
+    /// Of `live`, the authenticated connections.
+    authed: u32,
     window: u64,
     opened: [u32; 2],
+    /// Valid handshakes of authenticated connections (the reputation).
+    valid: [u32; 2],
     violations: [u32; 2],
     failures: [u32; 2],
     timeouts: [u32; 2],
@@ -72,6 +78,8 @@ enum Conn {
     /// Not judged yet; the deadline, if the policy sets one.
     Handshaking(Option<u64>),
     Done,
+    /// Counted against the authenticated cap.
+    Authed,
 }
 
 struct Model {
@@ -97,6 +105,7 @@ impl Model {
         let w = self.now / self.window();
         if w == c.window + 1 {
             c.opened = [c.opened[1], 0];
+            c.valid = [c.valid[1], 0];
             c.violations = [c.violations[1], 0];
             c.failures = [c.failures[1], 0];
             c.timeouts = [c.timeouts[1], 0];
@@ -106,6 +115,7 @@ impl Model {
                 ..c.clone()
             };
             c.opened = [0; 2];
+            c.valid = [0; 2];
             c.violations = [0; 2];
             c.failures = [0; 2];
             c.timeouts = [0; 2];
@@ -115,6 +125,36 @@ impl Model {
 
     fn est(&self, c: [u32; 2]) -> u32 {
         sliding(c, self.now % self.window(), self.window())
+    }
+
+    /// The reputation rule: a shared address holds authenticated
+    /// connections or had a valid handshake within the sliding window.
+    fn shared(&self, c: &Client) -> bool {
+        let mut c = c.clone();
+        self.roll(&mut c);
+        c.authed > 0 || self.est(c.valid) > 0
+    }
+
+    /// A connection proved a secret; `Err` when its client is at its cap.
+    fn authenticate(&mut self, k: usize) -> Result<(), RejectReason> {
+        let mut c = self.clients[&k].clone();
+        self.roll(&mut c);
+        c.valid[1] += 1;
+        if c.opened[1] > 0 {
+            c.opened[1] -= 1;
+        } else {
+            c.opened[0] = c.opened[0].saturating_sub(1);
+        }
+        let at_cap = c.authed >= u32::from(self.p.max_authenticated_per_client);
+        if !at_cap {
+            c.authed += 1;
+        }
+        self.clients.insert(k, c);
+        if at_cap {
+            Err(RejectReason::AuthenticatedLimit)
+        } else {
+            Ok(())
+        }
     }
 
     fn touch(&mut self, k: usize) {
@@ -193,6 +233,7 @@ impl Model {
         }
         let mut c = self.clients[&k].clone();
         self.roll(&mut c);
+        let valid = self.est(c.valid).max(c.authed);
         let threshold = if outcome == HandshakeOutcome::Timeout {
             c.timeouts[1] += 1;
             self.p.slowloris_timeouts
@@ -206,7 +247,16 @@ impl Model {
             self.est(c.failures)
         };
         self.clients.insert(k, c);
-        if after >= u32::from(threshold) && self.p.ip_blocking {
+        // Written apart from the engine's `marks`: a count for strangers,
+        // a count and a share for a shared address.
+        let marked = if valid == 0 {
+            after >= u32::from(threshold)
+        } else {
+            after >= u32::from(threshold)
+                && f64::from(after) / f64::from(after + valid)
+                    >= f64::from(self.p.shared_failure_percent) / 100.0
+        };
+        if marked && self.p.ip_blocking {
             self.auto_block(k);
         } else {
             self.touch(k);
@@ -231,7 +281,7 @@ impl Model {
                 .iter()
                 .filter_map(|(_, _, s, _)| match s {
                     Conn::Handshaking(d) => *d,
-                    Conn::Done => None,
+                    Conn::Done | Conn::Authed => None,
                 })
                 .min();
             let next = match (client_due, conn_due) {
@@ -286,6 +336,12 @@ fn check<S: Storage>(g: &SecurityManager<S>, m: &Model) {
             assert_eq!(u32::from(e.live_connections), c.live, "client {k} live");
             assert_eq!(e.blocked, c.block.is_some(), "client {k} blocked");
             assert_eq!(e.offences, c.offences, "client {k} offences");
+            assert_eq!(
+                u32::from(e.authenticated_connections),
+                c.authed,
+                "client {k} authenticated"
+            );
+            assert_eq!(e.shared, m.shared(c), "client {k} shared");
             if let Some(until) = c.block {
                 let key = g.client_key(ip(k));
                 let b = g.blocks().find(|b| b.client == key).unwrap();
@@ -296,6 +352,10 @@ fn check<S: Storage>(g: &SecurityManager<S>, m: &Model) {
     }
     let live: u32 = m.clients.values().map(|c| c.live).sum();
     assert_eq!(g.active_connections(), live);
+    let authed: u32 = m.clients.values().map(|c| c.authed).sum();
+    assert_eq!(g.authenticated_connections(), authed);
+    let shared = m.clients.values().filter(|c| m.shared(c)).count();
+    assert_eq!(g.shared_clients() as usize, shared);
     assert_eq!(
         g.blocked_clients() as usize,
         m.clients.values().filter(|c| c.block.is_some()).count()
@@ -364,14 +424,41 @@ pub(crate) fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: us
                     m.judge(k, epoch, outcome);
                 }
             }
+            Op::Authenticate(n) => {
+                if m.conns.is_empty() {
+                    continue;
+                }
+                let i = n % m.conns.len();
+                let (id, k, state, _) = m.conns[i];
+                let answer = g
+                    .handle_authenticated(Instant::from_millis(m.now), id)
+                    .unwrap();
+                let expected = match state {
+                    Conn::Handshaking(_) => match m.authenticate(k) {
+                        Ok(()) => {
+                            m.conns[i].2 = Conn::Authed;
+                            Authentication::Authenticated
+                        }
+                        Err(r) => {
+                            m.conns[i].2 = Conn::Done;
+                            Authentication::Refused(r)
+                        }
+                    },
+                    _ => Authentication::AlreadyJudged,
+                };
+                assert_eq!(answer, expected, "authenticate conn of {k} at {}", m.now);
+            }
             Op::Close(n) => {
                 if m.conns.is_empty() {
                     continue;
                 }
-                let (id, k, _, _) = m.conns.remove(n % m.conns.len());
+                let (id, k, state, _) = m.conns.remove(n % m.conns.len());
                 g.handle_close(Instant::from_millis(m.now), id).unwrap();
                 let c = m.clients.get_mut(&k).unwrap();
                 c.live -= 1;
+                if state == Conn::Authed {
+                    c.authed -= 1;
+                }
                 m.touch(k);
             }
             Op::Block(k, d) => {
@@ -494,7 +581,14 @@ fn model_connect(
     }
     let mut c = m.clients[&k].clone();
     m.roll(&mut c);
-    let reason = if c.live >= u32::from(m.p.max_connections_per_client) {
+    if c.live - c.authed < u32::from(m.p.max_connections_per_client)
+        && c.authed >= u32::from(m.p.max_authenticated_per_client)
+    {
+        // A refusal, never a violation: the address is shared.
+        m.clients.insert(k, c);
+        return Err(RejectReason::AuthenticatedLimit);
+    }
+    let reason = if c.live - c.authed >= u32::from(m.p.max_connections_per_client) {
         Some(RejectReason::TooManyConnections)
     } else if m.est(c.opened) >= u32::from(m.p.max_new_connections_per_window) {
         Some(RejectReason::RateLimited)
@@ -553,5 +647,13 @@ pub(crate) fn policy(
     p.offence_memory = Duration::from_secs(600);
     p.handshake_timeout = hs.map(Duration::from_millis);
     p.attack_enter_per_second = None;
+    p
+}
+
+/// `p` with the carrier-NAT knobs: the authenticated cap and the share of
+/// failed handshakes that marks a shared address.
+pub(crate) fn sharing(mut p: Policy, max_authenticated: u16, failure_percent: u8) -> Policy {
+    p.max_authenticated_per_client = max_authenticated;
+    p.shared_failure_percent = failure_percent;
     p
 }

@@ -7,8 +7,9 @@ extern crate std;
 use super::*;
 
 #[test]
-fn client_state_fits_one_cache_line() {
-    assert_eq!(core::mem::size_of::<ClientSlot>(), 64);
+fn client_state_is_80_bytes() {
+    // 64 before carrier-NAT reputation; see the doc of `ClientSlot`.
+    assert_eq!(core::mem::size_of::<ClientSlot>(), 80);
     std::println!(
         "size_of ClientSlot = {}, ConnSlot = {}",
         core::mem::size_of::<ClientSlot>(),

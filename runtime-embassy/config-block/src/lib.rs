@@ -470,6 +470,11 @@ impl ApplianceConfig {
             attack_exit_per_second: r.u32()?,
             attack_cooldown: r.ms("attack_cooldown")?,
             attack_limit_percent: r.u8()?,
+            // Not in the block (format 1): the level's preset. An appliance
+            // serves few enough clients that the preset's room for shared
+            // addresses fits them.
+            max_authenticated_per_client: Policy::for_level(level).max_authenticated_per_client,
+            shared_failure_percent: Policy::for_level(level).shared_failure_percent,
         };
 
         let count = usize::from(r.u8()?);

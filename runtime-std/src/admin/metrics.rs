@@ -28,6 +28,7 @@ pub fn render_metrics_as(guard: &Guard, telemetry: &Arc<Telemetry>, format: Form
         level: e.policy().level,
         observer_drops: guard.observer_drops(),
         telemetry: telemetry.clone(),
+        shared: SharedAddresses::read(e),
     });
     let mut registry = Registry::default();
     // The process metrics keep the names every client library gives them.
@@ -68,7 +69,61 @@ pub(super) struct Snapshot {
     level: Level,
     observer_drops: u64,
     telemetry: Arc<Telemetry>,
+    shared: SharedAddresses,
 }
+
+// ----- carrier NAT (issue 20): pending vs authenticated, shared addresses -----
+
+/// What tells the people behind one address from an attacker, at one
+/// scrape.
+#[derive(Debug)]
+pub(super) struct SharedAddresses {
+    pending: u32,
+    authenticated: u32,
+    shared: u32,
+    cap_refusals: [u64; 2],
+}
+
+impl SharedAddresses {
+    pub(super) fn read(e: &crate::engine::Engine) -> Self {
+        SharedAddresses {
+            pending: e.active_connections() - e.authenticated_connections(),
+            authenticated: e.authenticated_connections(),
+            shared: e.shared_clients(),
+            cap_refusals: e.stats().authenticated_cap_refusals,
+        }
+    }
+
+    fn encode(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        gauge(
+            e,
+            "connections_pending",
+            "Connections open now that have not proved a secret.",
+            self.pending.into(),
+        )?;
+        gauge(
+            e,
+            "connections_authenticated",
+            "Connections open now whose handshake was valid for a secret.",
+            self.authenticated.into(),
+        )?;
+        labelled_counters(
+            e,
+            "authenticated_cap_refusals",
+            "Refusals at the per-client authenticated cap, by where they met it.",
+            "at",
+            CapRefusal::ALL.map(|c| (c.as_str(), self.cap_refusals[c as usize])),
+        )?;
+        gauge(
+            e,
+            "shared_clients",
+            "Clients treated as shared addresses now (recent valid handshakes).",
+            self.shared.into(),
+        )
+    }
+}
+
+// ----- end of carrier NAT -----
 
 pub(super) fn counter(
     e: &mut DescriptorEncoder,
@@ -221,6 +276,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             self.connection_capacity as u64,
         )?;
         gauge(e, "pins", "Certificate pins configured.", self.pins as u64)?;
+        self.shared.encode(e)?;
         fleet_metrics(e, self.observer_drops, &self.telemetry)?;
         gauge(
             e,

@@ -56,7 +56,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use mtguard_core::manager::CommandError;
 use mtguard_core::pins::{parse_pin_line, Pin, PinKind, PinSetError};
-use mtguard_core::{BlockCause, HandshakeOutcome, Level, RejectReason, Stats};
+use mtguard_core::{BlockCause, CapRefusal, HandshakeOutcome, Level, RejectReason, Stats};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;

@@ -34,6 +34,11 @@ pub(super) fn stats_json(s: &Stats) -> Value {
         "events_dropped": s.events_dropped,
         "stale_connection_ids": s.stale_connection_ids,
         "pin_failures": s.pin_failures,
+        "authenticated": s.authenticated,
+        "authenticated_cap_refusals": {
+            "accept": s.authenticated_cap_refusals[CapRefusal::Accept as usize],
+            "handshake": s.authenticated_cap_refusals[CapRefusal::Handshake as usize],
+        },
     })
 }
 
@@ -45,6 +50,9 @@ pub(super) async fn status(_: Authorized, State(s): State<AppState>) -> Json<Val
             "level_name": level_name(level),
             "uptime_seconds": now.as_millis() / 1000,
             "active_connections": e.active_connections(),
+            "pending_connections": e.active_connections() - e.authenticated_connections(),
+            "authenticated_connections": e.authenticated_connections(),
+            "shared_clients": e.shared_clients(),
             "tracked_clients": e.tracked_clients(),
             "blocked_clients": e.blocked_clients(),
             "client_table_capacity": e.client_capacity(),

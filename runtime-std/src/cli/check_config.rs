@@ -37,6 +37,18 @@ fn check(file: &std::path::Path, level: Option<u8>) -> anyhow::Result<()> {
             ));
         }
     }
+    if plan.mtproto.is_none() {
+        // Without secrets no connection can prove it is a real user, so
+        // the people behind one carrier NAT share one stranger's limits.
+        unchecked.push(format!(
+            "note: no MTProto inspection (no [mtproto] secrets, or inspect = false): the guard cannot tell users behind one \
+             address (a carrier NAT, an office) from one attacker; all their \
+             connections share max_connections_per_ip = {} and can be blocked \
+             together. Give the proxy's secrets, or allowlist known NAT ranges: \
+             see docs/carrier-nat.md",
+            plan.policy.max_connections_per_client
+        ));
+    }
     outln!("{}: valid", file.display())?;
     for w in unchecked {
         outln!("{w}")?;

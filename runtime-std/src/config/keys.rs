@@ -142,6 +142,8 @@ macro_rules! limits {
 limits! {
     /// Concurrent connections one client (IPv4 address or IPv6 prefix) may hold.
     max_connections_per_ip => max_connections_per_client: u16,
+    /// Concurrent authenticated connections one client may hold besides.
+    max_authenticated_per_ip => max_authenticated_per_client: u16,
     /// Length of the per-client rate window.
     rate_window => rate_window: Duration,
     /// New connections one client may open per rate window.
@@ -166,6 +168,8 @@ limits! {
     global_max_new_per_second => global_max_new_per_second: u32,
     /// Failed handshakes within one rate window that mark a scanner.
     scanner_failures => scanner_failures: u8,
+    /// Share of failed handshakes that marks a shared address a scanner.
+    shared_failure_percent => shared_failure_percent: u8,
     /// Handshake deadline; `Some(None)` is `"off"`.
     handshake_timeout => handshake_timeout: Option<Duration>,
     /// Handshake timeouts within one rate window that mark a slowloris client.
@@ -302,7 +306,10 @@ keys! {
     limits "[limits]" {
         max_connections_per_ip: r#"integer 1–65535"#,
             r#"`100`"#,
-            r#"Concurrent connections one client may hold."#;
+            r#"Concurrent connections one client may hold that have not proved a secret: pending (handshake not judged yet) or, without `[mtproto]` secrets, all of them."#;
+        max_authenticated_per_ip: r#"integer 1–65535"#,
+            r#"`1000`"#,
+            r#"Concurrent authenticated connections (handshake valid for one of the `[mtproto]` secrets) one client may hold besides. Behind a carrier NAT one address is many people. Refusals at this cap never lead to a block. See [Many users behind one address](carrier-nat.md)."#;
         rate_window: r#"duration"#,
             r#"`"60s"`"#,
             r#"Length of the per-client rate window (at most `"1d"`)."#;
@@ -339,6 +346,9 @@ keys! {
         scanner_failures: r#"integer 1–255"#,
             r#"`10`"#,
             r#"Failed handshakes within one rate window that mark a client as a scanner."#;
+        shared_failure_percent: r#"integer 1–100"#,
+            r#"`50`"#,
+            r#"For a client with recent valid handshakes or authenticated connections (a shared address), failed handshakes (and handshake timeouts) mark it only once they are also at least this percentage of its recent handshakes. `100`: never while it has valid ones."#;
         handshake_timeout: r#"duration or `"off"`"#,
             r#"`"10s"`"#,
             r#"A connection that has not completed its handshake after this long is closed (slowloris defence). `"off"` disables the deadline. `[mtproto] handshake_timeout` replaces it when set."#;

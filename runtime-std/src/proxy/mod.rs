@@ -351,6 +351,8 @@ enum End {
     Probe { reason: Invalid, len: usize },
     /// A refused handshake was relayed to the mask backend.
     Masked { reason: Invalid, up: u64, down: u64 },
+    /// A valid handshake from a client holding its authenticated cap.
+    AuthenticatedLimit,
     /// The backend could not be reached.
     Backend(io::Error),
     /// A socket error, on either side.
@@ -371,6 +373,9 @@ impl std::fmt::Display for End {
                 f,
                 "handshake refused ({reason:?}); masked: {up} bytes up, {down} bytes down"
             ),
+            End::AuthenticatedLimit => {
+                f.write_str("valid handshake refused: the client holds its authenticated cap")
+            }
             End::Backend(e) => write!(f, "backend unreachable: {e}"),
             End::Io(e) => write!(f, "socket error: {e}"),
         }
@@ -460,7 +465,17 @@ impl Connection {
             Err(end) => return end,
         };
         drop(inspector);
-        guard.handshake(id, HandshakeOutcome::Valid);
+        if self.mtproto.is_some() {
+            // Valid for one of the secrets: the connection leaves the
+            // pending count for its client's larger authenticated cap.
+            if !guard.authenticated(id) {
+                return End::AuthenticatedLimit;
+            }
+        } else {
+            // Without secrets the first bytes prove nothing: the
+            // connection stays under the pending limit.
+            guard.handshake(id, HandshakeOutcome::Valid);
+        }
 
         let backend = match self.connect(&self.settings.backend).await {
             Ok(backend) => backend,
