@@ -109,6 +109,23 @@ fn listed_blocks(addr: SocketAddr) -> Vec<String> {
         .collect()
 }
 
+/// The head of the answer to `GET path`, header names in lower case.
+fn response_head(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    raw.split_once("\r\n\r\n").unwrap().0.to_owned()
+}
+
 async fn wait_gone(browser: &Client, css: &str) {
     let start = Instant::now();
     loop {
@@ -156,6 +173,16 @@ fn log_in_see_a_block_and_lift_it_from_the_page() {
     assert_eq!(status, 200);
     assert!(page.contains(r#"<script src="/status.js""#));
     assert!(!page.contains("<script>"), "no inline script");
+    let head = response_head(addr, "/");
+    assert!(
+        head.contains(&format!(
+            "content-security-policy: {}\r\n",
+            admin::CONTENT_SECURITY_POLICY
+        )),
+        "{head}"
+    );
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(response_head(addr, "/status.js").contains("content-type: text/javascript"));
     assert_eq!(
         http_request(addr, "GET", "/v1/status", None, None)
             .unwrap()
@@ -191,6 +218,16 @@ fn log_in_see_a_block_and_lift_it_from_the_page() {
         .expect("a WebDriver session");
         let steps = async {
             browser.goto(&format!("http://{addr}/")).await.unwrap();
+            // The style sheet applied under the policy (the script's
+            // running shows in everything below).
+            let radius = browser
+                .execute(
+                    "return getComputedStyle(document.getElementById('login-form')).borderTopLeftRadius",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            assert_eq!(radius, json!("6px"), "status.css was not applied");
             // A wrong token is refused and the login asked for again.
             let field = browser
                 .wait()
