@@ -33,6 +33,10 @@ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || 
 command -v qemu-system-arm >/dev/null 2>&1 || need_apt+=(qemu-system-arm)
 # ...and its DHCP option against dnsmasq in the test's namespace.
 command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
+# tests/tests/status_page.rs drives the admin status page in headless
+# Chromium over WebDriver.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if ((${#need_apt[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi

@@ -201,6 +201,14 @@ fn malformed_and_oversized_heads_get_the_json_error_body() {
     assert_eq!(status, 431, "{body}");
     assert!(json_error(&body).contains("head"), "{body}");
 
+    // Just over the limit, complete in the same read that crosses it.
+    let mut over = b"GET /v1/status HTTP/1.1\r\nX-Big: ".to_vec();
+    over.extend(std::iter::repeat_n(b'a', mtguard::admin::HEAD_LIMIT));
+    over.extend_from_slice(b"\r\n\r\n");
+    let (status, body) = raw(admin.addr, &over);
+    assert_eq!(status, 431, "{body}");
+    assert!(json_error(&body).contains("head"), "{body}");
+
     let mut many = b"GET /v1/status HTTP/1.1\r\n".to_vec();
     for i in 0..150 {
         many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());

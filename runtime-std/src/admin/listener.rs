@@ -310,6 +310,14 @@ impl CappedConn {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut request = httparse::Request::new(&mut headers);
             match request.parse(&self.head) {
+                // A head that crossed the limit in the read that completed
+                // it is as oversized as one still growing.
+                Ok(httparse::Status::Complete(len)) if len > HEAD_LIMIT => {
+                    return self.answer(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        &format!("the request head is larger than {HEAD_LIMIT} bytes"),
+                    )
+                }
                 Ok(httparse::Status::Complete(_)) => match framing_error(&request) {
                     None => {
                         self.phase = Phase::Release { from: 0 };

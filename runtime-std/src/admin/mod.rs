@@ -1,7 +1,8 @@
 //! The admin HTTP API and the Prometheus metrics.
 //!
 //! `GET /metrics` needs no token: it tells nothing an operator would hide
-//! from the host's monitoring. Everything under `/v1/` needs
+//! from the host's monitoring. Nor does the status page (`/`, `/status.js`,
+//! `/status.css`), which holds no data. Everything under `/v1/` needs
 //! `Authorization: Bearer <token>`, compared in constant time. Every error is
 //! a JSON object `{"error": "..."}` that says what was wrong.
 //!
@@ -20,6 +21,7 @@ mod exposition;
 mod listener;
 mod metrics;
 mod ops_metrics;
+mod page;
 mod pins;
 mod status;
 mod token;
@@ -29,6 +31,7 @@ pub use exposition::Format as MetricsFormat;
 use listener::*;
 use metrics::*;
 pub use metrics::{render_metrics, render_metrics_as};
+pub use page::{CONTENT_SECURITY_POLICY, OPENAPI_JSON};
 use pins::*;
 use status::*;
 pub use token::load_or_create_token;
@@ -151,6 +154,10 @@ pub fn router(node: Arc<Handles>, settings: Arc<AdminSettings>) -> Router {
         .route("/v1/blocks/{*ip}", delete(remove_block))
         .route("/v1/pins", get(list_pins).post(add_pin))
         .route("/v1/pins/{*pin}", delete(remove_pin))
+        .route("/", get(page::index))
+        .route("/status.js", get(page::script))
+        .route("/status.css", get(page::style))
+        .route("/v1/openapi.json", get(page::openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
