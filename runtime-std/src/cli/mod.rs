@@ -9,6 +9,7 @@ mod check_config;
 mod demo;
 mod fetch;
 mod hsm;
+mod init;
 mod link;
 mod pin;
 mod run;
@@ -56,6 +57,9 @@ enum Command {
     /// A self-contained run on loopback: the guard, an echo backend,
     /// legitimate clients, a flood and a scanner; ends with a report.
     Demo(demo::DemoArgs),
+    /// Write a starting config, from an mtg or telemt config or the
+    /// commented default, and print what to change on the proxy's side.
+    Init(init::InitArgs),
 }
 
 impl Cli {
@@ -72,6 +76,7 @@ impl Cli {
             Command::Fetch(args) => fetch::fetch(args, format),
             Command::ApplianceConfig(args) => mtguard::appliance::run(args),
             Command::Demo(args) => demo::demo(args),
+            Command::Init(args) => init::init(args),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
