@@ -391,8 +391,24 @@ fn from_telemt(text: &str, file: &str) -> Result<Plan, ConfigError> {
     let listen = dual_stack(listen);
     let backend = backend_for(&listen);
     changes.insert(0, format!("[server] port = {}", backend.port()));
-    if raw.server.proxy_protocol != Some(true) || pp_off {
+    // A listener's own proxy_protocol overrides [server]'s.
+    let server_pp = raw.server.proxy_protocol;
+    let pp_on = if raw.server.listeners.is_empty() {
+        server_pp == Some(true)
+    } else {
+        raw.server
+            .listeners
+            .iter()
+            .all(|l| l.proxy_protocol.or(server_pp) == Some(true))
+    };
+    if !pp_on {
         changes.push("[server] proxy_protocol = true".to_owned());
+    }
+    if pp_off {
+        changes.push(
+            "[[server.listeners]] proxy_protocol = false: remove it (it overrides [server])"
+                .to_owned(),
+        );
     }
     changes.push(
         "[server] proxy_protocol_trusted_cidrs = [\"127.0.0.1/32\"] (only the guard may send the header)"
@@ -644,6 +660,27 @@ mod tests {
             vec!["[::]:443".parse().unwrap(), "0.0.0.0:8080".parse().unwrap()];
         assert_eq!(plan.listen, want);
         parsed(&plan);
+    }
+
+    #[test]
+    fn a_listeners_own_proxy_protocol_overrides_the_servers() {
+        let users = "[access.users]\na = \"0123456789abcdef0123456789abcdef\"\n";
+        let on = format!("[[server.listeners]]\nip = \"0.0.0.0\"\nproxy_protocol = true\n{users}");
+        let advice = from_telemt(&on, "t.toml").unwrap().advice();
+        assert!(!advice.contains("proxy_protocol = true"), "{advice}");
+        let off = format!(
+            "[server]\nproxy_protocol = true\n[[server.listeners]]\nip = \"0.0.0.0\"\n\
+             proxy_protocol = false\n{users}"
+        );
+        let advice = from_telemt(&off, "t.toml").unwrap().advice();
+        assert!(
+            advice.contains("[server] proxy_protocol = true"),
+            "{advice}"
+        );
+        assert!(
+            advice.contains("proxy_protocol = false: remove it"),
+            "{advice}"
+        );
     }
 
     #[test]
