@@ -33,6 +33,9 @@ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || 
 command -v qemu-system-arm >/dev/null 2>&1 || need_apt+=(qemu-system-arm)
 # ...and its DHCP option against dnsmasq in the test's namespace.
 command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
+# tests/tests/quickstart.rs runs the real mtprotoproxy from PyPI (below).
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 # tests/tests/status_page.rs drives the admin status page in headless
 # Chromium over WebDriver.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
@@ -51,6 +54,14 @@ if [ ! -x "$crowdsec_dir/root/usr/bin/crowdsec" ]; then
     (cd "$crowdsec_dir" && { apt-get download crowdsec 2>/dev/null ||
         { apt-get update -qq && apt-get download crowdsec; }; } &&
         dpkg -x crowdsec_*.deb root)
+fi
+
+# The mtprotoproxy quick start's end-to-end test runs mtprotoproxy 1.0.6
+# (and the pycryptodome it requires) from its own directory, outside any
+# system or user site-packages.
+mtprotoproxy_dir="${MTGUARD_MTPROTOPROXY_DIR:-/var/tmp/mtguard-mtprotoproxy}"
+if [ ! -f "$mtprotoproxy_dir/bin/mtprotoproxy.py" ]; then
+    python3 -m pip install -q --target "$mtprotoproxy_dir" mtprotoproxy==1.0.6
 fi
 
 rustup target list --installed 2>/dev/null | grep -qx thumbv7em-none-eabihf ||

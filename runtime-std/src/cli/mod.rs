@@ -12,6 +12,7 @@ mod demo;
 mod fetch;
 mod generate;
 mod hsm;
+mod init;
 mod link;
 mod pin;
 mod run;
@@ -59,6 +60,9 @@ enum Command {
     /// A self-contained run on loopback: the guard, an echo backend,
     /// legitimate clients, a flood and a scanner; ends with a report.
     Demo(demo::DemoArgs),
+    /// Write a starting config, from an mtg or telemt config or the
+    /// commented default, and print what to change on the proxy's side.
+    Init(init::InitArgs),
     /// Print the shell completion script for bash, zsh or fish.
     #[command(hide = true)]
     Completions(generate::CompletionsArgs),
@@ -81,6 +85,7 @@ impl Cli {
             Command::Fetch(args) => fetch::fetch(args, format),
             Command::ApplianceConfig(args) => mtguard::appliance::run(args),
             Command::Demo(args) => demo::demo(args),
+            Command::Init(args) => init::init(args),
             Command::Completions(args) => generate::completions(args),
             Command::Man(args) => generate::man(args),
         };

@@ -184,7 +184,9 @@ pub(super) fn mentions(text: &str, word: &str) -> bool {
 }
 
 /// Turns a TOML or serde error into one naming the line and the key.
-pub(super) fn toml_error(error: &toml::de::Error, text: &str, source: &str) -> ConfigError {
+/// Public because `mtguard init` reports errors in the proxies' own TOML
+/// files the same way.
+pub fn toml_error(error: &toml::de::Error, text: &str, source: &str) -> ConfigError {
     let mut message = error.message().trim().to_owned();
     let span = error.span();
     let line = span.as_ref().map(|s| line_of(text, s.start));

@@ -41,7 +41,7 @@ mod parse;
 mod values;
 
 pub use duration::{format_duration, parse_duration};
-pub use error::ConfigError;
+pub use error::{toml_error, ConfigError};
 pub use keys::{key, Key, LimitsConfig, KEYS};
 pub use parse::{line_scan_bytes, LineIndex};
 pub use values::{url_host, ContentKind, OnExpired, OnProbe, ProxyProtocol, Trust, UrlError};
