@@ -354,7 +354,9 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 fn block_lines_carry_rfc3339_wall_clock_times_and_a_piped_log_has_no_colours() {
     let s = Setup::new();
     s.write(
-        "max_connections_per_ip = 2\nblock_after_violations = 1\nblock_duration = \"2s\"",
+        // No jitter: the block line's end time is checked to the second.
+        "max_connections_per_ip = 2\nblock_after_violations = 1\nblock_duration = \"2s\"\n\
+         block_jitter_permille = 0",
         true,
     );
     let server = s.start_with_env(&[]);
