@@ -156,6 +156,20 @@ pub fn served(stream: &mut TcpStream) -> bool {
     stream.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
 }
 
+/// Whether the guard closed `s` (EOF or reset) within its read timeout,
+/// rather than answer or leave it open.
+pub fn closed_by_guard(s: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
 /// Connects from `from`, sends a line and reads its echo: whether the guard
 /// served it. A refusal can surface at connect already (the guard resets a
 /// refused connection so fast that the handshake reports it).

@@ -15,7 +15,7 @@ use mtguard::proxy::inspect::Mtproto;
 use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{BlockCause, CapRefusal, Level, Policy, RejectReason};
 use mtguard_tests::{
-    connect_from, fake_tls_hello, metric, test_guard, unix_now, EchoBackend, Relay,
+    closed_by_guard, connect_from, fake_tls_hello, metric, test_guard, unix_now, EchoBackend, Relay,
 };
 
 /// "ee" + key + hex("example.com").
@@ -114,15 +114,7 @@ fn closed(from: IpAddr, to: std::net::SocketAddr, bytes: &[u8]) -> bool {
     };
     let _ = s.write_all(bytes);
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
+    closed_by_guard(&mut s)
 }
 
 fn rejected(r: &Relay, reason: RejectReason) -> u64 {

@@ -13,7 +13,7 @@ use mtguard::config::OnProbe;
 use mtguard::proxy::inspect::Mtproto;
 use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{BlockCause, HandshakeOutcome, Level, Policy};
-use mtguard_tests::{connect_from, test_guard, EchoBackend, Relay};
+use mtguard_tests::{closed_by_guard, connect_from, test_guard, EchoBackend, Relay};
 
 const CLASSIC: &str = "0123456789abcdef0123456789abcdef";
 const TLS_PREFIX: &str = include_str!("../../core/tests/vectors/tls_prefix.txt");
@@ -57,19 +57,6 @@ fn open_burst(r: &Relay, from: IpAddr) -> Vec<TcpStream> {
             .is_some_and(|c| usize::from(c.live_connections) == BURST)
     });
     conns
-}
-
-/// Whether the guard closed `s` (EOF or reset) within the read timeout.
-fn closed_by_guard(s: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
 }
 
 /// The client's offences, and its block: cause and milliseconds left.

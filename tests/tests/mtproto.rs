@@ -16,7 +16,9 @@ use mtguard::config::{Config, OnProbe};
 use mtguard::proxy::inspect::Mtproto;
 use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{Level, Policy};
-use mtguard_tests::{connect_from, free_port, mtguard_bin, test_guard, Relay, Server};
+use mtguard_tests::{
+    closed_by_guard, connect_from, free_port, mtguard_bin, test_guard, Relay, Server,
+};
 
 const OBFS2_VECTORS: &str = include_str!("../../core/tests/vectors/obfuscated2.txt");
 const CLASSIC: &str = "0123456789abcdef0123456789abcdef";
@@ -185,16 +187,7 @@ fn refused(from: IpAddr, to: SocketAddr, bytes: &[u8]) -> bool {
         return true;
     };
     let _ = s.write_all(bytes);
-    let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        // Still open after the read timeout: not refused.
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-    }
+    closed_by_guard(&mut s)
 }
 
 #[test]
