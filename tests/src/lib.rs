@@ -156,6 +156,54 @@ pub fn served(stream: &mut TcpStream) -> bool {
     stream.read_exact(&mut buf).is_ok() && &buf == b"ping\n"
 }
 
+/// The admin API serving `node` in this process, on a runtime of its own
+/// and a free loopback port, with the bearer token `token`; it stops when
+/// dropped. `runtime` is there for what the test runs beside it (the
+/// engine's timers, a WebDriver session).
+pub struct AdminInProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _stop: tokio::sync::watch::Sender<bool>,
+    /// The runtime it is served on.
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl AdminInProcess {
+    /// Starts serving.
+    pub fn start(
+        node: mtguard::node::Handles,
+        token: &str,
+        state_dir: Option<PathBuf>,
+    ) -> AdminInProcess {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = Arc::new(mtguard::admin::AdminSettings {
+            token: token.to_owned(),
+            state_dir,
+            pins_file: None,
+        });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        runtime.spawn(mtguard::admin::serve(
+            listener,
+            Arc::new(node),
+            settings,
+            stopped,
+        ));
+        AdminInProcess {
+            addr,
+            _stop: stop,
+            runtime,
+        }
+    }
+}
+
 /// Whether the guard closed `s` (EOF or reset) within its read timeout,
 /// rather than answer or leave it open.
 pub fn closed_by_guard(s: &mut TcpStream) -> bool {

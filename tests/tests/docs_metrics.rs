@@ -9,13 +9,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
-use mtguard::admin::{self, AdminSettings};
 use mtguard::node::Handles;
 use mtguard::telemetry::JobKind;
 use mtguard_core::Policy;
-use mtguard_tests::{http_request, test_guard};
+use mtguard_tests::{http_request, test_guard, AdminInProcess};
 
 /// One series family: its type, and its labels in order, each with its
 /// values (`None`: values that vary, such as a version; the docs name the
@@ -126,23 +124,10 @@ fn exposed(scrape: &str) -> Families {
 /// `GET /metrics` of an admin API serving `node`, in the classic format
 /// (no Accept header) and in OpenMetrics (asked for by name).
 fn scrape(node: Handles) -> (String, String) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let settings = Arc::new(AdminSettings {
-        token: "docs-metrics-token-0123456789abcd".to_owned(),
-        state_dir: None,
-        pins_file: None,
-    });
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
-    rt.spawn(node.guard.clone().drive());
-    rt.spawn(admin::serve(listener, Arc::new(node), settings, stopped));
+    let guard = node.guard.clone();
+    let admin = AdminInProcess::start(node, "docs-metrics-token-0123456789abcd", None);
+    admin.runtime.spawn(guard.drive());
+    let addr = admin.addr;
     let (status, classic) = http_request(addr, "GET", "/metrics", None, None).unwrap();
     assert_eq!(status, 200, "{classic}");
     let openmetrics = openmetrics_request(addr);

@@ -9,44 +9,25 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mtguard::admin::{self, AdminSettings};
 use mtguard_core::Policy;
-use mtguard_tests::{http_request, test_guard};
+use mtguard_tests::{http_request, test_guard, AdminInProcess};
 
 const TOKEN: &str = "hardening-admin-token-0123456789";
 
 /// The admin API in a runtime of its own on 127.0.0.1; stops when dropped.
 struct Admin {
-    _rt: tokio::runtime::Runtime,
     addr: SocketAddr,
-    _stop: tokio::sync::watch::Sender<bool>,
+    _admin: AdminInProcess,
 }
 
 impl Admin {
     fn start() -> Admin {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
         let guard = test_guard(Policy::default());
-        let settings = Arc::new(AdminSettings {
-            token: TOKEN.to_owned(),
-            state_dir: None,
-            pins_file: None,
-        });
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        rt.spawn(guard.clone().drive());
-        let node = Arc::new(mtguard::node::Handles::new(guard));
-        rt.spawn(admin::serve(listener, node, settings, stopped));
+        let admin = AdminInProcess::start(mtguard::node::Handles::new(guard.clone()), TOKEN, None);
+        admin.runtime.spawn(guard.drive());
         Admin {
-            _rt: rt,
-            addr,
-            _stop: stop,
+            addr: admin.addr,
+            _admin: admin,
         }
     }
 }

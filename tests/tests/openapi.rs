@@ -10,13 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mtguard::admin::{self, AdminSettings};
+use mtguard::admin;
 use mtguard::engine::{Capacity, Guard, LogEvents};
 use mtguard_core::cidr::Cidr;
 use mtguard_core::pins::{Pin, PinKind};
 use mtguard_core::Policy;
+use mtguard_tests::AdminInProcess;
 use serde_json::Value;
-use tokio::sync::watch;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -41,8 +41,7 @@ const CAPACITY: Capacity = Capacity {
 struct Api {
     addr: SocketAddr,
     guard: Arc<Guard>,
-    _stop: watch::Sender<bool>,
-    _runtime: tokio::runtime::Runtime,
+    _admin: AdminInProcess,
 }
 
 fn start(state_dir: Option<PathBuf>) -> Api {
@@ -55,28 +54,12 @@ fn start(state_dir: Option<PathBuf>) -> Api {
         }),
     )
     .unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let settings = Arc::new(AdminSettings {
-        token: TOKEN.to_owned(),
-        state_dir,
-        pins_file: None,
-    });
-    let (stop, stopped) = watch::channel(false);
-    let node = Arc::new(mtguard::node::Handles::new(guard.clone()));
-    runtime.spawn(admin::serve(listener, node, settings, stopped));
+    let node = mtguard::node::Handles::new(guard.clone());
+    let admin = AdminInProcess::start(node, TOKEN, state_dir);
     Api {
-        addr,
+        addr: admin.addr,
         guard,
-        _stop: stop,
-        _runtime: runtime,
+        _admin: admin,
     }
 }
 

@@ -7,17 +7,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use mtguard::admin::{self, AdminSettings};
+use mtguard::admin;
 use mtguard_core::Policy;
 use mtguard_tests::{
-    connect_from, free_port, http_request, served, served_from, test_guard, EchoBackend, Relay,
+    connect_from, free_port, http_request, served, served_from, test_guard, AdminInProcess,
+    EchoBackend, Relay,
 };
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -149,23 +148,8 @@ fn log_in_see_a_block_and_lift_it_from_the_page() {
     let backend = EchoBackend::start();
     let relay = Relay::start(guard.clone(), backend.addr, None);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = watch::channel(false);
-    let settings = Arc::new(AdminSettings {
-        token: TOKEN.to_owned(),
-        state_dir: None,
-        pins_file: None,
-    });
-    let node = Arc::new(mtguard::node::Handles::new(guard.clone()));
-    runtime.spawn(admin::serve(listener, node, settings, stopped));
+    let admin = AdminInProcess::start(mtguard::node::Handles::new(guard.clone()), TOKEN, None);
+    let (addr, runtime) = (admin.addr, &admin.runtime);
 
     // The page is served without the token, under a policy that allows
     // only its own script and style; the data stays behind the token.
