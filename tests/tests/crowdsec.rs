@@ -48,15 +48,109 @@ struct Lapi {
     url: String,
     port: u16,
     child: Option<Child>,
+    /// The CA cscli trusts for an https Local API (Go reads SSL_CERT_FILE).
+    ca: Option<String>,
+}
+
+/// The certificates of a Local API with TLS (CrowdSec's `api.server.tls`):
+/// a CA, the server's certificate for 127.0.0.1, and a bouncer's client
+/// certificate whose OU the Local API accepts as a bouncer, all from rcgen;
+/// and another CA that signed none of them.
+struct LapiPki {
+    dir: tempfile::TempDir,
+}
+
+impl LapiPki {
+    fn new() -> LapiPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose, SanType,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            params
+        };
+        let ca_params = ca("mtguard test LAPI CA");
+        let ca_key = KeyPair::generate().unwrap();
+        write("ca.pem", ca_params.self_signed(&ca_key).unwrap().pem());
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+
+        let mut server = CertificateParams::new(Vec::<String>::new()).unwrap();
+        server.distinguished_name.push(DnType::CommonName, "lapi");
+        server.subject_alt_names = vec![
+            SanType::IpAddress([127, 0, 0, 1].into()),
+            SanType::DnsName("localhost".try_into().unwrap()),
+        ];
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server_key = KeyPair::generate().unwrap();
+        write(
+            "server.pem",
+            server.signed_by(&server_key, &issuer).unwrap().pem(),
+        );
+        write("server.key", server_key.serialize_pem());
+
+        let mut bouncer = CertificateParams::new(Vec::<String>::new()).unwrap();
+        bouncer
+            .distinguished_name
+            .push(DnType::CommonName, "mtguard-tls");
+        bouncer
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "bouncer-ou");
+        bouncer.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let bouncer_key = KeyPair::generate().unwrap();
+        write(
+            "bouncer.pem",
+            bouncer.signed_by(&bouncer_key, &issuer).unwrap().pem(),
+        );
+        write("bouncer.key", bouncer_key.serialize_pem());
+
+        let other = ca("another CA");
+        write(
+            "other-ca.pem",
+            other
+                .self_signed(&KeyPair::generate().unwrap())
+                .unwrap()
+                .pem(),
+        );
+        LapiPki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
 }
 
 impl Lapi {
     fn new() -> Lapi {
+        Lapi::with_tls(None)
+    }
+
+    /// A Local API over https with `pki`'s certificates, or plain http.
+    fn with_tls(pki: Option<&LapiPki>) -> Lapi {
         let root = crowdsec_root();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display().to_string();
         let etc = root.join("etc/crowdsec").display().to_string();
+        // Bouncers may present a certificate (VerifyClientCertIfGiven), so
+        // one Local API serves both a key bouncer and a certificate one.
+        let tls = pki.map_or_else(String::new, |pki| {
+            format!(
+                "    tls:\n      cert_file: {}\n      key_file: {}\n      ca_cert_path: {}\n\
+                 \x20     client_verification: VerifyClientCertIfGiven\n\
+                 \x20     bouncers_allowed_ou:\n        - bouncer-ou\n\
+                 \x20     agents_allowed_ou:\n        - agent-ou\n",
+                pki.path("server.pem"),
+                pki.path("server.key"),
+                pki.path("ca.pem"),
+            )
+        });
+        let scheme = if pki.is_some() { "https" } else { "http" };
         for sub in ["data", "hub", "notifications", "plugins"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
@@ -69,16 +163,17 @@ impl Lapi {
              db_config:\n  log_level: info\n  type: sqlite\n  db_path: {d}/data/crowdsec.db\n  use_wal: true\n\
              api:\n  client:\n    credentials_path: {d}/local_api_credentials.yaml\n\
              \x20 server:\n    log_level: info\n    listen_uri: 127.0.0.1:{port}\n    profiles_path: {etc}/profiles.yaml\n\
-             \x20   trusted_ips:\n      - 127.0.0.1\n\
+             \x20   trusted_ips:\n      - 127.0.0.1\n{tls}\
              prometheus:\n  enabled: false\n"
         );
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         let lapi = Lapi {
             dir,
             root,
-            url: format!("http://127.0.0.1:{port}/"),
+            url: format!("{scheme}://127.0.0.1:{port}/"),
             port,
             child: None,
+            ca: pki.map(|pki| pki.path("ca.pem")),
         };
         // The machine cscli itself uses for `decisions add` and `alerts`.
         let creds = format!("{d}/local_api_credentials.yaml");
@@ -90,6 +185,8 @@ impl Lapi {
             "operator-password-1",
             "-f",
             &creds,
+            "--url",
+            &lapi.url,
         ]);
         lapi
     }
@@ -99,12 +196,12 @@ impl Lapi {
     }
 
     fn cscli(&self, args: &[&str]) -> String {
-        let out = Command::new(self.root.join("usr/bin/cscli"))
-            .arg("-c")
-            .arg(self.config())
-            .args(args)
-            .output()
-            .expect("running cscli");
+        let mut command = Command::new(self.root.join("usr/bin/cscli"));
+        command.arg("-c").arg(self.config()).args(args);
+        if let Some(ca) = &self.ca {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        let out = command.output().expect("running cscli");
         assert!(
             out.status.success(),
             "cscli {args:?}: {}",
@@ -191,11 +288,6 @@ struct Node {
 }
 
 fn node(name: &str, lapi: &Lapi, backend: SocketAddr, inspect: bool) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let token = dir.path().join("admin.token");
-    write_private(&token, TOKEN);
     let key = lapi.bouncer(&format!("{name}-bouncer"));
     let password = lapi.machine(name);
     let mtproto = if inspect {
@@ -221,16 +313,29 @@ fn node(name: &str, lapi: &Lapi, backend: SocketAddr, inspect: bool) -> Node {
             POLL.as_millis()
         )
     };
+    let crowdsec = format!(
+        "{bouncer}machine_id = \"{name}\"\npassword_file = \"{}\"\n",
+        password.display()
+    );
+    node_with(name, backend, &mtproto, &crowdsec)
+}
+
+/// A guard with this `[mtproto]` text (may be empty) and `[crowdsec]`
+/// table body.
+fn node_with(name: &str, backend: SocketAddr, mtproto: &str, crowdsec: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let token = dir.path().join("admin.token");
+    write_private(&token, TOKEN);
     let config = format!(
         "[server]\nlisten = [\"{listen}\"]\nbackend = \"{backend}\"\n\
          [limits]\nscanner_failures = 3\nblock_jitter_permille = 0\nattack_enter_per_second = 0\n\
          [admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"\n\
          [state]\ndir = \"{}\"\n{mtproto}\
-         [crowdsec]\n{bouncer}\
-         machine_id = \"{name}\"\npassword_file = \"{}\"\n",
+         [crowdsec]\n{crowdsec}",
         token.display(),
         dir.path().join("state").display(),
-        password.display(),
     );
     let path = dir.path().join("mtguard.toml");
     std::fs::write(&path, config).unwrap();
@@ -537,6 +642,23 @@ fn crowdsec_and_kernel_keys_parse_and_mistakes_name_key_and_line() {
         ("ip", "filter", "drop_me")
     );
     assert_eq!(Config::parse("", "t.toml").unwrap().crowdsec, None);
+    // https with a CA and a client certificate, and CrowdSec's bouncers'
+    // `insecure_skip_verify: false`: the certificate stands for the key.
+    let tls = Config::parse(
+        "[crowdsec]\napi_url = \"https://lapi.example:8080\"\nca_cert_path = \"/ca.pem\"\n\
+         cert_path = \"/b.pem\"\nkey_path = \"/b.key\"\ninsecure_skip_verify = false\n",
+        "t.toml",
+    )
+    .unwrap()
+    .crowdsec
+    .unwrap();
+    assert_eq!(tls.lapi_url, "https://lapi.example:8080/");
+    assert_eq!(tls.ca_cert_path.as_deref(), Some(Path::new("/ca.pem")));
+    let cert = tls.client_cert.unwrap();
+    assert_eq!(
+        (cert.cert_path.as_path(), cert.key_path.as_path()),
+        (Path::new("/b.pem"), Path::new("/b.key"))
+    );
 
     for (text, line, key, says) in [
         (
@@ -546,10 +668,22 @@ fn crowdsec_and_kernel_keys_parse_and_mistakes_name_key_and_line() {
             "lapi_url is required",
         ),
         (
-            "[crowdsec]\nlapi_url = \"https://h:1\"\napi_key_file = \"/k\"\n",
-            2,
-            "[crowdsec] lapi_url",
-            "https is not supported",
+            "[crowdsec]\nlapi_url = \"http://h:1\"\napi_key_file = \"/k\"\nca_cert_path = \"/ca\"\n",
+            4,
+            "[crowdsec] ca_cert_path",
+            "only for an https:// lapi_url",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"https://h:1\"\ncert_path = \"/c\"\n",
+            3,
+            "[crowdsec] cert_path",
+            "needs [crowdsec] key_path",
+        ),
+        (
+            "[crowdsec]\nlapi_url = \"https://h:1\"\napi_key = \"k\"\ninsecure_skip_verify = true\n",
+            4,
+            "[crowdsec] insecure_skip_verify",
+            "always verifies",
         ),
         (
             "[crowdsec]\nlapi_url = \"127.0.0.1:8080\"\napi_key_file = \"/k\"\n",
@@ -606,4 +740,189 @@ fn crowdsec_and_kernel_keys_parse_and_mistakes_name_key_and_line() {
         assert_eq!(err.key(), Some(key), "{err}");
         assert!(err.message().contains(says), "{err}");
     }
+}
+
+/// The Local API over https (CrowdSec's own `api.server.tls`, with
+/// certificates from rcgen): a guard trusting its CA follows the decision
+/// stream with a bouncer key and reports its blocks as a machine; a guard
+/// with only a client certificate follows it too (the Local API takes the
+/// certificate for the key); a guard trusting another CA follows nothing and
+/// says why in `/v1/status`.
+#[test]
+fn a_guard_follows_a_local_api_over_https_with_its_ca_and_a_client_certificate() {
+    let pki = LapiPki::new();
+    let mut lapi = Lapi::with_tls(Some(&pki));
+    lapi.start();
+    assert!(lapi.url.starts_with("https://"), "{}", lapi.url);
+    let backend = EchoBackend::start();
+    let ca = pki.path("ca.pem");
+
+    let key = lapi.bouncer("key-bouncer");
+    let password = lapi.machine("tls-guard");
+    let keyed = node_with(
+        "keyed",
+        backend.addr,
+        &format!("[mtproto]\nsecrets = [\"{CLASSIC}\"]\n"),
+        &format!(
+            "api_url = \"{}\"\nca_cert_path = \"{ca}\"\napi_key_file = \"{}\"\n\
+             update_frequency = \"{}ms\"\ninsecure_skip_verify = false\n\
+             machine_id = \"tls-guard\"\npassword_file = \"{}\"\n",
+            lapi.url,
+            key.display(),
+            POLL.as_millis(),
+            password.display()
+        ),
+    );
+    let certified = node_with(
+        "certified",
+        backend.addr,
+        "",
+        &format!(
+            "api_url = \"{}\"\nca_cert_path = \"{ca}\"\ncert_path = \"{}\"\nkey_path = \"{}\"\n\
+             update_frequency = \"{}ms\"\n",
+            lapi.url,
+            pki.path("bouncer.pem"),
+            pki.path("bouncer.key"),
+            POLL.as_millis()
+        ),
+    );
+    let stranger = node_with(
+        "stranger",
+        backend.addr,
+        "",
+        &format!(
+            "api_url = \"{}\"\nca_cert_path = \"{}\"\napi_key_file = \"{}\"\n\
+             update_frequency = \"{}ms\"\n",
+            lapi.url,
+            pki.path("other-ca.pem"),
+            key.display(),
+            POLL.as_millis()
+        ),
+    );
+
+    // An operator's ban, through cscli over https, reaches both trusting
+    // guards.
+    let banned = ip(60);
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        &banned.to_string(),
+        "--duration",
+        "10m",
+    ]);
+    wait_until("both trusting guards to apply the ban", DEADLINE, || {
+        block_cause(&keyed, banned).is_some() && block_cause(&certified, banned).is_some()
+    });
+    assert!(!served_from(banned, certified.listen));
+    assert!(!admitted(banned, keyed.listen));
+    // The Local API registered the certificate bouncer by itself, under
+    // the certificate's name.
+    let bouncers = lapi.cscli(&["bouncers", "list", "-o", "json"]);
+    assert!(bouncers.contains("mtguard-tls@127.0.0.1"), "{bouncers}");
+
+    // The keyed guard's own detection travels as an alert over https and
+    // comes back to the certificate guard as a decision.
+    let scanner = ip(61);
+    for _ in 0..3 {
+        if let Ok(mut s) = connect_from(scanner, keyed.listen) {
+            let _ = s.write_all(&[0x42; 64]);
+            let _ = s.read(&mut [0u8; 8]);
+        }
+    }
+    wait_until(
+        "the certificate guard to block the scanner",
+        DEADLINE,
+        || block_cause(&certified, scanner).as_deref() == Some("external"),
+    );
+
+    // The guard that trusts another CA never applied anything, and its
+    // status names the certificate failure.
+    assert_eq!(block_cause(&stranger, banned), None);
+    assert!(served_from(banned, stranger.listen));
+    let status = admin_get(stranger.admin, "/v1/status");
+    let crowdsec = &status["crowdsec"];
+    assert_eq!(crowdsec["lapi_up"], false, "{crowdsec:#}");
+    let error = crowdsec["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("certificate") && error.contains("UnknownIssuer"),
+        "{crowdsec:#}"
+    );
+}
+
+/// check-config reads the TLS files as `run` would: a CA file that holds no
+/// certificate and a key that is not a key each fail it, naming the key.
+#[test]
+fn check_config_reads_the_local_api_tls_files() {
+    let pki = LapiPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let key = dir.path().join("k");
+    write_private(&key, "bouncer-key");
+    for (extra, says) in [
+        (
+            format!("ca_cert_path = \"{}\"\n", junk.display()),
+            "[crowdsec] ca_cert_path",
+        ),
+        (
+            format!(
+                "ca_cert_path = \"{}\"\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+                pki.path("ca.pem"),
+                pki.path("bouncer.pem"),
+                junk.display()
+            ),
+            "[crowdsec] key_path",
+        ),
+        (
+            format!(
+                "ca_cert_path = \"{}\"\ncert_path = \"{}\"\nkey_path = \"{}\"\n",
+                pki.path("ca.pem"),
+                pki.path("bouncer.pem"),
+                pki.path("server.key")
+            ),
+            "does not go with",
+        ),
+    ] {
+        let path = dir.path().join("mtguard.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[crowdsec]\nlapi_url = \"https://127.0.0.1:8080\"\napi_key_file = \"{}\"\n{extra}",
+                key.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(mtguard_tests::mtguard_bin())
+            .args(["check-config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra}: accepted");
+        assert!(stderr.contains(says), "{extra}: {stderr}");
+    }
+    // The good files pass.
+    let path = dir.path().join("good.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[crowdsec]\nlapi_url = \"https://127.0.0.1:8080\"\nca_cert_path = \"{}\"\n\
+             cert_path = \"{}\"\nkey_path = \"{}\"\n",
+            pki.path("ca.pem"),
+            pki.path("bouncer.pem"),
+            pki.path("bouncer.key")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(mtguard_tests::mtguard_bin())
+        .args(["check-config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&pki.path("bouncer.pem")), "{stdout}");
 }

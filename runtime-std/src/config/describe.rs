@@ -220,6 +220,33 @@ impl Config {
                     path_or_none(&c.password_file),
                     &origin(k::crowdsec::password_file.path()),
                 );
+                if c.lapi_url.starts_with("https://") {
+                    row(
+                        k::crowdsec::ca_cert_path.name,
+                        c.ca_cert_path.as_ref().map_or_else(
+                            || "(none: the Mozilla roots)".into(),
+                            |p| p.display().to_string(),
+                        ),
+                        &origin(k::crowdsec::ca_cert_path.path()),
+                    );
+                    let (cert, key) = match &c.client_cert {
+                        Some(cc) => (
+                            cc.cert_path.display().to_string(),
+                            cc.key_path.display().to_string(),
+                        ),
+                        None => ("(none)".into(), "(none)".into()),
+                    };
+                    row(
+                        k::crowdsec::cert_path.name,
+                        cert,
+                        &origin(k::crowdsec::cert_path.path()),
+                    );
+                    row(
+                        k::crowdsec::key_path.name,
+                        key,
+                        &origin(k::crowdsec::key_path.path()),
+                    );
+                }
             }
         }
         row(k::kernel::TABLE, String::new(), "");

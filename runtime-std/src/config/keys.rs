@@ -483,7 +483,7 @@ keys! {
     crowdsec "[crowdsec]" {
         lapi_url: r#"string"#,
             r#"required"#,
-            r#"The CrowdSec Local API, `http://HOST:PORT`, on loopback or a private network. `https://` is refused for now, because the client has no CA setting yet."#;
+            r#"The CrowdSec Local API, `http://HOST:PORT` on loopback or a private network, or `https://HOST:PORT` (its certificate checked against `ca_cert_path`, else the Mozilla roots)."#;
         api_key_file: r#"path"#,
             r#"unset"#,
             r#"A file holding a bouncer key (`cscli bouncers add mtguard -o raw`). With it, the guard follows the decision stream."#;
@@ -505,6 +505,18 @@ keys! {
         update_frequency: r#"duration"#,
             r#"`"10s"`"#,
             r#"Another name for `poll_interval`, the one CrowdSec's bouncers use; set one of the two."#;
+        ca_cert_path: r#"path"#,
+            r#"unset"#,
+            r#"With an `https` `lapi_url`: the PEM file of the CA that signed the Local API's certificate (CrowdSec's `api.server.tls` `cert_file`). Unset: the Mozilla roots. The certificate must name the URL's host."#;
+        cert_path: r#"path"#,
+            r#"unset"#,
+            r#"With an `https` `lapi_url`: a client certificate (PEM) to present; a Local API with TLS authentication accepts it instead of a bouncer key (OU in `bouncers_allowed_ou`) or a machine password (`agents_allowed_ou`). Needs `key_path`."#;
+        key_path: r#"path"#,
+            r#"unset"#,
+            r#"The private key (PEM) of `cert_path`."#;
+        insecure_skip_verify: r#"boolean"#,
+            r#"`false`"#,
+            r#"Accepted only as `false`, so bouncer configs carry over: the guard always verifies the Local API's certificate (set `ca_cert_path` for a private CA)."#;
     }
     /// The keys of `[kernel]`.
     kernel "[kernel]" {
@@ -685,6 +697,9 @@ mod default_tests {
                 "[crowdsec] password_file",
                 "[crowdsec] api_url",
                 "[crowdsec] api_key",
+                "[crowdsec] ca_cert_path",
+                "[crowdsec] cert_path",
+                "[crowdsec] key_path",
             ]
         );
     }

@@ -263,6 +263,22 @@ pub struct CrowdsecConfig {
     pub machine_id: Option<String>,
     /// File holding that machine's password.
     pub password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed an `https` Local API's certificate;
+    /// without it, the Mozilla roots.
+    pub ca_cert_path: Option<PathBuf>,
+    /// Client certificate and key (PEM) presented to an `https` Local API,
+    /// which accepts them instead of a bouncer key or a machine password
+    /// when its TLS authentication is on.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// `[crowdsec] cert_path` and `key_path`, which go together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The certificate chain, PEM.
+    pub cert_path: PathBuf,
+    /// Its private key, PEM.
+    pub key_path: PathBuf,
 }
 
 /// A bouncer key written inline; its `Debug` does not show it, so a

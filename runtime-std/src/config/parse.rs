@@ -78,6 +78,19 @@ struct RawCrowdsec {
     api_url: Option<Spanned<String>>,
     api_key: Option<Spanned<String>>,
     update_frequency: Option<Spanned<DurationText>>,
+    ca_cert_path: Option<Spanned<String>>,
+    cert_path: Option<Spanned<String>>,
+    key_path: Option<Spanned<String>>,
+    insecure_skip_verify: Option<Spanned<bool>>,
+}
+
+/// `[crowdsec]`'s TLS keys, borrowed from the raw table whose URL keys
+/// have already been taken.
+struct CrowdsecTls<'a> {
+    ca_cert_path: &'a Option<Spanned<String>>,
+    cert_path: &'a Option<Spanned<String>>,
+    key_path: &'a Option<Spanned<String>>,
+    insecure_skip_verify: &'a Option<Spanned<bool>>,
 }
 
 /// One of a key and its other name, with the path of the one written
@@ -535,16 +548,17 @@ impl Parse<'_> {
         self.note(key, &url.span());
         self.note(k::crowdsec::lapi_url.path(), &url.span());
         let text = url.get_ref().trim_end_matches('/');
-        if text.starts_with("https://") {
-            // The HTTP client carries no root certificates (no CA file key
-            // yet), so TLS to the Local API could never verify.
-            let m = "https is not supported yet: use http:// on loopback or a private network";
-            return Err(self.error(&url.span(), key, m));
-        }
-        match text.strip_prefix("http://") {
+        let (https, host) = match text.strip_prefix("https://") {
+            Some(host) => (true, Some(host)),
+            None => (false, text.strip_prefix("http://")),
+        };
+        match host {
             Some(host) if !host.is_empty() && !host.contains(['/', '?', '#', ' ']) => {}
             _ => {
-                let m = format!("invalid URL {:?}: expected http://HOST:PORT", url.get_ref());
+                let m = format!(
+                    "invalid URL {:?}: expected http://HOST:PORT or https://HOST:PORT",
+                    url.get_ref()
+                );
                 return Err(self.error(&url.span(), key, m));
             }
         }
@@ -555,7 +569,16 @@ impl Parse<'_> {
             poll_interval: super::keys::default::POLL_INTERVAL,
             machine_id: None,
             password_file: None,
+            ca_cert_path: None,
+            client_cert: None,
         };
+        let tls = CrowdsecTls {
+            ca_cert_path: &raw.ca_cert_path,
+            cert_path: &raw.cert_path,
+            key_path: &raw.key_path,
+            insecure_skip_verify: &raw.insecure_skip_verify,
+        };
+        self.crowdsec_tls(&tls, https, &mut out)?;
         if let Some(file) = &raw.api_key_file {
             let key = k::crowdsec::api_key_file.path();
             self.note(key, &file.span());
@@ -607,12 +630,69 @@ impl Parse<'_> {
             let m = "a password needs [crowdsec] machine_id too";
             return Err(self.error(&file.span(), k::crowdsec::password_file.path(), m));
         }
-        if out.api_key_file.is_none() && out.api_key.is_none() && out.machine_id.is_none() {
-            let m = "set api_key_file or api_key (to pull decisions), machine_id and \
-                     password_file (to report detections), or both";
+        if out.api_key_file.is_none()
+            && out.api_key.is_none()
+            && out.client_cert.is_none()
+            && out.machine_id.is_none()
+        {
+            let m = "set api_key_file, api_key or cert_path and key_path (to pull decisions), \
+                     machine_id and password_file (to report detections), or both";
             return Err(self.error(&table_span, k::crowdsec::TABLE, m));
         }
         Ok(out)
+    }
+
+    /// `[crowdsec]`'s TLS keys: only with an `https` URL, the certificate
+    /// and its key together, and verification never off.
+    fn crowdsec_tls(
+        &mut self,
+        raw: &CrowdsecTls<'_>,
+        https: bool,
+        out: &mut CrowdsecConfig,
+    ) -> Result<(), ConfigError> {
+        if let Some(skip) = raw.insecure_skip_verify {
+            let key = k::crowdsec::insecure_skip_verify.path();
+            self.note(key, &skip.span());
+            if *skip.get_ref() {
+                let m = "the guard always verifies the Local API's certificate: \
+                         set ca_cert_path to the CA that signed it instead";
+                return Err(self.error(&skip.span(), key, m));
+            }
+        }
+        let tls_keys = [
+            (raw.ca_cert_path, k::crowdsec::ca_cert_path.path()),
+            (raw.cert_path, k::crowdsec::cert_path.path()),
+            (raw.key_path, k::crowdsec::key_path.path()),
+        ];
+        for (value, key) in tls_keys {
+            let Some(value) = value else { continue };
+            if !https {
+                let m = "only for an https:// lapi_url: over http there is no certificate to check or present";
+                return Err(self.error(&value.span(), key, m));
+            }
+            self.note(key, &value.span());
+        }
+        if let Some(ca) = raw.ca_cert_path {
+            out.ca_cert_path = Some(self.path(ca, k::crowdsec::ca_cert_path.path())?);
+        }
+        match (raw.cert_path, raw.key_path) {
+            (Some(cert), Some(key)) => {
+                out.client_cert = Some(super::ClientCert {
+                    cert_path: self.path(cert, k::crowdsec::cert_path.path())?,
+                    key_path: self.path(key, k::crowdsec::key_path.path())?,
+                });
+            }
+            (Some(cert), None) => {
+                let m = "a client certificate needs [crowdsec] key_path too";
+                return Err(self.error(&cert.span(), k::crowdsec::cert_path.path(), m));
+            }
+            (None, Some(key)) => {
+                let m = "a client key needs [crowdsec] cert_path too";
+                return Err(self.error(&key.span(), k::crowdsec::key_path.path(), m));
+            }
+            (None, None) => {}
+        }
+        Ok(())
     }
 
     fn backend_tls(

@@ -228,7 +228,7 @@ async fn download(
 
 /// An error and its sources on one line: reqwest's own message alone says
 /// only "error sending request".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

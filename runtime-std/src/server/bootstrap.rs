@@ -283,6 +283,11 @@ impl Plan {
                 Some(Arc::new(set))
             }
         };
+        if let Some(crowdsec) = &config.crowdsec {
+            // Reads the Local API's CA and the client certificate, so a bad
+            // file fails check-config as it would fail the start.
+            crate::fleet::crowdsec::http_client(crowdsec)?;
+        }
         let previous = node.and_then(|n| n.mtproto.clone());
         let mtproto = mtproto_state(&config, keyring.token.as_ref(), previous.as_ref())?;
         let mut restart_only = Vec::new();

@@ -30,7 +30,8 @@ pub(super) struct Bouncer {
     pub(super) telemetry: Arc<Telemetry>,
     pub(super) client: reqwest::Client,
     pub(super) url: String,
-    pub(super) key: String,
+    /// The bouncer key; `None` when the client certificate stands for it.
+    pub(super) key: Option<String>,
     pub(super) poll: Duration,
     pub(super) ledger: Ledger,
 }
@@ -95,13 +96,14 @@ impl Bouncer {
             "{}v1/decisions/stream?startup={startup}&scopes=ip,range",
             self.url
         );
-        let mut response = self
-            .client
-            .get(&url)
-            .header("X-Api-Key", &self.key)
+        let mut request = self.client.get(&url);
+        if let Some(key) = &self.key {
+            request = request.header("X-Api-Key", key);
+        }
+        let mut response = request
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {url}: {}", crate::pinning::fetch::error_chain(&e)))?;
         let code = response.status();
         if !code.is_success() {
             return Err(format!("GET {url}: HTTP {code}"));

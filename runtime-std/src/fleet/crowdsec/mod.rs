@@ -25,6 +25,7 @@ use bouncer::Bouncer;
 use watcher::Watcher;
 
 use crate::unix_now;
+use anyhow::Context as _;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -77,12 +78,60 @@ fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
     Ok(secret.to_owned())
 }
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// The client every request to the Local API goes through. Over `https`
+/// it trusts `ca_cert_path` alone when set (a private CA, as CrowdSec's own
+/// TLS setup makes), else the Mozilla roots, and presents the client
+/// certificate when one is set. The files are read here, so a missing or
+/// malformed one stops the start and `check-config`, naming its key.
+pub fn http_client(config: &CrowdsecConfig) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
         .user_agent(concat!("mtguard/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+        // Every request goes to the one configured server: a redirect
+        // elsewhere would carry the bouncer key or the machine's token.
+        .redirect(reqwest::redirect::Policy::none());
+    if config.lapi_url.starts_with("https://") {
+        builder = builder
+            .https_only(true)
+            .use_preconfigured_tls(tls_config(config)?);
+    }
+    Ok(builder.build()?)
+}
+
+/// The rustls config of an `https` Local API: the same roots rule as the
+/// pinned backends (`ca_cert_path`, else the Mozilla roots compiled in) and
+/// ring as the provider, with the client certificate when one is set.
+fn tls_config(config: &CrowdsecConfig) -> anyhow::Result<rustls::ClientConfig> {
+    use crate::pinning::verifier;
+    use rustls::pki_types::pem::PemObject as _;
+    let roots =
+        verifier::roots(config.ca_cert_path.as_deref()).context("[crowdsec] ca_cert_path")?;
+    let builder = rustls::ClientConfig::builder_with_provider(verifier::provider())
+        .with_safe_default_protocol_versions()
+        .context("the ring provider supports the default protocol versions")?
+        .with_root_certificates(roots);
+    let mut tls = match &config.client_cert {
+        None => builder.with_no_client_auth(),
+        Some(client) => {
+            let chain = verifier::load_certs(&client.cert_path).context("[crowdsec] cert_path")?;
+            let key =
+                rustls::pki_types::PrivateKeyDer::from_pem_file(&client.key_path).map_err(|e| {
+                    anyhow::anyhow!("[crowdsec] key_path: {}: {e}", client.key_path.display())
+                })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                anyhow::anyhow!(
+                    "[crowdsec] cert_path and key_path: {} does not go with {}: {e}",
+                    client.cert_path.display(),
+                    client.key_path.display()
+                )
+            })?
+        }
+    };
+    // reqwest speaks HTTP/1.1 here (no http2 feature); say so in ALPN as
+    // its own rustls setup would.
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 /// Starts what `config` asks for: reads the secrets now (a missing file is
@@ -92,14 +141,16 @@ pub fn start(
     node: &Arc<Handles>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let client = http_client()?;
+    let client = http_client(config)?;
     let status = &node.telemetry.crowdsec;
     let key = match (&config.api_key_file, &config.api_key) {
         (Some(file), _) => Some(read_secret(file, "api_key_file")?),
         (None, Some(inline)) => Some(inline.0.clone()),
         (None, None) => None,
     };
-    if let Some(key) = key {
+    // A client certificate authenticates the bouncer on its own when the
+    // Local API's TLS authentication is on.
+    if key.is_some() || config.client_cert.is_some() {
         status.bouncer.store(true, Ordering::Relaxed);
         let bouncer = Bouncer {
             guard: node.guard.clone(),

@@ -195,7 +195,7 @@ impl Watcher {
             }))
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| format!("POST {url}: {}", crate::pinning::fetch::error_chain(&e)))?;
         let code = response.status();
         if !code.is_success() {
             return Err(format!(
@@ -228,7 +228,7 @@ impl Watcher {
                 .json(alerts)
                 .send()
                 .await
-                .map_err(|e| format!("POST {url}: {e}"))?;
+                .map_err(|e| format!("POST {url}: {}", crate::pinning::fetch::error_chain(&e)))?;
             let code = response.status();
             if code == reqwest::StatusCode::UNAUTHORIZED || code == reqwest::StatusCode::FORBIDDEN {
                 // The JWT expired: log in again once.
@@ -265,7 +265,7 @@ mod tests {
         let watcher = Watcher {
             guard: guard.clone(),
             telemetry: Arc::new(Telemetry::default()),
-            client: http_client().unwrap(),
+            client: reqwest::Client::new(),
             url: "http://127.0.0.1:1/".into(),
             machine: "m".into(),
             password: "p".into(),
