@@ -13,6 +13,9 @@ root=$PWD
 
 aarch64=1
 image=1
+# CI builds x86_64 only (a second musl release build does not fit its time
+# budget); the packaging tests are run then without their aarch64 one.
+[ "${MTGUARD_PACKAGING_NO_AARCH64:-}" = 1 ] && aarch64=0
 for arg in "$@"; do
     case "$arg" in
     --no-aarch64) aarch64=0 ;;
@@ -102,6 +105,8 @@ stage_binary() {
     cp README.md LICENSE-MIT LICENSE-APACHE runtime-std/dist/mtguard.example.toml \
         runtime-std/dist/mtguard.service runtime-std/dist/mtguard.nft \
         runtime-std/dist/mtguard-grafana.json runtime-std/dist/mtguard-alerts.yml "$dist/$name/"
+    mkdir -p "$dist/$name/crowdsec"
+    cp runtime-std/dist/crowdsec/*.yaml "$dist/$name/crowdsec/"
     # Fixed owners, order and times, so the same binary gives the same
     # tarball byte for byte.
     tar -C "$dist" --owner=0 --group=0 --numeric-owner --sort=name \

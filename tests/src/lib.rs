@@ -592,3 +592,22 @@ pub fn openssl_spki_pin(cert: &Path) -> String {
     assert!(out.status.success());
     format!("sha256/{}", String::from_utf8(out.stdout).unwrap().trim())
 }
+
+/// Bytes from a hex string (the test vectors' notation).
+pub fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The header of the obfuscated2 vector `name`, made by Telethon's MTProxy
+/// client (core/tests/vectors/obfuscated2.txt).
+pub fn obfuscated2_vector(name: &str) -> Vec<u8> {
+    const VECTORS: &str = include_str!("../../core/tests/vectors/obfuscated2.txt");
+    let line = VECTORS
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .unwrap_or_else(|| panic!("no obfuscated2 vector {name}"));
+    hex(line.split(' ').nth(3).unwrap())
+}

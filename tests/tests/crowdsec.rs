@@ -926,3 +926,223 @@ fn check_config_reads_the_local_api_tls_files() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&pki.path("bouncer.pem")), "{stdout}");
 }
+
+/// The shipped CrowdSec parser and scenarios (runtime-std/dist/crowdsec)
+/// read mtguard's real log lines: a guard run with `--log-format json`
+/// detects a replay and a scanner and blocks both; its lines, as the
+/// journal's short output gives them to CrowdSec (`acquis.yaml`: type
+/// syslog), go through `cscli explain` with Debian's syslog-logs parser in
+/// front. Each detection is parsed with the client's range and overflows
+/// its scenario; a line of another program is left alone.
+#[test]
+fn crowdsecs_own_parser_and_scenarios_read_mtguards_real_log_lines() {
+    let mut lapi = Lapi::new();
+    lapi.start();
+    let d = lapi.dir.path();
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime-std/dist/crowdsec");
+    let hub = lapi
+        .root
+        .join("usr/share/crowdsec/hub/parsers/s00-raw/crowdsecurity");
+    for sub in ["parsers/s00-raw", "parsers/s01-parse", "scenarios"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let copy = |from: &Path, to: &str| {
+        std::fs::copy(from, d.join(to)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    };
+    // The agent reads the hub's index even for local files; the package's
+    // offline copy serves.
+    copy(
+        &lapi.root.join("usr/share/crowdsec/hub/.index.json"),
+        "hub/.index.json",
+    );
+    copy(
+        &hub.join("syslog-logs.yaml"),
+        "parsers/s00-raw/syslog-logs.yaml",
+    );
+    copy(
+        &dist.join("mtguard-logs.yaml"),
+        "parsers/s01-parse/mtguard-logs.yaml",
+    );
+    copy(
+        &dist.join("mtguard-scenarios.yaml"),
+        "scenarios/mtguard-scenarios.yaml",
+    );
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(lapi.root.join("etc/crowdsec/patterns"))
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The acquisition file is YAML CrowdSec reads for a journal source.
+    let acquis = std::fs::read_to_string(dist.join("acquis.yaml")).unwrap();
+    assert!(acquis.contains("source: journalctl") && acquis.contains("type: syslog"));
+
+    // A real guard's JSON lines.
+    let backend = EchoBackend::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = dir.path().join("mtguard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "level = 2\n[server]\nlisten = [\"{listen}\"]\nbackend = \"{}\"\n\
+             [limits]\nscanner_failures = 3\nblock_jitter_permille = 0\nattack_enter_per_second = 0\n\
+             [state]\ndir = \"{}\"\n[mtproto]\nsecrets = [\"{CLASSIC}\"]\n",
+            backend.addr,
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let guard = Server::start(
+        &["--log-format", "json", "--config", config.to_str().unwrap()],
+        "guarding",
+    )
+    .unwrap();
+    let header = mtguard_tests::obfuscated2_vector("classic-intermediate");
+    let mut client = connect_from(ip(71), listen).unwrap();
+    client.write_all(&header).unwrap();
+    // The echo proves the first header was judged and relayed before the
+    // replay arrives.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.read_exact(&mut [0u8; 64]).unwrap();
+    let replayer = ip(72);
+    if let Ok(mut s) = connect_from(replayer, listen) {
+        let _ = s.write_all(&header);
+        let _ = s.read(&mut [0u8; 8]);
+    }
+    let scanner = ip(73);
+    for _ in 0..3 {
+        if let Ok(mut s) = connect_from(scanner, listen) {
+            let _ = s.write_all(&[0x42; 64]);
+            let _ = s.read(&mut [0u8; 8]);
+        }
+    }
+    wait_until("both detections to be logged", DEADLINE, || {
+        guard.logged("replayed handshake detected")
+            && guard.logged("scanner detected")
+            && guard.log_text().matches("client blocked").count() >= 2
+    });
+    let detections: Vec<String> = guard
+        .log_text()
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"client\":"))
+        .map(str::to_owned)
+        .collect();
+    assert!(detections.len() >= 4, "{detections:#?}");
+    for line in &detections {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(v["fields"]["client"].is_string(), "{line}");
+    }
+    // As `journalctl -o short` prints them; then the replay line as an IPv6
+    // client's would read (mtguard logs IPv6 clients as their prefix, and
+    // loopback has no IPv6 sources to spare), and one line of another
+    // program.
+    let mut syslog: String = detections
+        .iter()
+        .map(|l| format!("Dec  2 18:50:01 guard1 mtguard[4242]: {l}\n"))
+        .collect();
+    let replay_line = detections
+        .iter()
+        .find(|l| l.contains("replayed handshake detected"))
+        .unwrap();
+    syslog.push_str(&format!(
+        "Dec  2 18:50:01 guard1 mtguard[4242]: {}\n",
+        replay_line.replace(&format!("\"{replayer}\""), "\"2001:db8:7:1::/64\"")
+    ));
+    syslog.push_str(
+        "Dec  2 18:50:02 guard1 sshd[99]: {\"fields\":{\"message\":\"client blocked\",\"client\":\"127.10.0.99\"}}\n",
+    );
+    let lines = d.join("mtguard.log");
+    std::fs::write(&lines, &syslog).unwrap();
+
+    let path = format!(
+        "{}:{}",
+        lapi.root.join("usr/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The Local API runs without the agent; explain runs the agent on the
+    // same config with an agent section (and no sources of its own).
+    let explain_config = d.join("explain.yaml");
+    std::fs::write(d.join("acquis-none.yaml"), "").unwrap();
+    std::fs::write(
+        &explain_config,
+        std::fs::read_to_string(lapi.config()).unwrap()
+            + &format!(
+                "crowdsec_service:\n  acquisition_path: {}\n  parser_routines: 1\n",
+                d.join("acquis-none.yaml").display()
+            ),
+    )
+    .unwrap();
+    let out = Command::new(lapi.root.join("usr/bin/cscli"))
+        .arg("-c")
+        .arg(&explain_config)
+        .args(["explain", "--type", "syslog", "-v", "--file"])
+        .arg(&lines)
+        .env("PATH", path)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cscli explain: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blocks: Vec<&str> = text
+        .split("line: ")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
+    // The block of the detection (not the block line) naming `client`.
+    let detection = |client: &str| {
+        blocks
+            .iter()
+            .find(|b| {
+                b.contains(&format!("\"client\":\"{client}\"")) && !b.contains("\"client blocked\"")
+            })
+            .copied()
+            .unwrap_or_else(|| panic!("no detection of {client}: {text}"))
+    };
+    for (client, range, scenario) in [
+        (
+            replayer.to_string(),
+            format!("{replayer}/32"),
+            "mtguard/replayed-handshake",
+        ),
+        (
+            scanner.to_string(),
+            format!("{scanner}/32"),
+            "mtguard/scanner",
+        ),
+        (
+            "2001:db8:7:1::/64".to_owned(),
+            "2001:db8:7:1::/64".to_owned(),
+            "mtguard/replayed-handshake",
+        ),
+    ] {
+        let block = detection(&client);
+        assert!(block.contains("🟢 mtguard/mtguard-logs"), "{block}");
+        assert!(
+            block.contains(&format!("evt.Meta.source_range : {range}\n")),
+            "{block}"
+        );
+        let scenarios = block.split("Scenarios").nth(1).unwrap_or_default();
+        assert!(scenarios.contains(&format!("🟢 {scenario}")), "{block}");
+    }
+    // Each block line goes to the repeat-offender bucket with its cause.
+    let block_lines: Vec<&&str> = blocks
+        .iter()
+        .filter(|b| b.contains("mtguard[4242]") && b.contains("\"client blocked\""))
+        .collect();
+    assert_eq!(block_lines.len(), 2, "{text}");
+    for b in block_lines {
+        assert!(b.contains("evt.Meta.log_type : mtguard_block"), "{b}");
+        assert!(b.contains("🟢 mtguard/repeat-offender"), "{b}");
+    }
+    // Another program's line is never read as mtguard's.
+    for b in blocks.iter().filter(|b| b.contains("sshd[99]")) {
+        assert!(!b.contains("🟢 mtguard/"), "{b}");
+    }
+}

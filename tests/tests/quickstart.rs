@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use mtguard_core::mtproto::{KeyOps, Secret, SecretSet};
 use mtguard_tests::{connect_from, free_port, http_request, mtguard_bin, unix_now, Server};
 
-const OBFS2_VECTORS: &str = include_str!("../../core/tests/vectors/obfuscated2.txt");
 const FAKE_TLS_VECTORS: &str = include_str!("../../core/tests/vectors/fake_tls.txt");
 /// The fake-TLS secret of the quick start and of the vectors.
 const EE: &str = "ee0123456789abcdef0123456789abcdef7777772e6578616d706c652e636f6d";
@@ -40,22 +39,6 @@ sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 "#;
 
-fn hex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// The header of the Telethon vector `name` of obfuscated2.txt.
-fn obfs2_vector(name: &str) -> Vec<u8> {
-    let line = OBFS2_VECTORS
-        .lines()
-        .find(|l| l.split(' ').next() == Some(name))
-        .unwrap();
-    hex(line.split(' ').nth(3).unwrap())
-}
-
 /// The 517-byte ClientHello of fake_tls.txt (a real client's layout),
 /// stamped anew with the current time: both the guard and the proxy check
 /// the timestamp, and the committed one lies in the future.
@@ -64,7 +47,7 @@ fn fake_tls_hello() -> Vec<u8> {
         .lines()
         .find(|l| l.starts_with("valid-517 "))
         .unwrap();
-    let mut record = hex(line.split(' ').nth(4).unwrap());
+    let mut record = mtguard_tests::hex(line.split(' ').nth(4).unwrap());
     assert_eq!(record.len(), 517);
     record[11..43].fill(0);
     let digest = secret_set().fake_tls_hmac(0, &[&record]).unwrap();
@@ -332,7 +315,8 @@ fn the_mtprotoproxy_quick_start_guards_the_real_proxy() {
     // it through, and behind a PROXY protocol v2 header the proxy accepts
     // it as user "tg".
     let mut dd = client(1, guard_addr);
-    dd.write_all(&obfs2_vector("dd-padded")).unwrap();
+    dd.write_all(&mtguard_tests::obfuscated2_vector("dd-padded"))
+        .unwrap();
     proxy.wait_connects(1);
 
     // A fake-TLS client: the proxy answers with its ServerHello, whose
@@ -356,7 +340,7 @@ fn the_mtprotoproxy_quick_start_guards_the_real_proxy() {
     let mut inner = vec![
         0x14, 0x03, 0x03, 0x00, 0x01, 0x01, 0x17, 0x03, 0x03, 0x00, 0x40,
     ];
-    inner.extend_from_slice(&obfs2_vector("dd-padded-media"));
+    inner.extend_from_slice(&mtguard_tests::obfuscated2_vector("dd-padded-media"));
     tls.write_all(&inner).unwrap();
     proxy.wait_connects(2);
 
@@ -383,7 +367,8 @@ fn the_mtprotoproxy_quick_start_guards_the_real_proxy() {
     // One more valid client after them: once the proxy counted it, it has
     // seen every connection made before it.
     let mut last = client(5, guard_addr);
-    last.write_all(&obfs2_vector("classic-padded")).unwrap();
+    last.write_all(&mtguard_tests::obfuscated2_vector("classic-padded"))
+        .unwrap();
     proxy.wait_connects(3);
     let log = proxy.text();
     assert_eq!(
