@@ -13,9 +13,6 @@ root=$PWD
 
 aarch64=1
 image=1
-# CI builds x86_64 only (a second musl release build does not fit its time
-# budget); the packaging tests are run then without their aarch64 one.
-[ "${MTGUARD_PACKAGING_NO_AARCH64:-}" = 1 ] && aarch64=0
 for arg in "$@"; do
     case "$arg" in
     --no-aarch64) aarch64=0 ;;

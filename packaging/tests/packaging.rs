@@ -176,8 +176,7 @@ fn static_binaries_load_no_library_and_run() {
 }
 
 /// The aarch64 build: static, and under user-mode emulation it starts and
-/// parses a config. CI leaves it out (`packaging/check.sh --no-aarch64`:
-/// one musl release build is what its time budget takes).
+/// parses a config.
 #[test]
 fn the_aarch64_binary_is_static_and_runs_under_emulation() {
     let dist = artifacts();
