@@ -218,7 +218,7 @@ fn the_example_documents_every_levels_preset_truly() {
         comment.clear();
         checked += 1;
     }
-    assert_eq!(checked, 22);
+    assert_eq!(checked, 26);
 }
 
 #[test]
@@ -313,6 +313,34 @@ fn overrides_apply_one_by_one_over_the_preset() {
             "attack_enter_per_second = 0",
             Policy {
                 attack_enter_per_second: None,
+                ..base
+            },
+        ),
+        (
+            "max_connections_per_network = 300",
+            Policy {
+                max_connections_per_network: 300,
+                ..base
+            },
+        ),
+        (
+            "max_new_connections_per_network = 900",
+            Policy {
+                max_new_connections_per_network: 900,
+                ..base
+            },
+        ),
+        (
+            "network_prefix_v4 = 20",
+            Policy {
+                network_prefix_v4: 20,
+                ..base
+            },
+        ),
+        (
+            "network_prefix_v6 = 40",
+            Policy {
+                network_prefix_v6: 40,
                 ..base
             },
         ),
