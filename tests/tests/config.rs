@@ -436,7 +436,7 @@ fn overrides_apply_one_by_one_over_the_preset() {
             .skip_while(|l| l.trim() != "[limits]")
             .skip(1)
             .collect();
-        assert_eq!(rows.len(), 22, "{described}");
+        assert_eq!(rows.len(), 26, "{described}");
         for row in rows {
             let from_file = row.trim_start().starts_with(&format!("{key} "));
             let origin = if from_file {
