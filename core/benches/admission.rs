@@ -1,6 +1,7 @@
 //! Admission cost on a full server-sized table, side by side with governor's
-//! keyed rate limiter fed the same address stream; and the cost of the
-//! pending → authenticated transition a valid handshake adds.
+//! keyed rate limiter fed the same address stream; the cost of the
+//! pending → authenticated transition a valid handshake adds; and the same
+//! admissions with the network tier on (issue 17).
 //!
 //! Run: `cargo bench -p mtguard-core --bench admission`. docs/core.md reports
 //! the figures as ns/op and as the ratio mtguard / governor.
@@ -16,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use governor::{Quota, RateLimiter};
 use mtguard_core::cidr::CidrEntry;
 use mtguard_core::storage::{Borrowed, Tables};
-use mtguard_core::table::{ClientSlot, ConnSlot};
+use mtguard_core::table::{ClientSlot, ConnSlot, NetworkSlot};
 use mtguard_core::{Instant, Level, Policy, SecurityManager, Seed, Verdict};
 
 const CLIENTS: usize = 65_536;
@@ -37,6 +38,8 @@ struct Memory {
     conns: Vec<ConnSlot>,
     allow: Vec<CidrEntry>,
     deny: Vec<CidrEntry>,
+    networks: Vec<NetworkSlot>,
+    network_buckets: Vec<u32>,
 }
 
 impl Memory {
@@ -47,20 +50,31 @@ impl Memory {
             conns: vec![ConnSlot::EMPTY; 4_096],
             allow: vec![CidrEntry::EMPTY; 16],
             deny: vec![CidrEntry::EMPTY; 16],
+            // As many as clients: the server preset's proportion.
+            networks: vec![NetworkSlot::EMPTY; CLIENTS],
+            network_buckets: vec![u32::MAX; CLIENTS],
         }
     }
 
-    fn guard(&mut self) -> SecurityManager<Borrowed<'_>> {
+    /// Level 1 without its rate limits; with `network_tier`, limits per
+    /// /24 that every network of the stream stays under.
+    fn guard(&mut self, network_tier: bool) -> SecurityManager<Borrowed<'_>> {
         let mut p = Policy::for_level(Level::Standard);
         p.global_max_new_per_second = u32::MAX;
         p.max_new_connections_per_window = u16::MAX;
         p.attack_enter_per_second = None;
+        if network_tier {
+            p.max_connections_per_network = 500;
+            p.max_new_connections_per_network = u16::MAX;
+        }
         let tables = Tables {
             clients: &mut self.clients[..],
             buckets: &mut self.buckets[..],
             connections: &mut self.conns[..],
             allow: &mut self.allow[..],
             deny: &mut self.deny[..],
+            networks: &mut self.networks[..],
+            network_buckets: &mut self.network_buckets[..],
         };
         let seed = Seed {
             hash_key: *b"benchmark-key-16",
@@ -85,7 +99,7 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
 
     let mut mem = Memory::new();
-    let mut g = mem.guard();
+    let mut g = mem.guard(false);
     for ip in &known {
         admit_close(&mut g, Instant::from_millis(1), *ip);
     }
@@ -122,6 +136,41 @@ fn bench(c: &mut Criterion) {
             admit_close(&mut g, Instant::from_millis(ms / 64), black_box(fresh[j]));
         })
     });
+    drop(g);
+
+    // The same streams with the network tier on: a second SipHash and a
+    // second slot per admission.
+    let mut mem = Memory::new();
+    let mut g = mem.guard(true);
+    for ip in &known {
+        admit_close(&mut g, Instant::from_millis(1), *ip);
+    }
+    assert_eq!(g.tracked_clients() as usize, CLIENTS);
+    assert!(g.tracked_networks() > 30_000, "{}", g.tracked_networks());
+    group.bench_function(
+        "mtguard admit+close, full table, known clients, network tier on",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % known.len();
+                ms += 1;
+                admit_close(&mut g, Instant::from_millis(ms / 64), black_box(known[i]));
+            })
+        },
+    );
+    group.bench_function(
+        "mtguard admit+close, full table, new client evicts, network tier on",
+        |b| {
+            b.iter(|| {
+                j = (j + 1) % fresh.len();
+                admit_close(&mut g, Instant::from_millis(ms / 64), black_box(fresh[j]));
+            })
+        },
+    );
+    assert_eq!(
+        g.stats().rejected.iter().sum::<u64>(),
+        0,
+        "every admission of the bench is admitted"
+    );
     drop(g);
 
     let quota = Quota::per_minute(NonZeroU32::new(u32::from(u16::MAX)).unwrap());

@@ -66,11 +66,23 @@ pub enum RejectReason {
     /// ([`crate::Policy::max_authenticated_per_client`]). Never a violation:
     /// only a client with authenticated connections meets it.
     AuthenticatedLimit = 8,
+    /// The client's network (its IPv4 /24 or IPv6 /48 by default) holds its
+    /// maximum of connections that are not authenticated
+    /// ([`crate::Policy::max_connections_per_network`]). Not a violation
+    /// of the client: the network tier refuses, it never blocks.
+    NetworkConnections = 9,
+    /// The client's network opened too many connections within the rate
+    /// window ([`crate::Policy::max_new_connections_per_network`]). Not a
+    /// violation either.
+    NetworkRate = 10,
+    /// The network table is full of networks with live connections; new
+    /// networks are refused, known ones are served.
+    NetworkTableFull = 11,
 }
 
 impl RejectReason {
     /// Every reason, in counter order.
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::Denylisted,
         RejectReason::Blocked,
         RejectReason::TooManyConnections,
@@ -80,6 +92,9 @@ impl RejectReason {
         RejectReason::ClientTableFull,
         RejectReason::ConnectionTableFull,
         RejectReason::AuthenticatedLimit,
+        RejectReason::NetworkConnections,
+        RejectReason::NetworkRate,
+        RejectReason::NetworkTableFull,
     ];
 
     /// A stable snake_case name, used as a metrics label.
@@ -94,6 +109,9 @@ impl RejectReason {
             RejectReason::ClientTableFull => "client_table_full",
             RejectReason::ConnectionTableFull => "connection_table_full",
             RejectReason::AuthenticatedLimit => "authenticated_limit",
+            RejectReason::NetworkConnections => "network_connections",
+            RejectReason::NetworkRate => "network_rate",
+            RejectReason::NetworkTableFull => "network_table_full",
         }
     }
 }
@@ -246,6 +264,9 @@ pub enum Event {
     /// The client table is full of clients that cannot be evicted; new
     /// clients are being refused. Emitted once per episode.
     ClientTableFull,
+    /// The network table is full of networks with live connections; new
+    /// networks are being refused. Emitted once per episode.
+    NetworkTableFull,
     /// A presented certificate chain matched no unexpired pin.
     PinMismatch,
 }

@@ -56,7 +56,9 @@ pub use addr::ClientKey;
 pub use event::{
     BlockCause, ConnectionId, Event, HandshakeOutcome, RejectReason, UnblockCause, Verdict,
 };
-pub use manager::{Authentication, CapRefusal, ClientInfo, SecurityManager, Seed, Stats};
+pub use manager::{
+    Authentication, CapRefusal, ClientInfo, NetworkInfo, SecurityManager, Seed, Stats,
+};
 pub use policy::{Level, Policy};
 pub use storage::{AppliancePreset, ServerPreset, Storage, Tables};
 pub use time::Instant;

@@ -111,8 +111,28 @@ pub struct Policy {
     pub attack_exit_per_second: u32,
     /// How long the rate must stay below the exit threshold.
     pub attack_cooldown: Duration,
-    /// Under attack, per-client limits are scaled to this percentage.
+    /// Under attack, per-client limits are scaled to this percentage (the
+    /// per-network ones too).
     pub attack_limit_percent: u8,
+    /// Concurrent connections that are not authenticated (pending, or
+    /// judged without a secret) one network may hold, across all its
+    /// clients; 0 is off. A network is the IPv4 prefix of
+    /// [`Policy::network_prefix_v4`] bits or the IPv6 prefix of
+    /// [`Policy::network_prefix_v6`] bits. Authenticated connections are
+    /// not counted, as they are not against
+    /// [`Policy::max_connections_per_client`]: a carrier's /24 is full of
+    /// real users, and only strangers are what this tier bounds. Its
+    /// refusals are not violations: they never block anyone.
+    pub max_connections_per_network: u32,
+    /// New connections one network may open per rate window; 0 is off.
+    /// A connection that authenticates is refunded, as at the client tier.
+    pub max_new_connections_per_network: u16,
+    /// Length of the IPv4 prefix a network is, 1–32.
+    pub network_prefix_v4: u8,
+    /// Length of the IPv6 prefix a network is, 1–64; when longer than
+    /// [`Policy::ipv6_prefix`], that is used instead (a network never
+    /// splits a client).
+    pub network_prefix_v6: u8,
 }
 
 impl Default for Policy {
@@ -152,6 +172,10 @@ impl Policy {
                 attack_exit_per_second: 0,
                 attack_cooldown: s(30),
                 attack_limit_percent: 100,
+                max_connections_per_network: 0,
+                max_new_connections_per_network: 0,
+                network_prefix_v4: 24,
+                network_prefix_v6: 48,
             },
             Level::Standard => Policy {
                 level,
@@ -177,6 +201,10 @@ impl Policy {
                 attack_exit_per_second: 1_000,
                 attack_cooldown: s(30),
                 attack_limit_percent: 50,
+                max_connections_per_network: 0,
+                max_new_connections_per_network: 0,
+                network_prefix_v4: 24,
+                network_prefix_v6: 48,
             },
             Level::High => Policy {
                 level,
@@ -202,6 +230,10 @@ impl Policy {
                 attack_exit_per_second: 500,
                 attack_cooldown: s(60),
                 attack_limit_percent: 25,
+                max_connections_per_network: 500,
+                max_new_connections_per_network: 1_000,
+                network_prefix_v4: 24,
+                network_prefix_v6: 48,
             },
             Level::Maximum => Policy {
                 level,
@@ -227,6 +259,10 @@ impl Policy {
                 attack_exit_per_second: 250,
                 attack_cooldown: s(120),
                 attack_limit_percent: 25,
+                max_connections_per_network: 200,
+                max_new_connections_per_network: 400,
+                network_prefix_v4: 24,
+                network_prefix_v6: 48,
             },
         }
     }
@@ -296,7 +332,18 @@ impl Policy {
         if self.attack_limit_percent == 0 || self.attack_limit_percent > 100 {
             return fail("attack_limit_percent", "must be between 1 and 100");
         }
+        if self.network_prefix_v4 == 0 || self.network_prefix_v4 > 32 {
+            return fail("network_prefix_v4", "must be between 1 and 32");
+        }
+        if self.network_prefix_v6 == 0 || self.network_prefix_v6 > 64 {
+            return fail("network_prefix_v6", "must be between 1 and 64");
+        }
         Ok(())
+    }
+
+    /// Whether the network tier is on: either of its limits is set.
+    pub fn network_tier(&self) -> bool {
+        self.max_connections_per_network != 0 || self.max_new_connections_per_network != 0
     }
 }
 
@@ -353,6 +400,23 @@ mod tests {
     }
 
     #[test]
+    fn the_network_tier_is_off_at_levels_0_and_1_and_tightens_from_2_to_3() {
+        let ps = [0, 1, 2, 3].map(|n| Policy::for_level(Level::from_number(n).unwrap()));
+        assert!(!ps[0].network_tier() && !ps[1].network_tier());
+        assert!(ps[2].network_tier() && ps[3].network_tier());
+        assert!(ps[3].max_connections_per_network < ps[2].max_connections_per_network);
+        assert!(ps[3].max_new_connections_per_network < ps[2].max_new_connections_per_network);
+        for p in &ps[2..] {
+            // A network holds many clients: its limits are several clients' worth.
+            assert!(p.max_connections_per_network >= 10 * u32::from(p.max_connections_per_client));
+            assert!(p.max_new_connections_per_network > p.max_new_connections_per_window);
+        }
+        for p in &ps {
+            assert_eq!((p.network_prefix_v4, p.network_prefix_v6), (24, 48));
+        }
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let broken = [
             Policy {
@@ -367,6 +431,14 @@ mod tests {
                 ipv6_prefix: 129,
                 ..Policy::default()
             },
+            Policy {
+                network_prefix_v4: 33,
+                ..Policy::default()
+            },
+            Policy {
+                network_prefix_v6: 65,
+                ..Policy::default()
+            },
         ];
         let fields = broken.map(|p| p.validate().unwrap_err().field);
         assert_eq!(
@@ -374,7 +446,9 @@ mod tests {
             [
                 "max_block_duration",
                 "attack_exit_per_second",
-                "ipv6_prefix"
+                "ipv6_prefix",
+                "network_prefix_v4",
+                "network_prefix_v6"
             ]
         );
     }

@@ -6,7 +6,7 @@ use core::time::Duration;
 
 use mtguard_core::cidr::{Cidr, CidrEntry, Origin};
 use mtguard_core::storage::{Borrowed, Inline, Tables};
-use mtguard_core::table::{ClientSlot, ConnSlot};
+use mtguard_core::table::{ClientSlot, ConnSlot, NetworkSlot};
 use mtguard_core::{
     BlockCause, ConnectionId, Event, HandshakeOutcome, Instant, Level, Policy, RejectReason,
     SecurityManager, Seed, UnblockCause, Verdict,
@@ -633,12 +633,16 @@ fn addresses_colliding_under_an_unkeyed_hash_still_cost_o1_each() {
     let mut conns = vec![ConnSlot::EMPTY; 1_024];
     let mut allow = vec![CidrEntry::EMPTY; 4];
     let mut deny = vec![CidrEntry::EMPTY; 4];
+    let mut networks = vec![NetworkSlot::EMPTY; 1_024];
+    let mut network_buckets = vec![u32::MAX; 1_024];
     let tables: Tables<Borrowed<'_>> = Tables {
         clients: &mut clients,
         buckets: &mut buckets,
         connections: &mut conns,
         allow: &mut allow,
         deny: &mut deny,
+        networks: &mut networks,
+        network_buckets: &mut network_buckets,
     };
     let mut p = quiet_policy();
     p.global_max_new_per_second = u32::MAX;
@@ -685,21 +689,34 @@ fn memory_is_a_number_we_can_state() {
     assert_eq!(size_of::<ClientSlot>(), 80);
     assert_eq!(size_of::<ConnSlot>(), 32);
     assert_eq!(size_of::<CidrEntry>(), 32);
+    assert_eq!(size_of::<NetworkSlot>(), 40);
     let fixed = size_of::<SecurityManager<Borrowed<'static>>>();
-    let tables = |clients: usize, conns: usize, prefixes: usize| {
+    let tables = |clients: usize, conns: usize, prefixes: usize, networks: usize| {
         clients * (size_of::<ClientSlot>() + size_of::<u32>())
             + conns * size_of::<ConnSlot>()
             + 2 * prefixes * size_of::<CidrEntry>()
+            + networks * (size_of::<NetworkSlot>() + size_of::<u32>())
     };
     let server = tables(
         ServerPreset::CLIENTS,
         ServerPreset::CONNECTIONS,
         ServerPreset::PREFIXES,
+        ServerPreset::NETWORKS,
     );
     let appliance = tables(
         AppliancePreset::CLIENTS,
         AppliancePreset::CONNECTIONS,
         AppliancePreset::PREFIXES,
+        AppliancePreset::NETWORKS,
+    );
+    // The network table is as long as the connection table (see
+    // `Tables::networks`): 44 bytes per connection slot more.
+    assert_eq!(ServerPreset::NETWORKS, ServerPreset::CONNECTIONS);
+    assert_eq!(AppliancePreset::NETWORKS, AppliancePreset::CONNECTIONS);
+    println!(
+        "network tier: server {} B, appliance {} B",
+        ServerPreset::NETWORKS * 44,
+        AppliancePreset::NETWORKS * 44
     );
     println!("engine without tables: {fixed} B");
     println!("server preset tables: {server} B");
@@ -708,8 +725,9 @@ fn memory_is_a_number_we_can_state() {
         "appliance engine inline: {} B",
         size_of::<SecurityManager<AppliancePreset>>()
     );
-    assert_eq!(server, 8_126_464);
-    assert_eq!(appliance, 110_592);
+    // 8,126,464 and 110,592 before the network tier (issue 17).
+    assert_eq!(server, 8_126_464 + 2_883_584);
+    assert_eq!(appliance, 110_592 + 11_264);
     assert!(fixed < 32 * 1024, "{fixed}");
     assert!(size_of::<SecurityManager<AppliancePreset>>() < appliance + 32 * 1024);
 }

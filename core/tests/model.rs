@@ -4,7 +4,8 @@
 //! `std` model written only for this test. Under capacity both must agree
 //! exactly; at capacity every eviction must follow the documented policy
 //! (an idle, unblocked client; clean ones before offenders; the least
-//! recently seen of its class).
+//! recently seen of its class). The network tier is drawn off or on with
+//! small limits, its table roomy or too small for the four networks.
 
 use mtguard_core::storage::Inline;
 use mtguard_core::{HandshakeOutcome, Instant, Policy, SecurityManager, Seed};
@@ -42,16 +43,31 @@ fn policy() -> impl Strategy<Value = Policy> {
         any::<bool>(),
         2u32..12,
         proptest::option::of(1_000u64..20_000),
-        (1u16..5, 1u8..=100),
+        (1u16..5, 1u8..=100, 0u32..6, 0u16..8),
     )
         .prop_map(
-            |(max_conn, max_new, viol, scan, slow, blocking, replay, global, hs, (auth, pct))| {
-                model::sharing(
-                    model::policy(
-                        max_conn, max_new, viol, scan, slow, blocking, replay, global, hs,
+            |(
+                max_conn,
+                max_new,
+                viol,
+                scan,
+                slow,
+                blocking,
+                replay,
+                global,
+                hs,
+                (auth, pct, net_conns, net_new),
+            )| {
+                model::networks(
+                    model::sharing(
+                        model::policy(
+                            max_conn, max_new, viol, scan, slow, blocking, replay, global, hs,
+                        ),
+                        auth,
+                        pct,
                     ),
-                    auth,
-                    pct,
+                    net_conns,
+                    net_new,
                 )
             },
         )
@@ -80,7 +96,9 @@ proptest! {
         p in policy(),
         ops in proptest::collection::vec(op(), 1..300),
     ) {
-        type Tight = Inline<3, 128, 4>;
+        // Two networks' room for four networks: the network table is full
+        // as often as the client table.
+        type Tight = Inline<3, 128, 4, 2>;
         let g = SecurityManager::<Tight>::new(Tight::tables(), p, SEED, Instant::ZERO).unwrap();
         run(g, p, 3, ops);
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use mtguard_core::cidr::{Cidr, CidrEntry, CidrSet, Origin};
 use mtguard_core::storage::ServerPreset;
-use mtguard_core::table::{ClientSlot, ConnSlot};
+use mtguard_core::table::{ClientSlot, ConnSlot, NetworkSlot};
 use mtguard_core::{
     Authentication, ConnectionId, Event, HandshakeOutcome, Instant, Policy, SecurityManager, Seed,
     Storage, Tables, Verdict,
@@ -30,6 +30,8 @@ impl Storage for Heap {
     type Buckets = Box<[u32]>;
     type Connections = Box<[ConnSlot]>;
     type Prefixes = Box<[CidrEntry]>;
+    type Networks = Box<[NetworkSlot]>;
+    type NetworkBuckets = Box<[u32]>;
 }
 
 /// Table sizes. The defaults are the core's server preset.
@@ -41,6 +43,8 @@ pub struct Capacity {
     pub connections: usize,
     /// Prefixes in each of the allow and deny lists.
     pub prefixes: usize,
+    /// Tracked networks (the network tier); as many as connections.
+    pub networks: usize,
 }
 
 impl Default for Capacity {
@@ -49,6 +53,7 @@ impl Default for Capacity {
             clients: ServerPreset::CLIENTS,
             connections: ServerPreset::CONNECTIONS,
             prefixes: ServerPreset::PREFIXES,
+            networks: ServerPreset::NETWORKS,
         }
     }
 }
@@ -59,6 +64,7 @@ impl Capacity {
         self.clients * (std::mem::size_of::<ClientSlot>() + 4)
             + self.connections * std::mem::size_of::<ConnSlot>()
             + 2 * self.prefixes * std::mem::size_of::<CidrEntry>()
+            + self.networks * (std::mem::size_of::<NetworkSlot>() + 4)
     }
 
     fn tables(&self) -> Tables<Heap> {
@@ -68,6 +74,8 @@ impl Capacity {
             connections: vec![ConnSlot::EMPTY; self.connections].into_boxed_slice(),
             allow: vec![CidrEntry::EMPTY; self.prefixes].into_boxed_slice(),
             deny: vec![CidrEntry::EMPTY; self.prefixes].into_boxed_slice(),
+            networks: vec![NetworkSlot::EMPTY; self.networks].into_boxed_slice(),
+            network_buckets: vec![u32::MAX; self.networks].into_boxed_slice(),
         }
     }
 }
@@ -150,6 +158,9 @@ impl EventSink for LogEvents {
             Event::AttackOver => tracing::info!("attack over: limits restored"),
             Event::ClientTableFull => tracing::error!(
                 "client table full of busy or blocked clients: refusing new clients"
+            ),
+            Event::NetworkTableFull => tracing::error!(
+                "network table full of networks with live connections: refusing new networks"
             ),
             Event::PinMismatch => tracing::warn!("certificate chain matched no pin"),
             Event::HandshakeTimeout { .. } => {}

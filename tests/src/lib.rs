@@ -21,6 +21,7 @@ pub const TEST_CAPACITY: Capacity = Capacity {
     clients: 1024,
     connections: 1024,
     prefixes: 16,
+    networks: 1024,
 };
 
 /// A guard with [`TEST_CAPACITY`] enforcing `policy`, logging its events.

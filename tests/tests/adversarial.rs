@@ -516,6 +516,7 @@ fn a_full_client_table_refuses_new_clients_only_and_recovers() {
             clients: 32,
             connections: 256,
             prefixes: 16,
+            networks: 256,
         },
         Box::new(LogEvents { ipv6_prefix: 64 }),
     )

@@ -218,7 +218,7 @@ fn the_example_documents_every_levels_preset_truly() {
         comment.clear();
         checked += 1;
     }
-    assert_eq!(checked, 22);
+    assert_eq!(checked, 26);
 }
 
 #[test]
@@ -317,6 +317,34 @@ fn overrides_apply_one_by_one_over_the_preset() {
             },
         ),
         (
+            "max_connections_per_network = 300",
+            Policy {
+                max_connections_per_network: 300,
+                ..base
+            },
+        ),
+        (
+            "max_new_connections_per_network = 900",
+            Policy {
+                max_new_connections_per_network: 900,
+                ..base
+            },
+        ),
+        (
+            "network_prefix_v4 = 20",
+            Policy {
+                network_prefix_v4: 20,
+                ..base
+            },
+        ),
+        (
+            "network_prefix_v6 = 40",
+            Policy {
+                network_prefix_v6: 40,
+                ..base
+            },
+        ),
+        (
             "attack_enter_per_second = 3000",
             Policy {
                 attack_enter_per_second: Some(3000),
@@ -408,7 +436,7 @@ fn overrides_apply_one_by_one_over_the_preset() {
             .skip_while(|l| l.trim() != "[limits]")
             .skip(1)
             .collect();
-        assert_eq!(rows.len(), 22, "{described}");
+        assert_eq!(rows.len(), 26, "{described}");
         for row in rows {
             let from_file = row.trim_start().starts_with(&format!("{key} "));
             let origin = if from_file {

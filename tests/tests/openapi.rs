@@ -36,6 +36,7 @@ const CAPACITY: Capacity = Capacity {
     clients: 8,
     connections: 8,
     prefixes: 4,
+    networks: 8,
 };
 
 struct Api {

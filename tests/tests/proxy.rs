@@ -68,6 +68,7 @@ async fn start_with(
             clients: 1024,
             connections: 1024,
             prefixes: 16,
+            networks: 1024,
         },
         Box::new(LogEvents { ipv6_prefix }),
     )

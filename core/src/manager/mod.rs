@@ -9,7 +9,8 @@
 //! block in a file of its own, as quinn-proto spreads `Connection` over
 //! `connection/`: `rate` for the sliding windows and under-attack
 //! mode, `judge` for detection, `blocks`, `lists` (lists and pins),
-//! `timers` (expiry), `slots` (table slots) and `persist` (snapshots).
+//! `timers` (expiry), `slots` (table slots), `persist` (snapshots) and
+//! `networks` (the per-network tier).
 
 use core::net::IpAddr;
 
@@ -21,18 +22,20 @@ use crate::event::{BlockCause, ConnectionId, Event, HandshakeOutcome, RejectReas
 use crate::pins::PinSet;
 use crate::policy::{Policy, PolicyError};
 use crate::storage::{Storage, Tables};
-use crate::table::{ClientIndex, ClientSlot, ConnSlot, ConnState, NIL};
+use crate::table::{ClientSlot, ConnSlot, ConnState, SlotIndex, NIL};
 use crate::wheel::TimerWheel;
 use crate::Instant;
 
 mod blocks;
 mod judge;
 mod lists;
+mod networks;
 mod persist;
 mod rate;
 mod slots;
 mod timers;
 
+pub use networks::NetworkInfo;
 pub use persist::Restored;
 use rate::{shared, sliding, Attack, GlobalRate};
 
@@ -48,7 +51,8 @@ const EVENTS_PER_EXPIRY: usize = 3;
 /// its own, which keeps every run reproducible from its seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seed {
-    /// SipHash key of the client table. Must be secret and random per boot,
+    /// SipHash key of the client and network tables. Must be secret and
+    /// random per boot,
     /// or an attacker can choose addresses that share one hash chain.
     pub hash_key: [u8; 16],
     /// Seeds the block-duration jitter, so unban moments are unpredictable.
@@ -61,7 +65,7 @@ pub struct Stats {
     /// Connections admitted.
     pub accepted: u64,
     /// Connections refused, indexed by [`RejectReason`] as `usize`.
-    pub rejected: [u64; 9],
+    pub rejected: [u64; RejectReason::ALL.len()],
     /// Handshakes judged, indexed by [`HandshakeOutcome`] as `usize`.
     pub handshakes: [u64; 4],
     /// Idle clients evicted to make room for new ones.
@@ -90,6 +94,8 @@ pub struct Stats {
     /// `usize`. Each is also counted in `rejected` under
     /// [`RejectReason::AuthenticatedLimit`].
     pub authenticated_cap_refusals: [u64; 2],
+    /// Idle networks evicted to make room for new ones.
+    pub network_evictions: u64,
 }
 
 /// Where a client met its authenticated cap
@@ -208,13 +214,17 @@ pub struct SecurityManager<S: Storage> {
     policy: Policy,
     clients: S::Clients,
     buckets: S::Buckets,
-    index: ClientIndex,
+    index: SlotIndex,
     client_timers: TimerWheel,
     connections: S::Connections,
     conn_free: u32,
     conn_live: u32,
     conn_authed: u32,
     conn_timers: TimerWheel,
+    networks: S::Networks,
+    net_buckets: S::NetworkBuckets,
+    net_index: SlotIndex,
+    network_table_full_reported: bool,
     allow: CidrSet<S::Prefixes>,
     deny: CidrSet<S::Prefixes>,
     pins: PinSet,
@@ -234,7 +244,8 @@ pub struct SecurityManager<S: Storage> {
 pub enum TablesError {
     /// A table has no room at all.
     Empty(&'static str),
-    /// `buckets` must be as long as `clients`.
+    /// `buckets` must be as long as `clients`, `network_buckets` as long
+    /// as `networks`.
     BucketsMismatch,
     /// More than `u32::MAX - 1` slots: indices are 32-bit.
     TooLarge(&'static str),
@@ -267,9 +278,23 @@ impl<S: Storage> SecurityManager<S> {
         if conns.len() >= NIL as usize {
             return Err(NewError::Tables(TablesError::TooLarge("connections")));
         }
+        let networks = tables.networks.as_mut();
+        let net_buckets = tables.network_buckets.as_mut();
+        if networks.is_empty() {
+            return Err(NewError::Tables(TablesError::Empty("networks")));
+        }
+        if net_buckets.len() != networks.len() {
+            return Err(NewError::Tables(TablesError::BucketsMismatch));
+        }
+        if networks.len() >= NIL as usize {
+            return Err(NewError::Tables(TablesError::TooLarge("networks")));
+        }
         let k0 = u64::from_le_bytes(seed.hash_key[..8].try_into().unwrap_or([0; 8]));
         let k1 = u64::from_le_bytes(seed.hash_key[8..].try_into().unwrap_or([0; 8]));
-        let index = ClientIndex::new(clients, buckets, (k0, k1));
+        let index = SlotIndex::new(clients, buckets, (k0, k1));
+        // The same key as the client table's: both hash addresses, and
+        // network keys are never client keys (they sit in another table).
+        let net_index = SlotIndex::new(networks, net_buckets, (k0, k1));
         let n = conns.len();
         for (i, c) in conns.iter_mut().enumerate() {
             *c = ConnSlot::EMPTY;
@@ -293,6 +318,10 @@ impl<S: Storage> SecurityManager<S> {
             conn_live: 0,
             conn_authed: 0,
             conn_timers,
+            networks: tables.networks,
+            net_buckets: tables.network_buckets,
+            net_index,
+            network_table_full_reported: false,
             allow: CidrSet::new(tables.allow),
             deny: CidrSet::new(tables.deny),
             pins: PinSet::new(),
@@ -486,7 +515,7 @@ impl<S: Storage> SecurityManager<S> {
         self.check_attack(now);
         let bits = map_ip(ip);
         if self.allow.contains_bits(bits) {
-            return self.open_connection(now, NIL);
+            return self.open_connection(now, NIL, NIL);
         }
         if self.deny.contains_bits(bits) {
             return self.reject(RejectReason::Denylisted);
@@ -545,7 +574,20 @@ impl<S: Storage> SecurityManager<S> {
         if opened >= u32::from(max_new) {
             return self.violation(now, i, RejectReason::RateLimited);
         }
-        let verdict = self.open_connection(now, i);
+        // The network tier comes after the client's own limits (see
+        // `networks`): its refusals are no violations.
+        let network = if self.network_tier_on() {
+            match self.network_check(now, bits) {
+                Ok(n) => n,
+                Err(reason) => {
+                    self.make_idle_if_idle(now, i);
+                    return self.reject(reason);
+                }
+            }
+        } else {
+            NIL
+        };
+        let verdict = self.open_connection(now, i, network);
         if let Verdict::Admit(_) = verdict {
             let slot = &mut self.clients.as_mut()[i as usize];
             slot.opened[1] = slot.opened[1].saturating_add(1);
@@ -554,8 +596,14 @@ impl<S: Storage> SecurityManager<S> {
                 self.index.unlink_idle(self.clients.as_mut(), i);
                 self.client_timers.cancel(self.clients.as_mut(), i);
             }
+            if network != NIL {
+                self.network_admitted(network);
+            }
         } else {
             self.make_idle_if_idle(now, i);
+            if network != NIL {
+                self.network_idle_if_idle(network);
+            }
         }
         verdict
     }
@@ -616,13 +664,19 @@ impl<S: Storage> SecurityManager<S> {
             } else {
                 owner.opened[0] = owner.opened[0].saturating_sub(1);
             }
-            if owner.authed >= cap {
+            let refused = owner.authed >= cap;
+            if !refused {
+                owner.authed += 1;
+            }
+            if slot.network != NIL {
+                self.network_authenticated(now, slot.network, !refused);
+            }
+            if refused {
                 self.connections.as_mut()[c as usize].state = ConnState::Established;
                 self.stats.authenticated_cap_refusals[CapRefusal::Handshake as usize] += 1;
                 self.stats.rejected[RejectReason::AuthenticatedLimit as usize] += 1;
                 return Ok(Authentication::Refused(RejectReason::AuthenticatedLimit));
             }
-            owner.authed += 1;
         }
         self.connections.as_mut()[c as usize].state = ConnState::Authenticated;
         self.conn_authed += 1;
@@ -640,14 +694,19 @@ impl<S: Storage> SecurityManager<S> {
         let now = self.advance(now);
         let c = self.live_connection(conn)?;
         self.conn_timers.cancel(self.connections.as_mut(), c);
-        let (client, authed) = {
+        let (client, network, authed) = {
             let slot = &mut self.connections.as_mut()[c as usize];
             let client = slot.client;
+            let network = slot.network;
             let authed = slot.state == ConnState::Authenticated;
             slot.state = ConnState::Free;
             slot.client = self.conn_free;
-            (client, authed)
+            slot.network = NIL;
+            (client, network, authed)
         };
+        if network != NIL {
+            self.network_closed(network, authed);
+        }
         self.conn_free = c;
         self.conn_live -= 1;
         if authed {

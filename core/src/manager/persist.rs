@@ -9,7 +9,7 @@ use crate::event::BlockCause;
 use crate::pins::{Pin, PinKind};
 use crate::snapshot::{self, Section, SnapshotError};
 use crate::storage::Storage;
-use crate::table::{ClientIndex, ClientSlot, Idle};
+use crate::table::{ClientSlot, Idle, SlotIndex};
 use crate::time::duration_millis;
 use crate::wheel::TimerWheel;
 use crate::Instant;
@@ -115,7 +115,7 @@ impl<S: Storage> SecurityManager<S> {
         let counts = self.validate_snapshot(body.clone())?;
         // Pass 2: apply. Every check that could fail has been made.
         let mut r = body;
-        self.index = ClientIndex::new(
+        self.index = SlotIndex::new(
             self.clients.as_mut(),
             self.buckets.as_mut(),
             self.index.hash_key(),

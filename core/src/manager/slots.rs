@@ -39,7 +39,9 @@ impl<S: Storage> SecurityManager<S> {
         None
     }
 
-    pub(super) fn open_connection(&mut self, now: Instant, client: u32) -> Verdict {
+    /// Takes a connection slot for `client` (`NIL` when allowlisted),
+    /// counted in network slot `network` (`NIL` when the tier is off).
+    pub(super) fn open_connection(&mut self, now: Instant, client: u32, network: u32) -> Verdict {
         let c = self.conn_free;
         if c == NIL {
             return self.reject(RejectReason::ConnectionTableFull);
@@ -52,6 +54,7 @@ impl<S: Storage> SecurityManager<S> {
         let slot = &mut self.connections.as_mut()[c as usize];
         self.conn_free = slot.client;
         slot.client = client;
+        slot.network = network;
         slot.epoch = epoch;
         slot.generation = slot.generation.wrapping_add(1);
         slot.state = ConnState::Handshaking;

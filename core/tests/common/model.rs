@@ -8,6 +8,11 @@
 //! this model must agree exactly; at capacity every eviction must follow the
 //! documented policy (an idle, unblocked client; clean ones before
 //! offenders; the least recently seen of its class).
+//!
+//! The clients live in four IPv4 /24s, two in each, so the network tier
+//! (issue 17) is modelled too: pending connections and a rate window per
+//! network, refused without a violation, evicted only when idle, least
+//! recently seen first, and new networks refused when none is idle.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -20,6 +25,9 @@ use mtguard_core::{
 };
 
 pub(crate) const CLIENTS: usize = 8;
+
+/// The /24 networks the clients live in: client `k` is in network `k / 2`.
+pub(crate) const NETWORKS: usize = CLIENTS / 2;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
@@ -36,7 +44,19 @@ pub(crate) enum Op {
 }
 
 pub(crate) fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 1, i as u8 + 1))
+    IpAddr::V4(Ipv4Addr::new(127, 0, (i / 2) as u8 + 1, i as u8 + 1))
+}
+
+/// One network of the model: the network tier's counts.
+#[derive(Clone, Debug, Default)]
+struct Net {
+    live: u32,
+    authed: u32,
+    window: u64,
+    opened: [u32; 2],
+    /// When it last became idle (or was seen idle), in order: eviction takes
+    /// the smallest.
+    idle: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -90,6 +110,11 @@ struct Model {
     clients: BTreeMap<usize, Client>,
     /// Live connections: id, client, state, the client's epoch at admission.
     conns: Vec<(ConnectionId, usize, Conn, u16)>,
+    /// Capacity of the engine's network table.
+    net_capacity: usize,
+    networks: BTreeMap<usize, Net>,
+    /// The network each connection is counted in, if any.
+    counted: BTreeMap<ConnectionId, usize>,
 }
 
 fn sliding(c: [u32; 2], into: u64, window: u64) -> u32 {
@@ -127,6 +152,78 @@ impl Model {
         sliding(c, self.now % self.window(), self.window())
     }
 
+    fn roll_net(&self, n: &mut Net) {
+        let w = self.now / self.window();
+        if w == n.window + 1 {
+            n.opened = [n.opened[1], 0];
+        } else if w != n.window {
+            n.opened = [0; 2];
+        }
+        n.window = w;
+    }
+
+    fn touch_net(&mut self, n: usize) {
+        self.seq += 1;
+        let seq = self.seq;
+        let net = self.networks.get_mut(&n).unwrap();
+        if net.live == 0 {
+            net.idle = Some(seq);
+        }
+    }
+
+    /// The network tier's verdict on a connection of client `k` that passed
+    /// its own limits: `Ok(network)` to count it in, or the refusal.
+    fn network_check(&mut self, k: usize) -> Result<usize, RejectReason> {
+        let n = k / 2;
+        if !self.networks.contains_key(&n) {
+            if self.networks.len() == self.net_capacity {
+                // Only an idle network may go, the least recently seen.
+                let victim = self
+                    .networks
+                    .iter()
+                    .filter(|(_, net)| net.live == 0)
+                    .min_by_key(|(_, net)| net.idle.unwrap())
+                    .map(|(n, _)| *n);
+                match victim {
+                    Some(v) => {
+                        self.networks.remove(&v);
+                    }
+                    None => return Err(RejectReason::NetworkTableFull),
+                }
+            }
+            let w = self.now / self.window();
+            self.networks.insert(
+                n,
+                Net {
+                    window: w,
+                    ..Net::default()
+                },
+            );
+        }
+        let mut net = self.networks[&n].clone();
+        self.roll_net(&mut net);
+        let pending = net.live - net.authed;
+        let reason = if self.p.max_connections_per_network != 0
+            && pending >= self.p.max_connections_per_network
+        {
+            Some(RejectReason::NetworkConnections)
+        } else if self.p.max_new_connections_per_network != 0
+            && self.est(net.opened) >= u32::from(self.p.max_new_connections_per_network)
+        {
+            Some(RejectReason::NetworkRate)
+        } else {
+            None
+        };
+        self.networks.insert(n, net);
+        match reason {
+            Some(r) => {
+                self.touch_net(n);
+                Err(r)
+            }
+            None => Ok(n),
+        }
+    }
+
     /// The reputation rule: a shared address holds authenticated
     /// connections or had a valid handshake within the sliding window.
     fn shared(&self, c: &Client) -> bool {
@@ -136,7 +233,27 @@ impl Model {
     }
 
     /// A connection proved a secret; `Err` when its client is at its cap.
-    fn authenticate(&mut self, k: usize) -> Result<(), RejectReason> {
+    /// Its network, if it is counted in one, refunds it from its rate
+    /// window and, unless refused, counts it authenticated.
+    fn authenticate(&mut self, id: ConnectionId, k: usize) -> Result<(), RejectReason> {
+        let at_cap = self.clients[&k].authed >= u32::from(self.p.max_authenticated_per_client);
+        if let Some(&n) = self.counted.get(&id) {
+            let mut net = self.networks[&n].clone();
+            self.roll_net(&mut net);
+            if net.opened[1] > 0 {
+                net.opened[1] -= 1;
+            } else {
+                net.opened[0] = net.opened[0].saturating_sub(1);
+            }
+            if !at_cap {
+                net.authed += 1;
+            }
+            self.networks.insert(n, net);
+        }
+        self.authenticate_client(k)
+    }
+
+    fn authenticate_client(&mut self, k: usize) -> Result<(), RejectReason> {
         let mut c = self.clients[&k].clone();
         self.roll(&mut c);
         c.valid[1] += 1;
@@ -361,6 +478,19 @@ fn check<S: Storage>(g: &SecurityManager<S>, m: &Model) {
         m.clients.values().filter(|c| c.block.is_some()).count()
     );
     assert_eq!(g.tracked_clients() as usize, m.clients.len());
+    for n in 0..NETWORKS {
+        let engine = g.network_info(ip(2 * n));
+        let model = m.networks.get(&n);
+        assert_eq!(engine.is_some(), model.is_some(), "network {n} tracked");
+        if let (Some(e), Some(net)) = (engine, model) {
+            assert_eq!(e.live_connections, net.live, "network {n} live");
+            assert_eq!(
+                e.authenticated_connections, net.authed,
+                "network {n} authenticated"
+            );
+        }
+    }
+    assert_eq!(g.tracked_networks() as usize, m.networks.len());
 }
 
 pub(crate) fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: usize, ops: Vec<Op>) {
@@ -371,6 +501,9 @@ pub(crate) fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: us
         seq: 0,
         clients: BTreeMap::new(),
         conns: Vec::new(),
+        net_capacity: g.network_capacity(),
+        networks: BTreeMap::new(),
+        counted: BTreeMap::new(),
     };
     for op in ops {
         let evictions_before = g.stats().evictions;
@@ -402,10 +535,13 @@ pub(crate) fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: us
                 let verdict = g.handle_connect(Instant::from_millis(m.now), ip(k));
                 let expected = model_connect(&mut m, k, &mut new_client);
                 match (verdict, expected) {
-                    (Verdict::Admit(id), Ok(())) => {
+                    (Verdict::Admit(id), Ok(network)) => {
                         let deadline = m.p.handshake_timeout.map(|d| m.now + d.as_millis() as u64);
                         let epoch = m.clients[&k].epoch;
                         m.conns.push((id, k, Conn::Handshaking(deadline), epoch));
+                        if let Some(n) = network {
+                            m.counted.insert(id, n);
+                        }
                     }
                     (Verdict::Reject(r), Err(e)) => assert_eq!(r, e),
                     (v, e) => panic!("connect {k} at {}: engine {v:?}, model {e:?}", m.now),
@@ -434,7 +570,7 @@ pub(crate) fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: us
                     .handle_authenticated(Instant::from_millis(m.now), id)
                     .unwrap();
                 let expected = match state {
-                    Conn::Handshaking(_) => match m.authenticate(k) {
+                    Conn::Handshaking(_) => match m.authenticate(id, k) {
                         Ok(()) => {
                             m.conns[i].2 = Conn::Authed;
                             Authentication::Authenticated
@@ -460,6 +596,14 @@ pub(crate) fn run<S: Storage>(mut g: SecurityManager<S>, p: Policy, capacity: us
                     c.authed -= 1;
                 }
                 m.touch(k);
+                if let Some(n) = m.counted.remove(&id) {
+                    let net = m.networks.get_mut(&n).unwrap();
+                    net.live -= 1;
+                    if state == Conn::Authed {
+                        net.authed -= 1;
+                    }
+                    m.touch_net(n);
+                }
             }
             Op::Block(k, d) => {
                 let r = g.block(
@@ -543,6 +687,9 @@ impl Model {
             seq: self.seq,
             clients: self.clients.clone(),
             conns: Vec::new(),
+            net_capacity: self.net_capacity,
+            networks: BTreeMap::new(),
+            counted: BTreeMap::new(),
         };
         if let Some(k) = new_client {
             m.clients.remove(&k);
@@ -551,13 +698,14 @@ impl Model {
     }
 }
 
-/// The model's verdict. A new client is added to the model at once; if the
-/// table is full the caller reconciles which one the engine evicted.
+/// The model's verdict, with the network the connection is counted in. A
+/// new client is added to the model at once; if the table is full the
+/// caller reconciles which one the engine evicted.
 fn model_connect(
     m: &mut Model,
     k: usize,
     new_client: &mut Option<usize>,
-) -> Result<(), RejectReason> {
+) -> Result<Option<usize>, RejectReason> {
     if m.clients.get(&k).is_some_and(|c| c.block.is_some()) {
         return Err(RejectReason::Blocked);
     }
@@ -608,11 +756,33 @@ fn model_connect(
             Err(r)
         }
         None => {
+            m.clients.insert(k, c);
+            // After the client's own limits, and never a violation.
+            let network = if m.p.max_connections_per_network != 0
+                || m.p.max_new_connections_per_network != 0
+            {
+                match m.network_check(k) {
+                    Ok(n) => Some(n),
+                    Err(r) => {
+                        m.touch(k);
+                        return Err(r);
+                    }
+                }
+            } else {
+                None
+            };
+            let mut c = m.clients[&k].clone();
             c.opened[1] += 1;
             c.live += 1;
             c.idle = None;
             m.clients.insert(k, c);
-            Ok(())
+            if let Some(n) = network {
+                let net = m.networks.get_mut(&n).unwrap();
+                net.opened[1] += 1;
+                net.live += 1;
+                net.idle = None;
+            }
+            Ok(network)
         }
     }
 }
@@ -647,6 +817,13 @@ pub(crate) fn policy(
     p.offence_memory = Duration::from_secs(600);
     p.handshake_timeout = hs.map(Duration::from_millis);
     p.attack_enter_per_second = None;
+    p
+}
+
+/// `p` with the network tier's limits (0: off).
+pub(crate) fn networks(mut p: Policy, max_connections: u32, max_new: u16) -> Policy {
+    p.max_connections_per_network = max_connections;
+    p.max_new_connections_per_network = max_new;
     p
 }
 

@@ -475,6 +475,13 @@ impl ApplianceConfig {
             // addresses fits them.
             max_authenticated_per_client: Policy::for_level(level).max_authenticated_per_client,
             shared_failure_percent: Policy::for_level(level).shared_failure_percent,
+            // Nor is the network tier (issue 17): the level's preset, off at
+            // levels 0 and 1.
+            max_connections_per_network: Policy::for_level(level).max_connections_per_network,
+            max_new_connections_per_network: Policy::for_level(level)
+                .max_new_connections_per_network,
+            network_prefix_v4: Policy::for_level(level).network_prefix_v4,
+            network_prefix_v6: Policy::for_level(level).network_prefix_v6,
         };
 
         let count = usize::from(r.u8()?);

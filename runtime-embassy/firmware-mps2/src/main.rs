@@ -155,6 +155,8 @@ async fn start(spawner: Spawner) {
             connections: &mut tables.connections[..],
             allow: &mut tables.allow[..],
             deny: &mut tables.deny[..],
+            networks: &mut tables.networks[..],
+            network_buckets: &mut tables.network_buckets[..],
         },
         config.policy,
         seeds.guard,

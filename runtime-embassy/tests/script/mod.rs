@@ -67,6 +67,7 @@ pub fn on_server(policy: Policy, client: impl Fn(usize) -> Ipv4Addr) -> Vec<Seen
             clients: 64,
             connections: 16,
             prefixes: 8,
+            networks: 16,
         },
         Box::new(Quiet),
     )

@@ -24,6 +24,8 @@ pub fn render_metrics_as(guard: &Guard, telemetry: &Arc<Telemetry>, format: Form
         under_attack: e.under_attack(),
         client_capacity: e.client_capacity(),
         connection_capacity: e.connection_capacity(),
+        networks: e.tracked_networks(),
+        network_capacity: e.network_capacity(),
         pins: e.pins().len(),
         level: e.policy().level,
         observer_drops: guard.observer_drops(),
@@ -65,6 +67,8 @@ pub(super) struct Snapshot {
     under_attack: bool,
     client_capacity: usize,
     connection_capacity: usize,
+    networks: u32,
+    network_capacity: usize,
     pins: usize,
     level: Level,
     observer_drops: u64,
@@ -217,6 +221,12 @@ impl prometheus_client::collector::Collector for Snapshot {
         )?;
         counter(
             e,
+            "network_evictions",
+            "Idle networks evicted from the network table to make room.",
+            s.network_evictions,
+        )?;
+        counter(
+            e,
             "attacks",
             "Times under-attack mode switched on.",
             s.attacks,
@@ -274,6 +284,18 @@ impl prometheus_client::collector::Collector for Snapshot {
             "connection_table_capacity",
             "Connections the connection table holds.",
             self.connection_capacity as u64,
+        )?;
+        gauge(
+            e,
+            "tracked_networks",
+            "Networks in the network table (0 while the network tier was never on).",
+            self.networks.into(),
+        )?;
+        gauge(
+            e,
+            "network_table_capacity",
+            "Networks the network table holds.",
+            self.network_capacity as u64,
         )?;
         gauge(e, "pins", "Certificate pins configured.", self.pins as u64)?;
         self.shared.encode(e)?;

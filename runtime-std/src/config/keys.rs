@@ -185,6 +185,15 @@ limits! {
     attack_cooldown => attack_cooldown: Duration,
     /// Under attack, per-client limits are scaled to this percentage.
     attack_limit_percent => attack_limit_percent: u8,
+    /// Concurrent connections one network may hold that have not proved a
+    /// secret; 0 is off.
+    max_connections_per_network => max_connections_per_network: u32,
+    /// New connections one network may open per rate window; 0 is off.
+    max_new_connections_per_network => max_new_connections_per_network: u16,
+    /// IPv4 networks are prefixes of this length.
+    network_prefix_v4 => network_prefix_v4: u8,
+    /// IPv6 networks are prefixes of this length.
+    network_prefix_v6 => network_prefix_v6: u8,
 }
 
 /// One config key as the reference documents it: where it lives, its
@@ -369,7 +378,19 @@ keys! {
             r#"How long the rate must stay below `attack_exit_per_second`."#;
         attack_limit_percent: r#"integer 1–100"#,
             r#"`50`"#,
-            r#"Under attack, per-client limits are scaled to this percentage."#;
+            r#"Under attack, per-client limits are scaled to this percentage (the per-network ones too)."#;
+        max_connections_per_network: r#"integer, `0` = off"#,
+            r#"`0` (off; `500` at level 2, `200` at 3)"#,
+            r#"Concurrent connections one network (an IPv4 prefix of `network_prefix_v4` bits, an IPv6 prefix of `network_prefix_v6` bits) may hold across all its clients that have not proved a secret, as `max_connections_per_ip` counts them: authenticated connections do not count. Checked after the per-client limits. Its refusals (`network_connections`) never lead to a block. See [Limits per network](networks.md)."#;
+        max_new_connections_per_network: r#"integer 0–65535, `0` = off"#,
+            r#"`0` (off; `1000` at level 2, `400` at 3)"#,
+            r#"New connections one network may open per rate window. A connection that proves a secret is refunded. Its refusals (`network_rate`) never lead to a block."#;
+        network_prefix_v4: r#"integer 1–32"#,
+            r#"`24`"#,
+            r#"IPv4 clients are grouped into networks of this many bits."#;
+        network_prefix_v6: r#"integer 1–64"#,
+            r#"`48`"#,
+            r#"IPv6 clients are grouped into networks of this many bits; at most `ipv6_prefix` (a longer value counts as `ipv6_prefix`, so a network never splits a client)."#;
     }
     /// The keys of `[lists]`.
     lists "[lists]" {

@@ -258,6 +258,7 @@ mod tests {
                 clients: 64,
                 connections: 64,
                 prefixes: 4,
+                networks: 64,
             },
             Box::new(crate::engine::LogEvents { ipv6_prefix: 64 }),
         )
