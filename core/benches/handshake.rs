@@ -4,6 +4,11 @@
 //! kinds, where a start of `16 03 01 xx` (xx not 02) is first tried as an
 //! obfuscated2 header, then as a ClientHello.
 //!
+//! For fake-TLS, 16 secrets of one domain are the worst case (every one is
+//! tried, since only the SNI narrows them down); 16 secrets of distinct
+//! domains, the match first or last, show that the SNI picks the one
+//! candidate and that its place does not matter.
+//!
 //! Run: `cargo bench -p mtguard-core --bench handshake`. Each iteration
 //! judges a whole first packet in one piece with a fresh inspector and
 //! replay cache, built outside the timed part.
@@ -37,6 +42,28 @@ fn secrets(matching: &str, count: u8) -> SecretSet {
         set.push(Secret::parse(&other).unwrap()).unwrap();
     }
     set.push(Secret::parse(matching).unwrap()).unwrap();
+    set
+}
+
+/// The matching `ee` secret and 15 others, each with its own key and
+/// domain, the matching one first or last.
+fn distinct_domains(matching: &str, first: bool) -> SecretSet {
+    let mut set = SecretSet::new();
+    if first {
+        set.push(Secret::parse(matching).unwrap()).unwrap();
+    }
+    for i in 1..16u8 {
+        let key = format!("{i:02x}").repeat(16);
+        let domain: String = format!("d{i}.example.net")
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        set.push(Secret::parse(&format!("ee{key}{domain}")).unwrap())
+            .unwrap();
+    }
+    if !first {
+        set.push(Secret::parse(matching).unwrap()).unwrap();
+    }
     set
 }
 
@@ -79,6 +106,15 @@ fn bench(c: &mut Criterion) {
                 bytes.clone(),
             ));
         }
+    }
+    let (secret, now, bytes) = vector(FAKE_TLS, "valid-mlkem");
+    for (place, first) in [("first", true), ("last", false)] {
+        cases.push((
+            format!("fake_tls_1397/16_distinct_domains_match_{place}"),
+            distinct_domains(&secret, first),
+            now,
+            bytes.clone(),
+        ));
     }
     // valid-1800 starts 16 03 01 07: on a mixed listener its first 64 bytes
     // are judged as obfuscated2 under every classic secret first.
