@@ -10,6 +10,7 @@ use super::keys::KeyOps;
 use super::replay::{Fingerprint, ReplayRefusal, ReplayStore};
 use super::secret::{Secret, SecretKind, SecretSet};
 use super::{Accepted, Handshake, Invalid, Transport, Verdict};
+use crate::ja4::Ja4;
 
 /// Longest TLS record: a 5-byte header and 2^14 bytes of payload
 /// (RFC 8446, 5.1). The default buffer of an [`Inspector`], so that any
@@ -135,6 +136,22 @@ impl<const N: usize> Inspector<N> {
             self.verdict = Some(verdict);
         }
         verdict
+    }
+
+    /// The JA4 fingerprint of the ClientHello this connection began with,
+    /// once its whole first record has been fed: valid clients and probes
+    /// alike, whatever the verdict, except an accepted obfuscated2 header
+    /// (whose random bytes may start like a record). `None` for anything
+    /// else, and for a record longer than the buffer. See [`Ja4`].
+    pub fn ja4(&self) -> Option<Ja4> {
+        if let Some(Verdict::Valid(Accepted {
+            handshake: Handshake::Obfuscated2 { .. },
+            ..
+        })) = self.verdict
+        {
+            return None;
+        }
+        Ja4::of_record(&self.buf[..self.len])
     }
 
     fn judge<K, R>(&self, now_unix: u64, secrets: &SecretSet, keys: &K, replay: &mut R) -> Verdict
