@@ -4,6 +4,14 @@
 //! kinds, where a start of `16 03 01 xx` (xx not 02) is first tried as an
 //! obfuscated2 header, then as a ClientHello.
 //!
+//! For fake-TLS, 16 secrets of one domain are the worst case (every one is
+//! tried, since only the SNI narrows them down); 16 secrets of distinct
+//! domains, the match first or last, show that the SNI picks the one
+//! candidate and that its place does not matter.
+//!
+//! The `ja4` group measures what fingerprinting adds to each hello: the
+//! JA4 of real clients' first records, and counting one in a full table.
+//!
 //! Run: `cargo bench -p mtguard-core --bench handshake`. Each iteration
 //! judges a whole first packet in one piece with a fresh inspector and
 //! replay cache, built outside the timed part.
@@ -13,12 +21,14 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use mtguard_core::ja4::{Ja4, Ja4Counts};
 use mtguard_core::mtproto::replay::Entry;
 use mtguard_core::mtproto::{Inspector, ReplayCache, Secret, SecretSet, TimeWindow, Verdict};
 
 const OBFS2: &str = include_str!("../tests/vectors/obfuscated2.txt");
 const FAKE_TLS: &str = include_str!("../tests/vectors/fake_tls.txt");
 const TLS_PREFIX: &str = include_str!("../tests/vectors/tls_prefix.txt");
+const JA4: &str = include_str!("../tests/vectors/ja4.txt");
 
 #[path = "common/vectors.rs"]
 mod vectors;
@@ -37,6 +47,28 @@ fn secrets(matching: &str, count: u8) -> SecretSet {
         set.push(Secret::parse(&other).unwrap()).unwrap();
     }
     set.push(Secret::parse(matching).unwrap()).unwrap();
+    set
+}
+
+/// The matching `ee` secret and 15 others, each with its own key and
+/// domain, the matching one first or last.
+fn distinct_domains(matching: &str, first: bool) -> SecretSet {
+    let mut set = SecretSet::new();
+    if first {
+        set.push(Secret::parse(matching).unwrap()).unwrap();
+    }
+    for i in 1..16u8 {
+        let key = format!("{i:02x}").repeat(16);
+        let domain: String = format!("d{i}.example.net")
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        set.push(Secret::parse(&format!("ee{key}{domain}")).unwrap())
+            .unwrap();
+    }
+    if !first {
+        set.push(Secret::parse(matching).unwrap()).unwrap();
+    }
     set
 }
 
@@ -79,6 +111,15 @@ fn bench(c: &mut Criterion) {
                 bytes.clone(),
             ));
         }
+    }
+    let (secret, now, bytes) = vector(FAKE_TLS, "valid-mlkem");
+    for (place, first) in [("first", true), ("last", false)] {
+        cases.push((
+            format!("fake_tls_1397/16_distinct_domains_match_{place}"),
+            distinct_domains(&secret, first),
+            now,
+            bytes.clone(),
+        ));
     }
     // valid-1800 starts 16 03 01 07: on a mixed listener its first 64 bytes
     // are judged as obfuscated2 under every classic secret first.
@@ -125,5 +166,42 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The JA4 fingerprint of one first record, and counting it in a full
+/// table of 64, beside the handshake judging above (same run, same
+/// machine): what fingerprinting adds to each hello.
+fn ja4(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ja4");
+    for name in [
+        "fake-tls-valid-mlkem",
+        "openssl-default",
+        "openssl-tls12-all-ciphers",
+        "curl-default",
+    ] {
+        // ja4.txt lines: name, expected JA4, record.
+        let (expected, _, record) = vector(JA4, name);
+        assert_eq!(Ja4::of_record(&record).unwrap().as_str(), expected);
+        group.bench_function(format!("of_record/{name}"), |b| {
+            b.iter(|| Ja4::of_record(black_box(&record)).unwrap())
+        });
+    }
+    let mut table = Ja4Counts::<64>::new([5; 16]);
+    let fingerprints: Vec<Ja4> = (0..200u32)
+        .map(|i| Ja4::parse(&format!("t13d1516h2_{i:012x}_e5627efa2ab1")).unwrap())
+        .collect();
+    for f in &fingerprints {
+        table.record(f);
+    }
+    let mut i = 0;
+    group.bench_function("counts_64_full/record", |b| {
+        b.iter(|| {
+            // Mostly known fingerprints, one new in 8: replaces the least.
+            i += 1;
+            let f = &fingerprints[if i % 8 == 0 { 64 + i % 136 } else { i % 16 }];
+            table.record(black_box(f));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, ja4);
 criterion_main!(benches);

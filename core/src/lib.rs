@@ -42,6 +42,7 @@ pub mod addr;
 pub mod cidr;
 pub mod der;
 pub mod event;
+pub mod ja4;
 pub mod manager;
 pub mod mtproto;
 pub mod pins;

@@ -457,3 +457,159 @@ fn other_protocols_are_refused_as_soon_as_they_show() {
         }
     }
 }
+
+/// The listener's key operations, counting the fake-TLS HMACs asked for.
+struct Counting<'a> {
+    keys: &'a SecretSet,
+    hmacs: std::cell::Cell<usize>,
+}
+
+impl KeyOps for Counting<'_> {
+    fn obfs2_key(&self, secret: usize, part: &[u8; 32]) -> Result<[u8; 32], KeyUnavailable> {
+        self.keys.obfs2_key(secret, part)
+    }
+    fn fake_tls_hmac(&self, secret: usize, parts: &[&[u8]]) -> Result<[u8; 32], KeyUnavailable> {
+        self.hmacs.set(self.hmacs.get() + 1);
+        self.keys.fake_tls_hmac(secret, parts)
+    }
+}
+
+/// The verdict on `bytes` and how many HMACs it took.
+fn judge_counting(secrets: &SecretSet, bytes: &[u8], now: u64) -> (Verdict, usize) {
+    let keys = Counting {
+        keys: secrets,
+        hmacs: Default::default(),
+    };
+    let mut inspector: Box<Inspector> = Box::default();
+    let verdict = inspector.feed(bytes, now, secrets, &keys, &mut cache());
+    (verdict, keys.hmacs.get())
+}
+
+/// `ee` + key + hex of `domain`.
+fn ee(key: &str, domain: &str) -> String {
+    let hex: String = domain.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("ee{key}{hex}")
+}
+
+/// 15 secrets of other keys and domains, and `matching` at `at`.
+fn distinct_domains(matching: &str, at: usize) -> Vec<String> {
+    let mut all: Vec<String> = (1..16u8)
+        .map(|i| ee(&format!("{i:02x}").repeat(16), &format!("d{i}.example.net")))
+        .collect();
+    all.insert(at, matching.into());
+    all
+}
+
+#[test]
+fn only_secrets_of_the_sni_domain_are_tried() {
+    let v = vector(FAKE_TLS, true, "valid-mlkem");
+    for at in [0, 7, 15] {
+        let all = distinct_domains(&v.secret, at);
+        let secrets = set(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        match judge_counting(&secrets, &v.bytes, v.now) {
+            (Verdict::Valid(a), 1) => assert_eq!(a.secret, at),
+            other => panic!("matching secret at {at}: {other:?}"),
+        }
+    }
+    // An SNI naming none of the 16 domains costs no HMAC at all; nor does
+    // a hello without SNI.
+    let mut all = distinct_domains(&v.secret, 0);
+    all.remove(0);
+    let secrets = set(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        judge_counting(&secrets, &v.bytes, v.now),
+        (Verdict::Invalid(Invalid::WrongSni), 0)
+    );
+    let no_sni = vector(FAKE_TLS, true, "no-sni");
+    let secrets = set(&[&no_sni.secret]);
+    assert_eq!(
+        judge_counting(&secrets, &no_sni.bytes, no_sni.now),
+        (Verdict::Invalid(Invalid::WrongSni), 0)
+    );
+}
+
+#[test]
+fn secrets_of_one_domain_are_all_tried_whichever_matches() {
+    // The same work whether the match is first, in between or last, and
+    // when nothing matches: the time does not tell which secret it was.
+    let v = vector(FAKE_TLS, true, "valid-517");
+    let domain = &v.secret[34..];
+    let others: Vec<String> = (1..16u8)
+        .map(|i| format!("ee{}{domain}", format!("{i:02x}").repeat(16)))
+        .collect();
+    for at in [0, 9, 15] {
+        let mut all = others.clone();
+        all.insert(at, v.secret.clone());
+        let secrets = set(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        match judge_counting(&secrets, &v.bytes, v.now) {
+            (Verdict::Valid(a), 16) => assert_eq!(a.secret, at),
+            other => panic!("matching secret at {at}: {other:?}"),
+        }
+    }
+    let secrets = set(&others.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        judge_counting(&secrets, &v.bytes, v.now),
+        (Verdict::Invalid(Invalid::HmacMismatch), 15)
+    );
+    // The same secret twice: the first of them is the one reported, as when
+    // secrets were tried in order and the first match returned.
+    let secrets = set(&[&others[0], &v.secret, &v.secret]);
+    match judge_counting(&secrets, &v.bytes, v.now) {
+        (Verdict::Valid(a), 3) => assert_eq!(a.secret, 1),
+        other => panic!("{other:?}"),
+    }
+    // A timestamp out of window under the matching secret still says so,
+    // after every candidate was tried.
+    let late = vector(FAKE_TLS, true, "behind-121s");
+    let mut all = others.clone();
+    all.insert(3, late.secret.clone());
+    let secrets = set(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        judge_counting(&secrets, &late.bytes, late.now),
+        (Verdict::Invalid(Invalid::Timestamp), 16)
+    );
+}
+
+#[test]
+fn a_valid_hmac_under_a_secret_of_another_domain_is_a_mismatch() {
+    // wrong-sni: the HMAC is the listener secret's, the SNI is
+    // www.example.org where the secret's domain is www.example.com. Alone it
+    // is refused for its SNI without an HMAC; beside a secret of the SNI's
+    // domain (another key) it is that secret's HMAC that is checked, and
+    // fails: the secret of the other domain is never tried.
+    let v = vector(FAKE_TLS, true, "wrong-sni");
+    let secrets = set(&[&v.secret]);
+    assert_eq!(
+        judge_counting(&secrets, &v.bytes, v.now),
+        (Verdict::Invalid(Invalid::WrongSni), 0)
+    );
+    let other_key_of_sni_domain = ee("fedcba9876543210fedcba9876543210", "www.example.org");
+    let secrets = set(&[&v.secret, &other_key_of_sni_domain]);
+    assert_eq!(
+        judge_counting(&secrets, &v.bytes, v.now),
+        (Verdict::Invalid(Invalid::HmacMismatch), 1)
+    );
+    // The same key under the SNI's domain accepts it (the HMAC does not
+    // cover the secret's domain), in any case of the domain.
+    for domain in ["www.example.org", "WWW.Example.ORG"] {
+        let same_key = ee(&v.secret[2..34], domain);
+        let secrets = set(&[&v.secret, &same_key]);
+        match judge_counting(&secrets, &v.bytes, v.now) {
+            (Verdict::Valid(a), 1) => assert_eq!(a.secret, 1),
+            other => panic!("{domain}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn an_unavailable_key_of_the_sni_domain_fails_closed() {
+    // Other domains' keys are not asked for, so they cannot fail a hello.
+    let v = vector(FAKE_TLS, true, "valid-517");
+    let all = distinct_domains(&v.secret, 4);
+    let secrets = set(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut i: Box<Inspector> = Box::default();
+    assert_eq!(
+        i.feed(&v.bytes, v.now, &secrets, &NoKeys, &mut cache()),
+        Verdict::Invalid(Invalid::KeyUnavailable)
+    );
+}

@@ -50,6 +50,16 @@ for file in ("obfuscated2.txt", "fake_tls.txt", "tls_prefix.txt"):
             put(name + "-split", bytes([128, 3]) + struct.pack("<3H", 5, 6, 60) + data)
 put("http-probe", bytes([128, 0]) + b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
 
+# ja4: first records of real clients and fake-TLS hellos, raw, and one cut
+# short.
+put = target("ja4")
+for name, data in vectors("ja4.txt"):
+    if name in ("openssl-default", "openssl-tls12-no-sni", "curl-default", "python-ssl-alpn",
+                "fake-tls-valid-mlkem"):
+        put(name, data)
+        if name == "openssl-default":
+            put(name + "-cut", data[:100])
+
 # der: real certificates of three key types, and a truncated one.
 put = target("der")
 with tempfile.TemporaryDirectory() as tmp:

@@ -22,11 +22,14 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
     }
     let bytes = rest;
-    // The secrets of the committed vectors (core/tests/vectors/).
+    // The secrets of the committed vectors (core/tests/vectors/), and one
+    // of another key for the wrong-sni vector's SNI (www.example.org), so
+    // that the lookup by SNI picks between domains.
     let mut secrets = SecretSet::new();
     for s in [
         "0123456789abcdef0123456789abcdef",
         "ee0123456789abcdef0123456789abcdef7777772e6578616d706c652e636f6d",
+        "eefedcba9876543210fedcba98765432107777772e6578616d706c652e6f7267",
         "ddfedcba9876543210fedcba9876543210",
     ] {
         secrets.push(Secret::parse(s).unwrap()).unwrap();

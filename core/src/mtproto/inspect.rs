@@ -4,12 +4,13 @@ use core::fmt;
 
 use aes::Aes256;
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 
 use super::keys::KeyOps;
 use super::replay::{Fingerprint, ReplayRefusal, ReplayStore};
-use super::secret::{SecretKind, SecretSet};
+use super::secret::{Secret, SecretKind, SecretSet};
 use super::{Accepted, Handshake, Invalid, Transport, Verdict};
+use crate::ja4::Ja4;
 
 /// Longest TLS record: a 5-byte header and 2^14 bytes of payload
 /// (RFC 8446, 5.1). The default buffer of an [`Inspector`], so that any
@@ -35,6 +36,8 @@ const RANDOM: core::ops::Range<usize> = 11..43;
 /// Record header, handshake header, version, random, session id length and
 /// a 32-byte session id: anything shorter cannot be a valid hello.
 const HELLO_MIN: usize = RECORD_HEADER + 4 + 2 + 32 + 1 + 32;
+// A matching secret's index is selected as a byte (see `judge_fake_tls`).
+const _: () = assert!(super::MAX_SECRETS <= 256);
 
 /// Judges one connection's first bytes. `N` is the buffer size in bytes: the
 /// longest fake-TLS record, header included, it can judge (longer ones are
@@ -135,6 +138,22 @@ impl<const N: usize> Inspector<N> {
         verdict
     }
 
+    /// The JA4 fingerprint of the ClientHello this connection began with,
+    /// once its whole first record has been fed: valid clients and probes
+    /// alike, whatever the verdict, except an accepted obfuscated2 header
+    /// (whose random bytes may start like a record). `None` for anything
+    /// else, and for a record longer than the buffer. See [`Ja4`].
+    pub fn ja4(&self) -> Option<Ja4> {
+        if let Some(Verdict::Valid(Accepted {
+            handshake: Handshake::Obfuscated2 { .. },
+            ..
+        })) = self.verdict
+        {
+            return None;
+        }
+        Ja4::of_record(&self.buf[..self.len])
+    }
+
     fn judge<K, R>(&self, now_unix: u64, secrets: &SecretSet, keys: &K, replay: &mut R) -> Verdict
     where
         K: KeyOps + ?Sized,
@@ -230,45 +249,76 @@ impl<const N: usize> Inspector<N> {
             return Verdict::Invalid(Invalid::MalformedHello);
         };
 
+        // Every `ee` secret names its domain, and the SNI names the one the
+        // client wants: only secrets of that domain can match, so the HMAC
+        // is computed for those alone (one, on a listener of distinct
+        // domains), not for every secret. A hello whose SNI names no
+        // secret's domain costs no HMAC. Its time can tell a prober only
+        // whether the name it sent is a secret's domain, which is no
+        // secret: every client's hello carries it in clear.
+        let Some(sni) = sni else {
+            return Verdict::Invalid(Invalid::WrongSni);
+        };
+        let same_domain = |secret: &Secret| {
+            // Host names compare without regard to case (RFC 4343).
+            secret.kind() == SecretKind::FakeTls && sni.eq_ignore_ascii_case(secret.domain_bytes())
+        };
+
         let mut random = [0u8; 32];
         random.copy_from_slice(&record[RANDOM]);
         let zeroed = [0u8; 32];
         let parts: [&[u8]; 3] = [&record[..RANDOM.start], &zeroed, &record[RANDOM.end..]];
-        let window = replay.window();
-        let mut reason = Invalid::HmacMismatch;
+        // Every candidate's HMAC is computed and the match is selected
+        // without a branch on it, so the time taken depends on how many
+        // secrets share the SNI's domain, not on which of them matched.
+        let mut found = Choice::from(0);
+        let mut matched: u8 = 0;
+        let mut stamp: u32 = 0;
+        let mut unavailable = false;
+        let mut candidates = false;
         for (index, secret) in secrets.as_slice().iter().enumerate() {
-            if secret.kind() != SecretKind::FakeTls {
+            if !same_domain(secret) {
                 continue;
             }
+            candidates = true;
             let Ok(digest) = keys.fake_tls_hmac(index, &parts) else {
-                reason = Invalid::KeyUnavailable;
+                unavailable = true;
                 continue;
             };
             // The random is attacker-chosen: compare in constant time so the
             // time taken reveals nothing about how many digest bytes matched.
-            if !bool::from(digest[..28].ct_eq(&random[..28])) {
-                continue;
-            }
-            let mut stamp = [0u8; 4];
-            for (s, (r, d)) in stamp.iter_mut().zip(random[28..].iter().zip(&digest[28..])) {
+            let hit = digest[..28].ct_eq(&random[..28]);
+            let mut xored = [0u8; 4];
+            for (s, (r, d)) in xored.iter_mut().zip(random[28..].iter().zip(&digest[28..])) {
                 *s = r ^ d;
             }
-            if !window.contains(u64::from(u32::from_le_bytes(stamp)), now_unix) {
-                return Verdict::Invalid(Invalid::Timestamp);
-            }
-            // Host names compare without regard to case (RFC 4343).
-            if !sni.is_some_and(|name| name.eq_ignore_ascii_case(secret.domain().as_bytes())) {
-                return Verdict::Invalid(Invalid::WrongSni);
-            }
-            return remember(replay, Fingerprint::FakeTls(&random), now_unix).unwrap_or(
-                Verdict::Valid(Accepted {
-                    secret: index,
-                    handshake: Handshake::FakeTls,
-                    len: total,
-                }),
-            );
+            // The first match wins, as when secrets were tried in order.
+            let first = hit & !found;
+            let index = u8::try_from(index).unwrap_or(u8::MAX);
+            matched.conditional_assign(&index, first);
+            stamp.conditional_assign(&u32::from_le_bytes(xored), first);
+            found |= hit;
         }
-        Verdict::Invalid(reason)
+        if !candidates {
+            return Verdict::Invalid(Invalid::WrongSni);
+        }
+        if !bool::from(found) {
+            return Verdict::Invalid(if unavailable {
+                Invalid::KeyUnavailable
+            } else {
+                Invalid::HmacMismatch
+            });
+        }
+        if !replay.window().contains(u64::from(stamp), now_unix) {
+            return Verdict::Invalid(Invalid::Timestamp);
+        }
+        remember(replay, Fingerprint::FakeTls(&random), now_unix).unwrap_or(Verdict::Valid(
+            Accepted {
+                secret: usize::from(matched),
+                handshake: Handshake::FakeTls,
+                len: total,
+            },
+        ))
     }
 }
 

@@ -15,11 +15,15 @@
 //!   another protocol (HTTP, unobfuscated MTProto) are refused at once; see
 //!   [`Inspector`].
 //! - fake-TLS (`ee` secrets): one well-formed TLS handshake record holding a
-//!   ClientHello with a 32-byte session id, whose random is the secret's HMAC
-//!   with a timestamp inside the [`TimeWindow`], and whose SNI is the
-//!   secret's domain. What follows the ClientHello (the obfuscated2 header
-//!   in TLS application-data records, sent only after the server's reply)
-//!   is not inspected.
+//!   ClientHello with a 32-byte session id, whose SNI is the secret's domain
+//!   and whose random is the secret's HMAC with a timestamp inside the
+//!   [`TimeWindow`]. Only secrets of the SNI's domain are tried, each of
+//!   them always (the match is selected without a branch), so one hello
+//!   costs one HMAC per secret of its domain and none for an SNI that names
+//!   no secret's domain; the time taken does not say which secret matched.
+//!   What follows the ClientHello (the obfuscated2 header in TLS
+//!   application-data records, sent only after the server's reply) is not
+//!   inspected.
 //! - the handshake was not accepted before: a fake-TLS random inside its
 //!   window, an obfuscated2 header (which carries no time) for as long as
 //!   the [`ReplayCache`] has room to remember it.
@@ -171,11 +175,14 @@ pub enum Invalid {
     /// The TLS record is longer than TLS allows or than the inspector's
     /// buffer holds.
     OversizedHello,
-    /// The ClientHello's random is not the HMAC of any fake-TLS secret.
+    /// The ClientHello's random is not the HMAC of any fake-TLS secret
+    /// whose domain its SNI names (a valid HMAC under a secret of another
+    /// domain is not looked for, and is refused so too).
     HmacMismatch,
     /// The HMAC matches but the timestamp is outside the [`TimeWindow`].
     Timestamp,
-    /// The HMAC matches but the SNI is missing or not the secret's domain.
+    /// The ClientHello has no SNI, or its SNI names no fake-TLS secret's
+    /// domain; refused before any HMAC is computed.
     WrongSni,
     /// The handshake was accepted before (a fake-TLS random inside its
     /// window; an obfuscated2 header at any age the cache still holds).

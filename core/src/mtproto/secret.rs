@@ -171,6 +171,12 @@ impl Secret {
         &self.key
     }
 
+    /// The fake-TLS domain's bytes, without the UTF-8 check of
+    /// [`Secret::domain`]: the inspector compares it with every hello's SNI.
+    pub(crate) fn domain_bytes(&self) -> &[u8] {
+        &self.domain
+    }
+
     /// The fake-TLS domain, empty for other kinds. Always ASCII.
     pub fn domain(&self) -> &str {
         // `from_bytes` admits only ASCII host names.
