@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context};
 use mtguard_config_block::{ApplianceConfig, Network, BLOCK_MAX};
 use mtguard_core::mtproto::{Secret, SecretSet};
 
-use crate::config::{Config, OnProbe, ProxyProtocol};
+use crate::config::{Answer, Config, OnProbe, ProxyProtocol};
 
 /// The NTP port when `--ntp` names none.
 const NTP_PORT: u16 = 123;
@@ -194,8 +194,13 @@ fn refuse_server_only(file: &Config) -> anyhow::Result<()> {
     if file.server.backend_tls.is_some() {
         return refuse("[server.backend_tls]");
     }
-    if file.mtproto.on_probe == OnProbe::Mask {
+    if file.mtproto.on_probe == Some(OnProbe::Mask) {
         return refuse("[mtproto] on_probe = \"mask\" (probes are reset)");
+    }
+    let r = &file.refusal;
+    let written = [r.failed_handshake, r.replay, r.blocked];
+    if written.iter().flatten().any(|a| *a != Answer::Reset) {
+        return refuse("a [refusal] answer other than \"reset\" (refusals are reset)");
     }
     let lists = &file.lists;
     if !(lists.allow.is_empty()

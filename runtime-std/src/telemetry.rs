@@ -13,6 +13,7 @@ use std::time::Duration;
 use mtguard_core::mtproto::Invalid;
 use serde_json::{json, Value};
 
+use crate::config::RefusalCase;
 use crate::episode::Episode;
 
 /// Everything the node reports besides the engine's own numbers.
@@ -347,6 +348,9 @@ pub struct Operations {
     pub saves_ok: AtomicU64,
     /// Failed state saves.
     pub saves_failed: AtomicU64,
+    /// What refused sources were answered, and the caps of the answers
+    /// that hold a connection (`[refusal]`).
+    pub refusals: Refusals,
 }
 
 impl Operations {
@@ -358,6 +362,159 @@ impl Operations {
             &self.saves_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The answer a refused source was given: one of `[refusal]`'s, or the
+/// TLS alert that replaces a reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Given {
+    /// A TCP reset.
+    Reset,
+    /// Held silently, then closed.
+    Drop,
+    /// Relayed to the cover site.
+    Mask,
+    /// A fatal TLS alert, then closed.
+    Alert,
+}
+
+impl Given {
+    /// Every answer, in slot order.
+    pub const ALL: [Given; 4] = [Given::Reset, Given::Drop, Given::Mask, Given::Alert];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Given::Reset => "reset",
+            Given::Drop => "drop",
+            Given::Mask => "mask",
+            Given::Alert => "alert",
+        }
+    }
+}
+
+/// A cap of `[refusal]` on connections held at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalCap {
+    /// `max_held`: dropped, delayed, or awaiting their first bytes.
+    Held,
+    /// `max_masked`: relayed to the cover site.
+    Masked,
+}
+
+impl RefusalCap {
+    /// Every cap, in slot order.
+    pub const ALL: [RefusalCap; 2] = [RefusalCap::Held, RefusalCap::Masked];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCap::Held => "held",
+            RefusalCap::Masked => "masked",
+        }
+    }
+}
+
+/// A bound that cut a masked connection short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskBound {
+    /// `mask_max_bytes`.
+    Bytes,
+    /// `mask_timeout`.
+    Time,
+}
+
+impl MaskBound {
+    /// Every bound, in slot order.
+    pub const ALL: [MaskBound; 2] = [MaskBound::Bytes, MaskBound::Time];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaskBound::Bytes => "bytes",
+            MaskBound::Time => "time",
+        }
+    }
+}
+
+/// Refusals by case and answer; the connections held and masked now
+/// (gauges that are also the caps' counts, all listeners together);
+/// how often a cap or a bound was met.
+#[derive(Default)]
+pub struct Refusals {
+    given: [[AtomicU64; Given::ALL.len()]; RefusalCase::ALL.len()],
+    /// Held now: dropped, delayed, or blocked and awaiting first bytes.
+    pub held: AtomicU64,
+    /// Masked now.
+    pub masked: AtomicU64,
+    cap_reached: [AtomicU64; RefusalCap::ALL.len()],
+    cut: [AtomicU64; MaskBound::ALL.len()],
+}
+
+impl Refusals {
+    /// Counts one answer given.
+    pub fn given(&self, case: RefusalCase, given: Given) {
+        self.given[case as usize][given as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one place under `cap` if fewer than `max` are taken; counts a
+    /// refusal at the cap otherwise. Give it back with [`Refusals::release`].
+    pub fn try_take(&self, cap: RefusalCap, max: u32) -> bool {
+        let taken = self
+            .gauge(cap)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < u64::from(max)).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            self.cap_reached[cap as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Gives back a place [`Refusals::try_take`] took.
+    pub fn release(&self, cap: RefusalCap) {
+        self.gauge(cap).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a masked connection cut at `bound`.
+    pub fn cut(&self, bound: MaskBound) {
+        self.cut[bound as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn gauge(&self, cap: RefusalCap) -> &AtomicU64 {
+        match cap {
+            RefusalCap::Held => &self.held,
+            RefusalCap::Masked => &self.masked,
+        }
+    }
+
+    /// `(case, answer, count)` of every pair, for the metrics.
+    pub fn counts(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for case in RefusalCase::ALL {
+            for given in Given::ALL {
+                let n = self.given[case as usize][given as usize].load(Ordering::Relaxed);
+                out.push((case.as_str(), given.as_str(), n));
+            }
+        }
+        out
+    }
+
+    /// `(cap, count)` of refusals at each cap.
+    pub fn caps_reached(&self) -> [(&'static str, u64); RefusalCap::ALL.len()] {
+        RefusalCap::ALL.map(|c| {
+            (
+                c.as_str(),
+                self.cap_reached[c as usize].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// `(bound, count)` of masked connections cut at each bound.
+    pub fn cuts(&self) -> [(&'static str, u64); MaskBound::ALL.len()] {
+        MaskBound::ALL.map(|b| (b.as_str(), self.cut[b as usize].load(Ordering::Relaxed)))
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mtguard::config::ProxyProtocol;
+use mtguard::config::{ProxyProtocol, RefusalSettings};
 use mtguard::engine::{Capacity, Engine, Guard, LogEvents};
 use mtguard::loadgen;
 use mtguard::proxy::inspect::Mtproto;
@@ -50,8 +50,26 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts the guard's driver and the relay.
+    /// Starts the guard's driver and the relay. Refused handshakes are
+    /// answered as the inspection state's `on_probe` says (masked to its
+    /// mask backend, or reset), refused clients reset.
     pub fn start(guard: Arc<Guard>, backend: SocketAddr, mtproto: Option<Arc<Mtproto>>) -> Relay {
+        let refusal = match &mtproto {
+            Some(m) => {
+                RefusalSettings::from_on_probe(m.on_probe(), m.mask_backend().map(str::to_owned))
+            }
+            None => RefusalSettings::default(),
+        };
+        Relay::start_refusing(guard, backend, mtproto, refusal)
+    }
+
+    /// [`Relay::start`] answering refused sources as `refusal` says.
+    pub fn start_refusing(
+        guard: Arc<Guard>,
+        backend: SocketAddr,
+        mtproto: Option<Arc<Mtproto>>,
+        refusal: RefusalSettings,
+    ) -> Relay {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -64,6 +82,7 @@ impl Relay {
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
             backend_tls: None,
+            refusal,
         }))
         .1;
         let mtproto = tokio::sync::watch::channel(mtproto).1;

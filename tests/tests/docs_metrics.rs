@@ -46,13 +46,21 @@ fn documented() -> BTreeMap<String, Families> {
         let name = cells[1].trim_matches('`').to_owned();
         let labels = if cells[3] == "—" {
             Vec::new()
-        } else if let Some((label, values)) = cells[3].split_once(':') {
-            // `label`: `value`, `value`, ...
-            let values = values
-                .split(',')
-                .map(|v| v.trim().trim_matches('`').to_owned())
-                .collect();
-            vec![(label.trim().trim_matches('`').to_owned(), Some(values))]
+        } else if cells[3].contains(':') {
+            // `label`: `value`, `value`, ...; `label`: `value`, ...
+            cells[3]
+                .split(';')
+                .map(|part| {
+                    let (label, values) = part.split_once(':').unwrap_or_else(|| {
+                        panic!("{name}: `label`: values, separated by `;`: {part}")
+                    });
+                    let values = values
+                        .split(',')
+                        .map(|v| v.trim().trim_matches('`').to_owned())
+                        .collect();
+                    (label.trim().trim_matches('`').to_owned(), Some(values))
+                })
+                .collect()
         } else {
             // `label`, `label`: labels whose values vary.
             cells[3]

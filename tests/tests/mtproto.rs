@@ -358,7 +358,7 @@ time_skew_ahead = "2s"
     assert_eq!(m.secrets.len(), 3);
     assert_eq!(m.secrets[1].to_string(), FAKE_TLS);
     assert!(m.inspecting());
-    assert_eq!(m.on_probe, OnProbe::Mask);
+    assert_eq!(m.on_probe, Some(OnProbe::Mask));
     assert_eq!(m.mask_backend.as_deref(), Some("example.com:443"));
     assert_eq!(
         m.window(),
@@ -370,10 +370,11 @@ time_skew_ahead = "2s"
     let p = c.effective_policy(None).unwrap();
     assert_eq!(p.handshake_timeout, Some(Duration::from_secs(3)));
 
-    // Defaults: no secrets, no inspection, close, the core's window.
+    // Defaults: no secrets, no inspection, no on_probe (the [refusal]
+    // presets apply), the core's window.
     let d = Config::parse("", "t.toml").unwrap().mtproto;
     assert!(!d.inspecting() && d.secrets.is_empty());
-    assert_eq!(d.on_probe, OnProbe::Close);
+    assert_eq!(d.on_probe, None);
     assert_eq!(d.window(), TimeWindow::default());
     let off = Config::parse(
         &format!("[mtproto]\nsecrets = [\"{CLASSIC}\"]\ninspect = false\n"),

@@ -109,6 +109,7 @@ async fn start_with(
         connect_timeout: Duration::from_secs(2),
         idle_timeout,
         backend_tls: None,
+        refusal: Default::default(),
     }));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let serve = tokio::spawn(proxy::serve(listener, guard.clone(), settings, shutdown_rx));
@@ -537,6 +538,7 @@ async fn an_unreachable_backend_closes_the_client() {
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(30),
         backend_tls: None,
+        refusal: Default::default(),
     }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -560,6 +562,7 @@ async fn backend_failures_are_counted_by_kind() {
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(30),
             backend_tls: None,
+            refusal: Default::default(),
         })
     };
     let closed = {

@@ -47,6 +47,45 @@ pub(super) fn encode(e: &mut DescriptorEncoder, telemetry: &Telemetry) -> std::f
         "kind",
         ops.backend_failures.counts(),
     )?;
+    let refusals = &ops.refusals;
+    {
+        let mut m = e.encode_descriptor(
+            "refusals",
+            "Refused sources by case and by the answer they were given ([refusal]).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (case, answer, n) in refusals.counts() {
+            let labels = [("case", case), ("answer", answer)];
+            ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    gauge(
+        e,
+        "refusal_held_connections",
+        "Refused connections held now: dropped, delayed, or blocked and awaiting their first bytes.",
+        refusals.held.load(Relaxed),
+    )?;
+    gauge(
+        e,
+        "masked_connections",
+        "Refused connections relayed to the cover site now.",
+        refusals.masked.load(Relaxed),
+    )?;
+    labelled_counters(
+        e,
+        "refusal_cap_reached",
+        "Refused connections reset because max_held or max_masked was reached, by cap.",
+        "cap",
+        refusals.caps_reached(),
+    )?;
+    labelled_counters(
+        e,
+        "masked_cut",
+        "Masked connections cut at mask_max_bytes or mask_timeout, by bound.",
+        "bound",
+        refusals.cuts(),
+    )?;
     let reloads = &ops.reloads;
     labelled_counters(
         e,

@@ -166,7 +166,8 @@ impl Config {
         );
         row(
             k::mtproto::on_probe.name,
-            m.on_probe.as_str().to_owned(),
+            m.on_probe
+                .map_or("(unset)".into(), |p| p.as_str().to_owned()),
             &origin(k::mtproto::on_probe.path()),
         );
         row(
@@ -184,6 +185,10 @@ impl Config {
             format_duration(m.time_skew_ahead),
             &origin(k::mtproto::time_skew_ahead.path()),
         );
+        row(k::refusal::TABLE, String::new(), "");
+        for (key, value, origin) in self.refusal_rows(level, &at) {
+            row(key, value, &origin);
+        }
         row(k::crowdsec::TABLE, String::new(), "");
         match &self.crowdsec {
             None => row(k::crowdsec::lapi_url.name, "(off)".into(), "default"),

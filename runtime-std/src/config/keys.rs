@@ -416,11 +416,11 @@ keys! {
             r#"`true` when `secrets` is set, else `false`"#,
             r#"Whether handshakes are inspected. `false` keeps the secrets in the file but forwards every connection uninspected. `true` without secrets is an error."#;
         on_probe: r#"string"#,
-            r#"`"close"`"#,
-            r#"What happens to a connection whose handshake is refused. `"close"` resets it and the backend is never contacted. `"mask"` relays it byte for byte to `mask_backend`."#;
+            r#"unset (the `[refusal]` presets apply)"#,
+            r#"What happens to a connection whose handshake is refused: `"close"` resets it, `"mask"` relays it byte for byte to `mask_backend`. The older form of `[refusal] failed_handshake` and `replay` (`"close"` is `"reset"`); a `[refusal]` key set beside it wins."#;
         mask_backend: r#"string"#,
             r#"unset"#,
-            r#"`host:port` of the real website of the fake-TLS domain. Required with `on_probe = "mask"`."#;
+            r#"`host:port` of the cover site: the real website of the fake-TLS domain, where every `"mask"` answer of `[refusal]` relays. Required by an answer `"mask"` written in the file."#;
         handshake_timeout: r#"duration or `"off"`"#,
             r#"unset (`[limits] handshake_timeout` applies)"#,
             r#"The deadline for the first bytes. When set, it replaces `[limits] handshake_timeout`."#;
@@ -430,6 +430,42 @@ keys! {
         time_skew_ahead: r#"duration"#,
             r#"`"3s"`"#,
             r#"How far the timestamp may run ahead of the guard's clock. Whole seconds."#;
+    }
+    /// The keys of `[refusal]`.
+    refusal "[refusal]" {
+        failed_handshake: r#"string"#,
+            r#"`"reset"` at levels 0–1; `"mask"` at 2–3 with a `mask_backend`, else `"reset"`"#,
+            r#"What a source whose handshake failed (no secret's, not a handshake at all) sees: `"reset"` a TCP reset at once; `"drop"` no answer, the connection held silently for `drop_timeout`; `"mask"` the cover site (`[mtproto] mask_backend`), as if the handshake had reached it. See [What a refused source sees](mtproto.md#what-a-refused-source-sees)."#;
+        replay: r#"string"#,
+            r#"`"reset"` at levels 0–1; `"mask"` at 2–3 with a `mask_backend`, else `"reset"`"#,
+            r#"The same for a replayed handshake: a censor replaying a recorded ClientHello expects the real site's answer."#;
+        blocked: r#"string"#,
+            r#"`"reset"` at levels 0–1; `"drop"` at 2; `"mask"` at 3 with a `mask_backend`, else `"drop"`"#,
+            r#"The same for a blocked or denylisted client, refused at accept before a byte is read. With `"mask"`, its first bytes are read (within the handshake deadline) and only then is the cover site connected, so a flood costs at most `max_masked` cover-site connections. Other refusals at accept (rate and connection limits) are always reset."#;
+        drop_timeout: r#"duration"#,
+            r#"`"30s"`"#,
+            r#"How long a dropped connection is held (what it sends is read and discarded) before it is closed. At most `"10m"`."#;
+        max_held: r#"integer 0–65535"#,
+            r#"`1024`"#,
+            r#"Connections held at once: dropped, waiting out a delay, or blocked and waiting for their first bytes to be masked. One more is reset instead (counted in `mtguard_refusal_cap_reached_total{cap="held"}`)."#;
+        max_masked: r#"integer 0–65535"#,
+            r#"`512`"#,
+            r#"Masked connections at once, each one cover-site connection. One more is reset instead (`mtguard_refusal_cap_reached_total{cap="masked"}`)."#;
+        mask_max_bytes: r#"integer 1–67108864"#,
+            r#"`5242880`"#,
+            r#"Bytes one masked connection may move, both directions together, the bytes already read included; then it is cut (`mtguard_masked_cut_total{bound="bytes"}`), so the guard is no open relay to the cover site."#;
+        mask_timeout: r#"duration"#,
+            r#"`"60s"`"#,
+            r#"How long one masked connection may last; then it is cut (`mtguard_masked_cut_total{bound="time"}`)."#;
+        delay_min: r#"duration"#,
+            r#"`"0s"` at levels 0–2, `"20ms"` at 3"#,
+            r#"Timing normalisation: a reset or a mask waits a random delay from `delay_min` to `delay_max` after the first bytes are judged, so failing takes about as long as a handshake with the proxy would. Not a drop (silent anyway) nor a TLS alert (a server sends it at once). At most `"10s"`. A delayed connection is held (`max_held`)."#;
+        delay_max: r#"duration"#,
+            r#"`"0s"` at levels 0–1, `"100ms"` at 2, `"250ms"` at 3"#,
+            r#"The longest such delay; not shorter than `delay_min`. At most `"10s"`."#;
+        tls_alerts: r#"boolean"#,
+            r#"`false` at levels 0–1, `true` at 2–3"#,
+            r#"Where the answer to a failed handshake is `"reset"`: a malformed ClientHello gets the fatal TLS alert `decode_error`, one whose SNI names no secret's domain `unrecognized_name`, as a real server sends (then the connection is closed), instead of a bare reset."#;
     }
     /// The keys of `[refresh]`.
     refresh "[refresh]" {
@@ -696,8 +732,15 @@ mod default_tests {
                 "[server.backend_tls] ca_file",
                 "[server.backend_tls] on_expired",
                 "[mtproto] inspect",
+                "[mtproto] on_probe",
                 "[mtproto] mask_backend",
                 "[mtproto] handshake_timeout",
+                "[refusal] failed_handshake",
+                "[refusal] replay",
+                "[refusal] blocked",
+                "[refusal] delay_min",
+                "[refusal] delay_max",
+                "[refusal] tls_alerts",
                 "[refresh] config_url",
                 "[refresh] config_out",
                 "[refresh] secret_url",

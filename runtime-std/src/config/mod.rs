@@ -38,13 +38,20 @@ mod duration;
 mod error;
 mod keys;
 mod parse;
+mod refusal;
 mod values;
 
 pub use duration::{format_duration, parse_duration};
 pub use error::{toml_error, ConfigError};
 pub use keys::{key, Key, LimitsConfig, KEYS};
 pub use parse::{line_scan_bytes, LineIndex};
-pub use values::{url_host, ContentKind, OnExpired, OnProbe, ProxyProtocol, Trust, UrlError};
+pub use refusal::{
+    preset as refusal_preset, preset_delay, preset_tls_alerts, RefusalCase, RefusalConfig,
+    RefusalSettings,
+};
+pub use values::{
+    url_host, Answer, ContentKind, OnExpired, OnProbe, ProxyProtocol, Trust, UrlError,
+};
 
 /// The whole configuration, as read from a file or embedded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +70,9 @@ pub struct Config {
     pub state: StateConfig,
     /// `[mtproto]`: handshake inspection.
     pub mtproto: MtprotoConfig,
+    /// `[refusal]`: what a refused source sees (see
+    /// [`Config::refusal_settings`] for the values in force).
+    pub refusal: RefusalConfig,
     /// `[crowdsec]`: shared decisions; `None` without the table.
     pub crowdsec: Option<CrowdsecConfig>,
     /// `[kernel]`: the nftables mirror of blocks.
@@ -193,8 +203,10 @@ pub struct MtprotoConfig {
     /// `inspect` as written; absent, inspection is on when there are
     /// secrets (see [`MtprotoConfig::inspecting`]).
     pub inspect: Option<bool>,
-    /// What happens to a connection whose handshake is refused.
-    pub on_probe: OnProbe,
+    /// What happens to a connection whose handshake is refused, if the
+    /// file says (`[refusal] failed_handshake` and `replay` replace it;
+    /// unset, the level's preset applies).
+    pub on_probe: Option<OnProbe>,
     /// Where probes go with `on_probe = "mask"`: `host:port` of the real
     /// website of the fake-TLS domain.
     pub mask_backend: Option<String>,
@@ -213,7 +225,7 @@ impl Default for MtprotoConfig {
             secrets: Vec::new(),
             hsm_secrets: Vec::new(),
             inspect: None,
-            on_probe: OnProbe::Close,
+            on_probe: None,
             mask_backend: None,
             handshake_timeout: None,
             time_skew: keys::default::TIME_SKEW,
@@ -473,6 +485,7 @@ impl Config {
                 dir: default_state_dir(),
             },
             mtproto: MtprotoConfig::default(),
+            refusal: RefusalConfig::default(),
             crowdsec: None,
             kernel: KernelConfig::default(),
             hsm: None,

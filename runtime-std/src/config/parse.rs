@@ -58,6 +58,7 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     state: Option<RawState>,
     mtproto: Option<RawMtproto>,
+    refusal: Option<super::refusal::RawRefusal>,
     crowdsec: Option<Spanned<RawCrowdsec>>,
     kernel: Option<RawKernel>,
     hsm: Option<RawHsm>,
@@ -408,11 +409,11 @@ impl Parse<'_> {
         if let Some(on_probe) = &raw.on_probe {
             let key = k::mtproto::on_probe.path();
             self.note(key, &on_probe.span());
-            out.on_probe = match on_probe.get_ref() {
+            out.on_probe = Some(match on_probe.get_ref() {
                 RawOnProbe::Close => OnProbe::Close,
                 RawOnProbe::Mask => OnProbe::Mask,
-            };
-            if out.on_probe == OnProbe::Mask && out.mask_backend.is_none() {
+            });
+            if out.on_probe == Some(OnProbe::Mask) && out.mask_backend.is_none() {
                 let m = "\"mask\" needs [mtproto] mask_backend = \"host:port\" \
                          (the real website of the fake-TLS domain)";
                 return Err(self.error(&on_probe.span(), key, m));
@@ -1087,6 +1088,7 @@ impl Config {
             config.hsm = Some(cx.hsm(hsm, &span)?);
         }
         config.mtproto = cx.mtproto(raw.mtproto.unwrap_or_default())?;
+        config.refusal = cx.refusal(raw.refusal.unwrap_or_default(), &config.mtproto)?;
         if let Some(refresh) = raw.refresh {
             config.refresh = Some(cx.refresh(refresh)?);
         }

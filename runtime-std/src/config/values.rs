@@ -42,6 +42,35 @@ impl OnProbe {
     }
 }
 
+/// What a refused source sees (`[refusal]`): an answer a censor's prober
+/// cannot tell from an ordinary server's is the point of the last two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// A TCP reset (SO_LINGER 0) at once: the cheapest, and the one a
+    /// prober reads as "a filter is here".
+    Reset,
+    /// No answer at all: the connection is held silently (what it sends is
+    /// read and discarded) until `drop_timeout`, then closed.
+    Drop,
+    /// Relayed to the cover site (`[mtproto] mask_backend`), bytes already
+    /// read first, as if the handshake had reached that site.
+    Mask,
+}
+
+impl Answer {
+    /// Every answer, in metrics order.
+    pub const ALL: [Answer; 3] = [Answer::Reset, Answer::Drop, Answer::Mask];
+
+    /// The config file's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Reset => "reset",
+            Answer::Drop => "drop",
+            Answer::Mask => "mask",
+        }
+    }
+}
+
 /// What, besides the pins, a peer's certificate must satisfy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trust {

@@ -957,6 +957,7 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<DemoReport> {
         connect_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(10),
         backend_tls: None,
+        refusal: Default::default(),
     }));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let serve = tokio::spawn(proxy::serve(listener, guard.clone(), settings, shutdown));

@@ -4,7 +4,8 @@
 //!
 //! A connection goes through three phases:
 //! 1. accept: `Guard::connect`; a refused client is reset at once (SO_LINGER
-//!    0) and costs no backend connection;
+//!    0) and costs no backend connection (a blocked or denylisted one gets
+//!    `[refusal] blocked`'s answer instead, see [`refusal`]);
 //! 2. handshake: the client's first bytes are awaited, racing the engine's
 //!    handshake deadline (slowloris) and shutdown (the idle timeout applies
 //!    here only when the engine has no deadline to judge them); they are
@@ -24,11 +25,12 @@
 //! decides: a valid handshake is reported as such and forwarded (everything
 //! read so far on one write); an invalid one is reported with its outcome
 //! (invalid or replay, so the engine's scanner and replay detection work)
-//! and then either reset without contacting the backend, or relayed to the
-//! mask backend as an ordinary connection.
+//! and then answered as `[refusal]` says (reset, drop, mask, or a TLS
+//! alert): the backend never hears of it.
 
 pub mod header;
 pub mod inspect;
+pub mod refusal;
 
 pub use header::proxy_header;
 
@@ -39,17 +41,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mtguard_core::mtproto::{Inspector, Invalid, Verdict};
-use mtguard_core::{ConnectionId, HandshakeOutcome};
+use mtguard_core::{ConnectionId, HandshakeOutcome, RejectReason};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::config::{OnProbe, ProxyProtocol};
+use crate::config::{Answer, ProxyProtocol, RefusalCase, RefusalSettings};
 use crate::engine::{Admitted, Guard};
 use crate::episode::{self, is_connection_error, AcceptTrouble};
 use crate::proxy::inspect::Mtproto;
-use crate::telemetry::{BackendFailure, Telemetry};
+use crate::proxy::refusal::{Held, Slot, Spliced};
+use crate::telemetry::{BackendFailure, Given, MaskBound, RefusalCap, Telemetry};
 
 /// How admitted connections are forwarded. Read once per connection, at
 /// accept: a reload applies to new connections.
@@ -67,6 +70,8 @@ pub struct ProxySettings {
     /// TLS to the backend (`[server.backend_tls]`), pinned; `None` relays
     /// over plain TCP.
     pub backend_tls: Option<BackendTls>,
+    /// What refused sources see (`[refusal]`, resolved for the level).
+    pub refusal: RefusalSettings,
 }
 
 /// How to wrap the backend connection in TLS. The verifier behind the
@@ -90,7 +95,7 @@ impl std::fmt::Debug for BackendTls {
 
 /// Size of each direction's copy buffer. Each relayed connection holds two,
 /// allocated once.
-const COPY_BUFFER: usize = 16 * 1024;
+pub(crate) const COPY_BUFFER: usize = 16 * 1024;
 
 /// The most the handshake buffer grows to while the inspection asks for
 /// more bytes: one whole TLS record (5-byte header and 2^14 bytes), which
@@ -294,9 +299,16 @@ fn admit(stream: TcpStream, peer: SocketAddr, listening: SocketAddr, listener: &
     let peer = canonical(peer);
     let Admitted { id, timed_out } = match guard.connect(peer.ip()) {
         Ok(admitted) => admitted,
+        Err(RejectReason::Blocked | RejectReason::Denylisted) => {
+            let settings = settings.borrow().clone();
+            refuse_blocked(stream, peer, guard, settings, shared, shutdown);
+            return;
+        }
         Err(_) => {
             // The engine counts refusals; logging each would let a flood
-            // fill the logs.
+            // fill the logs. A limit's refusal is always a reset: it comes
+            // in floods, and holding or masking would cost what the limit
+            // saves.
             reset_on_close(&stream);
             return;
         }
@@ -320,6 +332,122 @@ fn admit(stream: TcpStream, peer: SocketAddr, listening: SocketAddr, listener: &
         shared: Arc::clone(shared),
     };
     tokio::spawn(connection.run(stream, timed_out, shutdown.clone()));
+}
+
+/// A blocked or denylisted client, refused at accept: `[refusal] blocked`'s
+/// answer. A drop or a mask first takes a place under `max_held`; a mask
+/// reads the first bytes (within the handshake deadline) and only then,
+/// with a place under `max_masked`, connects the cover site. A flood from
+/// blocked addresses so costs at most those caps; beyond them, a reset.
+/// The engine has refused the connection already: it does not count it.
+fn refuse_blocked(
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: &Guard,
+    settings: Arc<ProxySettings>,
+    shared: &Arc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let case = RefusalCase::Blocked;
+    let answer = match settings.refusal.blocked {
+        Answer::Mask if settings.refusal.mask_backend.is_none() => Answer::Reset,
+        answer => answer,
+    };
+    if answer == Answer::Reset {
+        shared.telemetry.ops.refusals.given(case, Given::Reset);
+        reset_on_close(&stream);
+        return;
+    }
+    // The first bytes may take as long as a handshake may.
+    let wait = guard
+        .with(|e, _| e.policy().handshake_timeout)
+        .unwrap_or(settings.refusal.drop_timeout);
+    let shared = Arc::clone(shared);
+    let mut shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let mut client = stream;
+        let r = &settings.refusal;
+        let refusals = &shared.telemetry.ops.refusals;
+        let reset = |client: &TcpStream| {
+            refusals.given(case, Given::Reset);
+            reset_on_close(client);
+        };
+        let Some(held) = Slot::take(refusals, RefusalCap::Held, r.max_held) else {
+            return reset(&client);
+        };
+        if answer == Answer::Drop {
+            refusals.given(case, Given::Drop);
+            let held = refusal::hold(&mut client, r.drop_timeout, &mut shutdown).await;
+            tracing::debug!(%peer, ?held, "blocked client dropped");
+            return;
+        }
+        let mut first = Vec::with_capacity(COPY_BUFFER);
+        let read = tokio::select! {
+            read = tokio::time::timeout(wait, client.read_buf(&mut first)) => read,
+            _ = shutdown.wait_for(|&stop| stop) => return reset(&client),
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            // Gone before a byte: nothing to answer.
+            Ok(Ok(_)) => return,
+            Ok(Err(_)) | Err(_) => return reset(&client),
+        }
+        let delay = refusal::draw_delay(r);
+        if !delay.is_zero() {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|&stop| stop) => return reset(&client),
+            }
+        }
+        drop(held);
+        let Some(_masked) = Slot::take(refusals, RefusalCap::Masked, r.max_masked) else {
+            return reset(&client);
+        };
+        let Some(cover) = r.mask_backend.as_deref() else {
+            return reset(&client);
+        };
+        refusals.given(case, Given::Mask);
+        match mask(&mut client, &first, cover, &settings, &shared, peer).await {
+            Ok(spliced) => tracing::debug!(%peer, ?spliced, "blocked client masked"),
+            Err(_) => reset_on_close(&client),
+        }
+    });
+}
+
+/// Connects to the cover site and splices `client` to it, `first` first,
+/// under `[refusal]`'s bounds (a cut is counted). An error: the cover site
+/// could not be reached (counted as a backend failure).
+async fn mask(
+    client: &mut TcpStream,
+    first: &[u8],
+    cover: &str,
+    settings: &ProxySettings,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> io::Result<Spliced> {
+    let r = &settings.refusal;
+    let backend = match connect(cover, settings.connect_timeout).await {
+        Ok(backend) => backend,
+        Err(e) => {
+            shared.backend_failed(cover, peer, &e);
+            return Err(e.1);
+        }
+    };
+    let _ = backend.set_nodelay(true);
+    let ops = &shared.telemetry.ops;
+    let spliced = refusal::splice(
+        client,
+        backend,
+        first,
+        r.mask_max_bytes,
+        r.mask_timeout,
+        &ops.relayed,
+    )
+    .await;
+    if let Spliced::Cut { bound, .. } = &spliced {
+        ops.refusals.cut(*bound);
+    }
+    Ok(spliced)
 }
 
 /// Makes dropping `stream` send a reset: no FIN exchange and no TIME_WAIT
@@ -349,8 +477,21 @@ enum End {
     Refused(HandshakeOutcome),
     /// MTProto inspection refused the first bytes (`len` of them were read).
     Probe { reason: Invalid, len: usize },
+    /// A refused handshake was answered with a TLS alert.
+    Alerted { reason: Invalid },
+    /// A refused handshake was held silently, then closed.
+    Dropped { reason: Invalid, held: Held },
     /// A refused handshake was relayed to the mask backend.
     Masked { reason: Invalid, up: u64, down: u64 },
+    /// ... and cut short at a bound.
+    MaskCut {
+        reason: Invalid,
+        bound: MaskBound,
+        up: u64,
+        down: u64,
+    },
+    /// The mask backend could not be reached: reset.
+    MaskFailed(io::Error),
     /// A valid handshake from a client holding its authenticated cap.
     AuthenticatedLimit,
     /// The backend could not be reached.
@@ -369,10 +510,27 @@ impl std::fmt::Display for End {
             End::Idle => f.write_str("idle timeout"),
             End::Refused(outcome) => write!(f, "first bytes refused ({outcome:?})"),
             End::Probe { reason, .. } => write!(f, "handshake refused ({reason:?}); closed"),
+            End::Alerted { reason } => {
+                write!(f, "handshake refused ({reason:?}); TLS alert sent")
+            }
+            End::Dropped { reason, held } => {
+                write!(f, "handshake refused ({reason:?}); dropped ({held:?})")
+            }
             End::Masked { reason, up, down } => write!(
                 f,
                 "handshake refused ({reason:?}); masked: {up} bytes up, {down} bytes down"
             ),
+            End::MaskCut {
+                reason,
+                bound,
+                up,
+                down,
+            } => write!(
+                f,
+                "handshake refused ({reason:?}); masked, cut at the {} bound: {up} bytes up, {down} bytes down",
+                bound.as_str()
+            ),
+            End::MaskFailed(e) => write!(f, "mask backend unreachable: {e}"),
             End::AuthenticatedLimit => {
                 f.write_str("valid handshake refused: the client holds its authenticated cap")
             }
@@ -400,7 +558,10 @@ impl Connection {
     ) {
         let started = Instant::now();
         let end = self.relay(&mut client, timed_out, shutdown).await;
-        if matches!(end, End::HandshakeTimeout | End::Probe { .. }) {
+        if matches!(
+            end,
+            End::HandshakeTimeout | End::Probe { .. } | End::MaskFailed(_)
+        ) {
             // A slowloris client or a prober gets what a refused one gets.
             reset_on_close(&client);
         }
@@ -460,7 +621,9 @@ impl Connection {
             Err(End::Probe { reason, len }) => {
                 guard.handshake(id, reason.outcome());
                 drop(inspector);
-                return self.mask(client, reason, &mut buf, len).await;
+                return self
+                    .refuse(client, reason, &buf[..len], &mut shutdown)
+                    .await;
             }
             Err(end) => return end,
         };
@@ -477,7 +640,7 @@ impl Connection {
             guard.handshake(id, HandshakeOutcome::Valid);
         }
 
-        let backend = match self.connect(&self.settings.backend).await {
+        let backend = match connect(&self.settings.backend, self.settings.connect_timeout).await {
             Ok(backend) => backend,
             Err(e) => {
                 self.shared
@@ -528,34 +691,86 @@ impl Connection {
         }
     }
 
-    /// After a refused handshake: closes (the caller resets), or with
-    /// `on_probe = "mask"` relays the connection to the mask backend,
-    /// starting with the `len` bytes already read.
-    async fn mask(
+    /// After a refused handshake: answers as `[refusal]` says for its
+    /// case. `first` holds what was read (the refused handshake).
+    async fn refuse(
         &self,
         client: &mut TcpStream,
         reason: Invalid,
-        buf: &mut Vec<u8>,
-        len: usize,
+        first: &[u8],
+        shutdown: &mut watch::Receiver<bool>,
     ) -> End {
-        let mask_backend = match self.mtproto.as_deref() {
-            Some(m) if m.on_probe() == OnProbe::Mask => m.mask_backend(),
-            _ => None,
+        let r = &self.settings.refusal;
+        let refusals = &self.shared.telemetry.ops.refusals;
+        let case = match reason {
+            Invalid::Replay => RefusalCase::Replay,
+            _ => RefusalCase::FailedHandshake,
         };
-        let Some(mask_backend) = mask_backend else {
-            return End::Probe { reason, len };
-        };
-        let backend = match self.connect(mask_backend).await {
-            Ok(backend) => backend,
-            Err(e) => {
-                self.shared.backend_failed(mask_backend, self.peer, &e);
-                return End::Backend(e.1);
+        let reset = || {
+            refusals.given(case, Given::Reset);
+            End::Probe {
+                reason,
+                len: first.len(),
             }
         };
-        let _ = backend.set_nodelay(true);
-        match self.pipe(client, backend, None, buf, len).await {
-            Ok((up, down)) => End::Masked { reason, up, down },
-            Err(end) => end,
+        let answer = r.answer(case);
+        if answer == Answer::Reset && r.tls_alerts {
+            if let Some(description) = refusal::alert_for(reason) {
+                // At once, undelayed: a web server refusing a hello it
+                // cannot use answers as fast as it reads it, and a delay
+                // there would be the tell.
+                refusals.given(case, Given::Alert);
+                return match refusal::send_alert(client, description).await {
+                    Ok(()) => End::Alerted { reason },
+                    Err(e) => End::Io(e),
+                };
+            }
+        }
+        if answer == Answer::Drop {
+            let Some(_held) = Slot::take(refusals, RefusalCap::Held, r.max_held) else {
+                return reset();
+            };
+            refusals.given(case, Given::Drop);
+            let held = refusal::hold(client, r.drop_timeout, shutdown).await;
+            return End::Dropped { reason, held };
+        }
+        let delay = refusal::draw_delay(r);
+        if !delay.is_zero() {
+            let Some(_held) = Slot::take(refusals, RefusalCap::Held, r.max_held) else {
+                return reset();
+            };
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|&stop| stop) => return reset(),
+            }
+        }
+        let Some(mask_backend) = r.mask_backend.as_deref().filter(|_| answer == Answer::Mask)
+        else {
+            return reset();
+        };
+        let Some(_masked) = Slot::take(refusals, RefusalCap::Masked, r.max_masked) else {
+            return reset();
+        };
+        refusals.given(case, Given::Mask);
+        match mask(
+            client,
+            first,
+            mask_backend,
+            &self.settings,
+            &self.shared,
+            self.peer,
+        )
+        .await
+        {
+            Ok(Spliced::Done { up, down }) => End::Masked { reason, up, down },
+            Ok(Spliced::Cut { bound, up, down }) => End::MaskCut {
+                reason,
+                bound,
+                up,
+                down,
+            },
+            Ok(Spliced::Io(e)) => End::Io(e),
+            Err(e) => End::MaskFailed(e),
         }
     }
 
@@ -611,44 +826,47 @@ impl Connection {
             _ = activity.idle(self.settings.idle_timeout) => Err(End::Idle),
         }
     }
+}
 
-    /// Connects to `backend` (`host:port`), as `TcpStream::connect` does
-    /// (each resolved address in turn, the last error if none answers),
-    /// but resolving first so that a name that does not resolve is told
-    /// apart from an address that does not answer.
-    async fn connect(&self, backend: &str) -> Result<TcpStream, (BackendFailure, io::Error)> {
-        let connect = async {
-            let addrs = tokio::net::lookup_host(backend)
-                .await
-                .map_err(|e| (BackendFailure::Resolve, e))?;
-            let mut last = None;
-            for addr in addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last = Some(e),
-                }
+/// Connects to `backend` (`host:port`), as `TcpStream::connect` does
+/// (each resolved address in turn, the last error if none answers),
+/// but resolving first so that a name that does not resolve is told
+/// apart from an address that does not answer.
+async fn connect(
+    backend: &str,
+    timeout: Duration,
+) -> Result<TcpStream, (BackendFailure, io::Error)> {
+    let connect = async {
+        let addrs = tokio::net::lookup_host(backend)
+            .await
+            .map_err(|e| (BackendFailure::Resolve, e))?;
+        let mut last = None;
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
             }
-            Err(match last {
-                Some(e) => (BackendFailure::of_connect(&e), e),
-                None => (
-                    BackendFailure::Resolve,
-                    io::Error::new(
-                        io::ErrorKind::NotFound,
-                        "the backend resolved to no address",
-                    ),
-                ),
-            })
-        };
-        match tokio::time::timeout(self.settings.connect_timeout, connect).await {
-            Ok(connected) => connected,
-            Err(_) => Err((
-                BackendFailure::Timeout,
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connecting to the backend timed out",
-                ),
-            )),
         }
+        Err(match last {
+            Some(e) => (BackendFailure::of_connect(&e), e),
+            None => (
+                BackendFailure::Resolve,
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "the backend resolved to no address",
+                ),
+            ),
+        })
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(connected) => connected,
+        Err(_) => Err((
+            BackendFailure::Timeout,
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connecting to the backend timed out",
+            ),
+        )),
     }
 }
 

@@ -420,6 +420,7 @@ impl Plan {
             connect_timeout: server.connect_timeout,
             idle_timeout: server.idle_timeout,
             backend_tls,
+            refusal: self.config.refusal_settings(self.policy.level.number()),
         })
     }
 
@@ -480,7 +481,7 @@ fn mtproto_state(
         set,
         keys,
         m.window(),
-        m.on_probe,
+        m.on_probe.unwrap_or_default(),
         m.mask_backend.clone(),
         previous.map(|p| &**p),
     );

@@ -147,14 +147,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         crate::fleet::crowdsec::start(crowdsec, &node, &shutdown)?;
     }
 
+    let applied_refusal = applied.settings.refusal.clone();
     let (settings_tx, settings) = watch::channel(applied.settings);
     let inspection = applied.mtproto;
     if let Some(m) = &inspection {
         tracing::info!(
             secrets = m.secrets().as_slice().len(),
             in_token = config.mtproto.hsm_secrets.len(),
-            on_probe = m.on_probe().as_str(),
             "inspecting MTProto handshakes"
+        );
+    }
+    {
+        let r = &applied_refusal;
+        tracing::info!(
+            failed_handshake = r.failed_handshake.as_str(),
+            replay = r.replay.as_str(),
+            blocked = r.blocked.as_str(),
+            "refused sources: what they see"
         );
     }
     let (mtproto_tx, mtproto) = watch::channel(inspection);
