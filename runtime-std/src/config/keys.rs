@@ -380,11 +380,11 @@ keys! {
             r#"`50`"#,
             r#"Under attack, per-client limits are scaled to this percentage (the per-network ones too)."#;
         max_connections_per_network: r#"integer, `0` = off"#,
-            r#"`0` (off; `500` at level 2, `200` at 3)"#,
-            r#"Concurrent connections one network (an IPv4 prefix of `network_prefix_v4` bits, an IPv6 prefix of `network_prefix_v6` bits) may hold across all its clients that have not proved a secret, as `max_connections_per_ip` counts them: authenticated connections do not count. Checked after the per-client limits. Its refusals (`network_connections`) never lead to a block. See [Limits per network](networks.md)."#;
+            r#"`0`"#,
+            r#"Off at levels 0 and 1 (`0`), `500` at level 2, `200` at 3. Concurrent connections one network (an IPv4 prefix of `network_prefix_v4` bits, an IPv6 prefix of `network_prefix_v6` bits) may hold across all its clients that have not proved a secret, as `max_connections_per_ip` counts them: authenticated connections do not count. Checked after the per-client limits. Its refusals (`network_connections`) never lead to a block. See [Limits per network](networks.md)."#;
         max_new_connections_per_network: r#"integer 0–65535, `0` = off"#,
-            r#"`0` (off; `1000` at level 2, `400` at 3)"#,
-            r#"New connections one network may open per rate window. A connection that proves a secret is refunded. Its refusals (`network_rate`) never lead to a block."#;
+            r#"`0`"#,
+            r#"Off at levels 0 and 1 (`0`), `1000` at level 2, `400` at 3. New connections one network may open per rate window. A connection that proves a secret is refunded. Its refusals (`network_rate`) never lead to a block."#;
         network_prefix_v4: r#"integer 1–32"#,
             r#"`24`"#,
             r#"IPv4 clients are grouped into networks of this many bits."#;
