@@ -23,6 +23,8 @@ use core::fmt;
 use core::hash::Hasher as _;
 
 use sha2::{Digest, Sha256};
+
+use crate::reader::Reader;
 use siphasher::sip::SipHasher13;
 
 /// Most cipher suites a fingerprinted hello may offer. A 16 KiB record can
@@ -292,34 +294,6 @@ fn truncated(h: Sha256) -> [u8; 12] {
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
     out
-}
-
-/// A cursor over untrusted bytes; every read is bounds-checked.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn vec8(&mut self) -> Option<&'a [u8]> {
-        let len = usize::from(*self.take(1)?.first()?);
-        self.take(len)
-    }
-
-    fn vec16(&mut self) -> Option<&'a [u8]> {
-        let len = usize::from(self.u16()?);
-        self.take(len)
-    }
 }
 
 /// One fingerprint's count in a [`Ja4Counts`].

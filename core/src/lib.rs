@@ -47,6 +47,7 @@ pub mod manager;
 pub mod mtproto;
 pub mod pins;
 pub mod policy;
+mod reader;
 pub mod snapshot;
 pub mod storage;
 pub mod table;

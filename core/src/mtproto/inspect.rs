@@ -11,6 +11,7 @@ use super::replay::{Fingerprint, ReplayRefusal, ReplayStore};
 use super::secret::{Secret, SecretKind, SecretSet};
 use super::{Accepted, Handshake, Invalid, Transport, Verdict};
 use crate::ja4::Ja4;
+use crate::reader::Reader;
 
 /// Longest TLS record: a 5-byte header and 2^14 bytes of payload
 /// (RFC 8446, 5.1). The default buffer of an [`Inspector`], so that any
@@ -429,38 +430,6 @@ fn remember<R: ReplayStore + ?Sized>(
     }
 }
 
-/// A cursor over untrusted bytes; every read is bounds-checked.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn u16(&mut self) -> Option<usize> {
-        self.take(2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    }
-
-    /// A vector with a `len_bytes`-byte length prefix.
-    fn vec(&mut self, len_bytes: usize) -> Option<&'a [u8]> {
-        let len = match len_bytes {
-            1 => usize::from(self.u8()?),
-            _ => self.u16()?,
-        };
-        self.take(len)
-    }
-}
-
 /// Checks that `record` is one TLS record holding exactly one ClientHello
 /// with a 32-byte session id (RFC 8446, 4.1.2), and returns its SNI host
 /// name, if any.
@@ -477,24 +446,24 @@ fn parse_client_hello(record: &[u8]) -> Option<Option<&[u8]>> {
     }
     let _legacy_version = r.take(2)?;
     let _random = r.take(32)?;
-    if r.vec(1)?.len() != 32 {
+    if r.vec8()?.len() != 32 {
         return None;
     }
-    let suites = r.vec(2)?;
+    let suites = r.vec16()?;
     if suites.is_empty() || !suites.len().is_multiple_of(2) {
         return None;
     }
-    if r.vec(1)?.is_empty() {
+    if r.vec8()?.is_empty() {
         return None;
     }
-    let mut extensions = Reader(r.vec(2)?);
+    let mut extensions = Reader(r.vec16()?);
     if !r.0.is_empty() {
         return None;
     }
     let mut sni = None;
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
-        let data = extensions.vec(2)?;
+        let data = extensions.vec16()?;
         if kind == 0 {
             if sni.is_some() {
                 return None; // RFC 8446 forbids duplicate extensions
@@ -508,13 +477,13 @@ fn parse_client_hello(record: &[u8]) -> Option<Option<&[u8]>> {
 /// The host name in a server_name extension (RFC 6066, 3).
 fn host_name(data: &[u8]) -> Option<&[u8]> {
     let mut r = Reader(data);
-    let mut list = Reader(r.vec(2)?);
+    let mut list = Reader(r.vec16()?);
     if !r.0.is_empty() {
         return None;
     }
     while !list.0.is_empty() {
         let kind = list.u8()?;
-        let name = list.vec(2)?;
+        let name = list.vec16()?;
         if kind == 0 {
             return Some(name);
         }
