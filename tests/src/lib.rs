@@ -496,7 +496,6 @@ pub fn open_fds(pid: u32) -> usize {
 /// `salt` goes into the session id, so two hellos made in the same second
 /// differ and the guard's replay cache does not take one for a replay.
 pub fn fake_tls_hello(secret: &str, domain: &str, unix_time: u64, salt: [u8; 4]) -> Vec<u8> {
-    use mtguard_core::mtproto::{KeyOps, Secret, SecretSet};
     let name = domain.as_bytes();
     let mut sni = Vec::new();
     sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
@@ -525,15 +524,70 @@ pub fn fake_tls_hello(secret: &str, domain: &str, unix_time: u64, salt: [u8; 4])
     let mut record = vec![0x16, 0x03, 0x01];
     record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
     record.extend_from_slice(&handshake);
+    stamp_fake_tls(&mut record, secret, unix_time);
+    record
+}
+
+/// Makes `record`, a ClientHello record whose random is zero, a fake-TLS
+/// hello under the `ee` secret `secret` stamped `unix_time`: the random
+/// becomes HMAC-SHA256(key, record) with its last four bytes XOR the
+/// little-endian time.
+pub fn stamp_fake_tls(record: &mut [u8], secret: &str, unix_time: u64) {
+    use mtguard_core::mtproto::{KeyOps, Secret, SecretSet};
     let mut set = SecretSet::new();
     set.push(Secret::parse(secret).unwrap()).unwrap();
-    let digest = set.fake_tls_hmac(0, &[&record]).unwrap();
+    let digest = set.fake_tls_hmac(0, &[record]).unwrap();
     let stamp = (unix_time as u32).to_le_bytes();
     record[11..39].copy_from_slice(&digest[..28]);
     for i in 0..4 {
         record[39 + i] = digest[28 + i] ^ stamp[i];
     }
-    record
+}
+
+/// `openssl s_server -WWW` on a free loopback port, serving the files of
+/// `dir` with the certificate and key files named there; ready once it
+/// said ACCEPT, killed when dropped.
+pub struct OpensslWww {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl OpensslWww {
+    /// Starts it; panics if it does not say ACCEPT within 20 s.
+    pub fn start(dir: &Path, cert: &str, key: &str) -> OpensslWww {
+        let port = free_port();
+        let mut child = Command::new("openssl")
+            .arg("s_server")
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .args(["-cert", cert, "-key", key, "-WWW"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl is installed");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("ACCEPT") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("openssl s_server never said ACCEPT");
+        OpensslWww { child, port }
+    }
+}
+
+impl Drop for OpensslWww {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The current Unix time in seconds.

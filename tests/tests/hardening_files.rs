@@ -7,8 +7,7 @@ use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use mtguard_core::pins::{Pin, PinKind};
@@ -194,56 +193,13 @@ fn stale_temporaries_are_removed_at_start_without_following_links() {
     assert_eq!(fs::read(state.join("notes.txt")).unwrap(), b"mine");
 }
 
-/// `openssl s_server -WWW` serving `dir`; killed when dropped.
-struct WwwServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl WwwServer {
-    fn start(dir: &Path) -> WwwServer {
-        use std::io::BufRead;
-        let port = free_port();
-        let mut child = Command::new("openssl")
-            .arg("s_server")
-            .args(["-accept", &format!("127.0.0.1:{port}")])
-            .args(["-cert", "self.pem", "-key", "self.key", "-WWW"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl is installed");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("ACCEPT") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("openssl s_server never said ACCEPT");
-        WwwServer { child, port }
-    }
-}
-
-impl Drop for WwwServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn fetch_with_a_bare_out_name_writes_and_exits_0() {
     let served = tempfile::tempdir().unwrap();
     let cert = openssl_self_signed(served.path());
     let config = "default 2;\nproxy_for 1 149.154.175.50:8888;\n";
     fs::write(served.path().join("proxy-multi.conf"), config).unwrap();
-    let server = WwwServer::start(served.path());
+    let server = mtguard_tests::OpensslWww::start(served.path(), "self.pem", "self.key");
     let cwd = tempfile::tempdir().unwrap();
     fs::write(
         cwd.path().join("out.conf"),

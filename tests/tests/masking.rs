@@ -8,18 +8,18 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use mtguard::config::{Answer, Config, RefusalSettings};
 use mtguard::proxy::inspect::Mtproto;
 use mtguard::telemetry::Telemetry;
-use mtguard_core::mtproto::{KeyOps, Secret, SecretSet, TimeWindow};
+use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{BlockCause, Level, Policy};
-use mtguard_tests::{connect_from, fake_tls_hello, free_port, test_guard, unix_now, Relay};
+use mtguard_tests::{connect_from, fake_tls_hello, test_guard, unix_now, OpensslWww, Relay};
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 
 /// "ee" + key + hex("example.com").
@@ -40,7 +40,7 @@ fn policy() -> Policy {
 /// The real TLS server behind the guard: `openssl s_server` with a
 /// certificate of its own (from rcgen); killed when dropped.
 struct Cover {
-    child: Child,
+    _server: OpensslWww,
     addr: SocketAddr,
     /// The certificate it presents.
     der: Vec<u8>,
@@ -60,44 +60,14 @@ impl Cover {
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(dir.path().join("cover.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("cover.key"), key.serialize_pem()).unwrap();
-        let port = free_port();
-        let mut child = Command::new("openssl")
-            .arg("s_server")
-            .args(["-accept", &format!("127.0.0.1:{port}")])
-            .args(["-cert", "cover.pem", "-key", "cover.key", "-WWW"])
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl is installed");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("ACCEPT") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("openssl s_server never said ACCEPT");
+        let server = OpensslWww::start(dir.path(), "cover.pem", "cover.key");
         Cover {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
+            _server: server,
             der: cert.der().to_vec(),
             pem: cert.pem(),
             _dir: dir,
         }
-    }
-}
-
-impl Drop for Cover {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -365,14 +335,7 @@ fn tls12_fake_hello(unix_time: u64, salt: [u8; 4]) -> Vec<u8> {
     let mut record = vec![0x16, 0x03, 0x01];
     record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
     record.extend_from_slice(&handshake);
-    let mut set = SecretSet::new();
-    set.push(Secret::parse(FAKE_TLS).unwrap()).unwrap();
-    let digest = set.fake_tls_hmac(0, &[&record]).unwrap();
-    let stamp = (unix_time as u32).to_le_bytes();
-    record[11..39].copy_from_slice(&digest[..28]);
-    for i in 0..4 {
-        record[39 + i] = digest[28 + i] ^ stamp[i];
-    }
+    mtguard_tests::stamp_fake_tls(&mut record, FAKE_TLS, unix_time);
     record
 }
 
