@@ -544,29 +544,30 @@ pub fn stamp_fake_tls(record: &mut [u8], secret: &str, unix_time: u64) {
     }
 }
 
-/// `openssl s_server -WWW` on a free loopback port, serving the files of
-/// `dir` with the certificate and key files named there; ready once it
-/// said ACCEPT, killed when dropped.
-pub struct OpensslWww {
+/// `openssl s_server` on a free loopback port; ready once it said ACCEPT,
+/// killed when dropped.
+pub struct OpensslServer {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
 }
 
-impl OpensslWww {
-    /// Starts it; panics if it does not say ACCEPT within 20 s.
-    pub fn start(dir: &Path, cert: &str, key: &str) -> OpensslWww {
+impl OpensslServer {
+    /// Starts `openssl s_server` in `cwd` with `args` (certificate, key,
+    /// mode such as `-WWW` or `-rev`); panics if it does not say ACCEPT
+    /// within 20 s.
+    pub fn start(cwd: &Path, args: &[&str]) -> OpensslServer {
         let port = free_port();
         let mut child = Command::new("openssl")
             .arg("s_server")
             .args(["-accept", &format!("127.0.0.1:{port}")])
-            .args(["-cert", cert, "-key", key, "-WWW"])
-            .current_dir(dir)
+            .args(args)
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("openssl is installed");
+            .expect("openssl is installed (test.sh installs it)");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -579,11 +580,16 @@ impl OpensslWww {
         });
         rx.recv_timeout(Duration::from_secs(20))
             .expect("openssl s_server never said ACCEPT");
-        OpensslWww { child, port }
+        OpensslServer { child, port }
+    }
+
+    /// The address of `file` on a `-WWW` server.
+    pub fn url(&self, file: &str) -> String {
+        format!("https://127.0.0.1:{}/{file}", self.port)
     }
 }
 
-impl Drop for OpensslWww {
+impl Drop for OpensslServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

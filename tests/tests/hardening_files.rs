@@ -199,7 +199,10 @@ fn fetch_with_a_bare_out_name_writes_and_exits_0() {
     let cert = openssl_self_signed(served.path());
     let config = "default 2;\nproxy_for 1 149.154.175.50:8888;\n";
     fs::write(served.path().join("proxy-multi.conf"), config).unwrap();
-    let server = mtguard_tests::OpensslWww::start(served.path(), "self.pem", "self.key");
+    let server = mtguard_tests::OpensslServer::start(
+        served.path(),
+        &["-cert", "self.pem", "-key", "self.key", "-WWW"],
+    );
     let cwd = tempfile::tempdir().unwrap();
     fs::write(
         cwd.path().join("out.conf"),

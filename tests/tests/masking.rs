@@ -19,7 +19,7 @@ use mtguard::proxy::inspect::Mtproto;
 use mtguard::telemetry::Telemetry;
 use mtguard_core::mtproto::{Secret, TimeWindow};
 use mtguard_core::{BlockCause, Level, Policy};
-use mtguard_tests::{connect_from, fake_tls_hello, test_guard, unix_now, OpensslWww, Relay};
+use mtguard_tests::{connect_from, fake_tls_hello, test_guard, unix_now, OpensslServer, Relay};
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
 
 /// "ee" + key + hex("example.com").
@@ -40,7 +40,7 @@ fn policy() -> Policy {
 /// The real TLS server behind the guard: `openssl s_server` with a
 /// certificate of its own (from rcgen); killed when dropped.
 struct Cover {
-    _server: OpensslWww,
+    _server: OpensslServer,
     addr: SocketAddr,
     /// The certificate it presents.
     der: Vec<u8>,
@@ -60,7 +60,10 @@ impl Cover {
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(dir.path().join("cover.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("cover.key"), key.serialize_pem()).unwrap();
-        let server = OpensslWww::start(dir.path(), "cover.pem", "cover.key");
+        let server = OpensslServer::start(
+            dir.path(),
+            &["-cert", "cover.pem", "-key", "cover.key", "-WWW"],
+        );
         Cover {
             addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
             _server: server,

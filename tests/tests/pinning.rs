@@ -4,15 +4,16 @@
 //! leaf) and from the openssl command line.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use mtguard_core::pins::presented_pins;
-use mtguard_tests::{free_port, mtguard_bin, openssl_self_signed, openssl_spki_pin, Server};
+use mtguard_tests::{
+    free_port, mtguard_bin, openssl_self_signed, openssl_spki_pin, OpensslServer as SServer, Server,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
@@ -86,69 +87,21 @@ fn cert_hash(der: &[u8]) -> String {
 /// A pin nobody presents.
 const WRONG_PIN: &str = "sha256/AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
-/// `openssl s_server` on 127.0.0.1; killed when dropped.
-struct SServer {
-    child: Child,
-    port: u16,
-}
-
-impl SServer {
-    /// Starts `openssl s_server` in `cwd` with `args` (certificate, key,
-    /// mode), and waits for its `ACCEPT` line.
-    fn start(cwd: &Path, args: &[&str]) -> SServer {
-        let port = free_port();
-        let mut child = Command::new("openssl")
-            .arg("s_server")
-            .args(["-accept", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("openssl is installed (test.sh installs it)");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("ACCEPT") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("openssl s_server never said ACCEPT");
-        SServer { child, port }
-    }
-
-    /// Serves the files of `pki`'s directory over HTTPS with its leaf (and
-    /// the intermediate as the chain).
-    fn www(pki: &Pki) -> SServer {
-        SServer::start(
-            pki.dir.path(),
-            &[
-                "-cert",
-                "leaf.pem",
-                "-key",
-                "leaf.key",
-                "-cert_chain",
-                "inter.pem",
-                "-WWW",
-            ],
-        )
-    }
-
-    fn url(&self, file: &str) -> String {
-        format!("https://127.0.0.1:{}/{file}", self.port)
-    }
-}
-
-impl Drop for SServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Serves the files of `pki`'s directory over HTTPS with its leaf (and
+/// the intermediate as the chain).
+fn www(pki: &Pki) -> SServer {
+    SServer::start(
+        pki.dir.path(),
+        &[
+            "-cert",
+            "leaf.pem",
+            "-key",
+            "leaf.key",
+            "-cert_chain",
+            "inter.pem",
+            "-WWW",
+        ],
+    )
 }
 
 const PROXY_CONFIG: &str = "# force_probability 10 10\ndefault 2;\n\
@@ -191,7 +144,7 @@ fn served_config(pki: &Pki) -> (PathBuf, &'static [u8]) {
 #[test]
 fn fetch_matches_on_leaf_intermediate_or_certificate_hash() {
     let pki = Pki::new("Test CA");
-    let server = SServer::www(&pki);
+    let server = www(&pki);
     let (out, _) = served_config(&pki);
     let ca = pki.path("ca.pem");
     let ca = ca.to_str().unwrap();
@@ -223,7 +176,7 @@ fn fetch_matches_on_leaf_intermediate_or_certificate_hash() {
 #[test]
 fn wrong_pin_on_a_ca_valid_peer_is_refused_and_leaves_the_file_intact() {
     let pki = Pki::new("Test CA");
-    let server = SServer::www(&pki);
+    let server = www(&pki);
     let (out, old) = served_config(&pki);
     let ca = pki.path("ca.pem");
     let r = fetch(
@@ -257,7 +210,7 @@ fn the_right_pin_does_not_replace_ca_validation() {
     // Pinned leaf, but the private CA is not trusted (built-in roots only):
     // WebPKI fails first.
     let pki = Pki::new("Test CA");
-    let server = SServer::www(&pki);
+    let server = www(&pki);
     let (out, old) = served_config(&pki);
     let r = fetch(
         &server.url("proxy-multi.conf"),
@@ -282,7 +235,7 @@ fn an_appended_pinned_intermediate_does_not_rescue_another_chain() {
     let mut chain = fs::read_to_string(attacker.path("inter.pem")).unwrap();
     chain.push_str(&fs::read_to_string(victim.path("inter.pem")).unwrap());
     fs::write(attacker.path("inter.pem"), chain).unwrap();
-    let server = SServer::www(&attacker);
+    let server = www(&attacker);
     let (out, old) = served_config(&attacker);
     let cas = attacker.path("both-cas.pem");
     let mut both = fs::read_to_string(victim.path("ca.pem")).unwrap();
@@ -317,7 +270,7 @@ fn an_appended_pinned_intermediate_does_not_rescue_another_chain() {
 #[test]
 fn an_expired_pin_fails_closed_or_falls_back_when_asked() {
     let pki = Pki::new("Test CA");
-    let server = SServer::www(&pki);
+    let server = www(&pki);
     let (out, old) = served_config(&pki);
     let ca = pki.path("ca.pem");
     let expired = format!("{} expires=2020-01-01", spki(&pki.leaf_der));
@@ -449,7 +402,7 @@ fn pins_only_accepts_a_self_signed_peer_on_its_leaf_pin_alone() {
 #[test]
 fn pins_only_counts_the_leaf_not_an_intermediate_anyone_can_append() {
     let pki = Pki::new("Test CA");
-    let server = SServer::www(&pki);
+    let server = www(&pki);
     let (out, old) = served_config(&pki);
     let r = fetch(
         &server.url("proxy-multi.conf"),
@@ -475,7 +428,7 @@ fn garbage_content_is_never_written() {
     )
     .unwrap();
     fs::write(pki.path("short-secret"), [0x01u8, 0x02, 0x03]).unwrap();
-    let server = SServer::www(&pki);
+    let server = www(&pki);
     let ca = pki.path("ca.pem");
     let ca = ca.to_str().unwrap();
     let pin = spki(&pki.leaf_der);
@@ -787,7 +740,7 @@ fn refresh_inside_run_fetches_pinned_and_keeps_old_files_on_a_mismatch() {
     fs::write(pki.path("proxy-multi.conf"), PROXY_CONFIG).unwrap();
     let secret: Vec<u8> = (0..128u32).map(|i| (i * 89 % 256) as u8).collect();
     fs::write(pki.path("proxy-secret"), &secret).unwrap();
-    let server = SServer::www(&pki);
+    let server = www(&pki);
 
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let guard = run_with_refresh(&pki, &server, &[spki(&pki.inter_der)], admin);

@@ -162,11 +162,18 @@ impl Default for RefusalSettings {
 
 impl RefusalSettings {
     /// The answer to `case`.
+    /// A mask without a cover site is a reset: resolving a config never
+    /// gives one, settings built by hand (the tests') may.
     pub fn answer(&self, case: RefusalCase) -> Answer {
-        match case {
+        let answer = match case {
             RefusalCase::FailedHandshake => self.failed_handshake,
             RefusalCase::Replay => self.replay,
             RefusalCase::Blocked => self.blocked,
+        };
+        if answer == Answer::Mask && self.mask_backend.is_none() {
+            Answer::Reset
+        } else {
+            answer
         }
     }
 

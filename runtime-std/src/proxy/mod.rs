@@ -343,25 +343,19 @@ fn admit(stream: TcpStream, peer: SocketAddr, listening: SocketAddr, listener: &
 fn refuse_blocked(
     stream: TcpStream,
     peer: SocketAddr,
-    guard: &Guard,
+    guard: &Arc<Guard>,
     settings: Arc<ProxySettings>,
     shared: &Arc<Shared>,
     shutdown: &watch::Receiver<bool>,
 ) {
     let case = RefusalCase::Blocked;
-    let answer = match settings.refusal.blocked {
-        Answer::Mask if settings.refusal.mask_backend.is_none() => Answer::Reset,
-        answer => answer,
-    };
+    let answer = settings.refusal.answer(case);
     if answer == Answer::Reset {
         shared.telemetry.ops.refusals.given(case, Given::Reset);
         reset_on_close(&stream);
         return;
     }
-    // The first bytes may take as long as a handshake may.
-    let wait = guard
-        .with(|e, _| e.policy().handshake_timeout)
-        .unwrap_or(settings.refusal.drop_timeout);
+    let guard = Arc::clone(guard);
     let shared = Arc::clone(shared);
     let mut shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -381,6 +375,12 @@ fn refuse_blocked(
             tracing::debug!(%peer, ?held, "blocked client dropped");
             return;
         }
+        // The first bytes may take as long as a handshake may. Asked here,
+        // not at accept: a drop needs no deadline, and a flood of blocked
+        // clients beyond max_held never takes the engine lock twice.
+        let wait = guard
+            .with(|e, _| e.policy().handshake_timeout)
+            .unwrap_or(r.drop_timeout);
         let mut first = Vec::with_capacity(COPY_BUFFER);
         let read = tokio::select! {
             read = tokio::time::timeout(wait, client.read_buf(&mut first)) => read,
