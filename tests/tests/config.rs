@@ -929,3 +929,28 @@ fn crowdsec_accepts_the_key_names_of_crowdsecs_own_bouncers() {
         assert!(e.to_string().contains("mtguard.toml:"), "{e}");
     }
 }
+
+/// Found by the `config` fuzz target: serde quotes an unknown value, and a
+/// TOML string may hold a newline, so the error printed two lines, the
+/// second one chosen by whoever wrote the file. A quoted key may hold one
+/// too.
+#[test]
+fn an_error_quoting_a_newline_from_the_file_is_still_one_line() {
+    let error = parse_err("[mtproto]\non_probe = \"mask\\nFORGED: config accepted\"\n");
+    let shown = error.to_string();
+    assert_eq!(error.line(), Some(2), "{shown}");
+    assert!(!shown.contains('\n'), "{shown:?}");
+    assert!(shown.contains(r"mask\nFORGED"), "{shown}");
+    assert!(
+        shown.starts_with("mtguard.toml:2: [mtproto] on_probe: "),
+        "{shown}"
+    );
+
+    let error = parse_err("[limits]\n\"a\\nb\\u0007\" = 1\n");
+    let shown = error.to_string();
+    assert!(
+        !shown.contains('\n') && !shown.contains('\u{7}'),
+        "{shown:?}"
+    );
+    assert!(shown.contains(r"a\nb\u{7}"), "{shown}");
+}

@@ -67,10 +67,26 @@ impl fmt::Display for ConfigError {
         }
         f.write_str(": ")?;
         if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
+            write_one_line(f, key)?;
+            f.write_str(": ")?;
         }
-        f.write_str(&self.message)
+        write_one_line(f, &self.message)
     }
+}
+
+/// Writes `text` with its control characters escaped. Messages quote what
+/// the file holds (serde echoes an unknown value, a quoted TOML key may hold
+/// a newline), and an error is one line: a log reader or a supervisor that
+/// splits on newlines must not see a second, forged line.
+fn write_one_line(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            write!(f, "{c}")?;
+        }
+    }
+    Ok(())
 }
 
 impl std::error::Error for ConfigError {}
